@@ -69,6 +69,7 @@ def paper_config():
 
     c.train = ml_collections.ConfigDict(dict(
         batch_size=128,   # Global batch, split over all devices of all hosts.
+        eval_batch_size=128,  # Global; the last eval batch is padded and masked, never dropped.
         num_epochs=90,
     ))
     return c
