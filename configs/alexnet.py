@@ -59,18 +59,39 @@ def paper_config():
     ))
 
     # Section 5: SGD with momentum and weight decay; lr / 10 when validation error plateaus.
+    #   v <- momentum * v - weight_decay * lr * w - lr * grad;   w <- w + v
     c.optim = ml_collections.ConfigDict(dict(
-        optimizer='sgd',
+        optimizer='sgd',          # 'sgd' | 'adam' (L2 in the gradient) | 'adamw' (decoupled).
         learning_rate=0.01,
-        momentum=0.9,
+        momentum=0.9, nesterov=False,
         weight_decay=5e-4,
-        schedule='plateau',
+        weight_decay_mask='kernel',  # Regex on 'layer/param' paths; 'kernel|bias' decays all.
+        b1=0.9, b2=0.999, eps=1e-8,  # adam / adamw only.
+        grad_clip_norm=0.0,          # 0: off.
+        schedule='plateau',          # 'plateau' | 'step' | 'warmup_cosine' | 'constant'.
+        # 'plateau': lr *= plateau_factor when validation error (config.data.eval_split) has not
+        # improved by plateau_min_delta for plateau_patience evals; at most max_reductions times.
+        plateau_factor=0.1, plateau_patience=1, plateau_min_delta=0.0, plateau_max_reductions=3,
+        # 'step' (Caffe): lr * decay_factor ** (step // decay_every); durations are *_steps or,
+        # when that is None, *_epochs.
+        decay_factor=0.1,
+        decay_every_steps=100_000, decay_every_epochs=ml_collections.config_dict.placeholder(float),
+        # 'warmup_cosine': linear 0 -> lr over warmup, then cosine to 0 at the last step.
+        warmup_steps=ml_collections.config_dict.placeholder(int), warmup_epochs=0.0,
     ))
 
     c.train = ml_collections.ConfigDict(dict(
         batch_size=128,   # Global batch, split over all devices of all hosts.
         eval_batch_size=128,  # Global; the last eval batch is padded and masked, never dropped.
-        num_epochs=90,
+        num_epochs=90.0,
+        num_steps=ml_collections.config_dict.placeholder(int),  # Overrides num_epochs if set.
+        # Side jobs, in steps (0: only at the end). eval_every_steps=None: once per epoch.
+        log_every_steps=100,
+        eval_every_steps=ml_collections.config_dict.placeholder(int),
+        checkpoint_every_steps=1000,
+        keep_checkpoints=3,      # The last K, plus the best by validation top-1.
+        async_checkpoints=True,
+        plot=True,               # learning_curves.png in the workdir at each eval.
     ))
     return c
 

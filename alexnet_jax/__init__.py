@@ -1,0 +1,1 @@
+"""alexnet-jax: a faithful, fast AlexNet in JAX/Flax with one-command ablations."""
