@@ -9,11 +9,17 @@ Layer table (input 227x227x3; the paper's "224" is a known typo):
   conv5  256 x 3x3, pad 1, groups, act, maxpool        13 -> 6
   fc6, fc7  4096, act, dropout;  fc8  num_classes (logits)
 
+`architecture='torchvision'` is torchvision's `alexnet` instead (the net its pretrained weights
+fit): 64/192/384/256/256 channels, conv1 padding 2, maxpool 3/2 after conv1, conv2 and conv5,
+then an adaptive average pool to 6x6, and dropout *before* fc6 and fc7. It has no LRN and no
+groups: set lrn=False and groups=1 for the exact torchvision net (the switches stay independent).
+
 Every layer's output (after its activation) is sown into the 'intermediates' collection as
 `<layer>_out` (a no-op unless that collection is mutable); `LAYERS` lists them in order. The
 summary and feature extraction read them.
 """
 
+import dataclasses
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
@@ -29,6 +35,15 @@ CONV_SPECS = (  # name, features, kernel, stride, padding, grouped
     ('conv4', 384, 3, 1, 1, True),
     ('conv5', 256, 3, 1, 1, True),
 )
+TORCHVISION_CONV_SPECS = (
+    ('conv1', 64, 11, 4, 2, False),
+    ('conv2', 192, 5, 1, 2, False),
+    ('conv3', 384, 3, 1, 1, False),
+    ('conv4', 256, 3, 1, 1, False),
+    ('conv5', 256, 3, 1, 1, False),
+)
+ALEXNET_CONV_SPECS = {'paper': CONV_SPECS, 'torchvision': TORCHVISION_CONV_SPECS}
+TORCHVISION_POOL_SIZE = 6  # Its AdaptiveAvgPool2d((6, 6)) before the classifier.
 FC_FEATURES = 4096
 # The paper initialises these biases to 1 "to accelerate the early stages of learning by
 # providing the ReLUs with positive inputs"; all others to 0.
@@ -36,6 +51,7 @@ PAPER_ONE_BIASES = ('conv2', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')
 
 LAYERS = ('conv1', 'lrn1', 'pool1', 'conv2', 'lrn2', 'pool2', 'conv3', 'conv4', 'conv5', 'pool5',
           'fc6', 'fc7', 'fc8')  # Outputs sown as '<layer>_out'; lrn* only when lrn=True.
+# (torchvision: pool5 is the adaptive average pool's output, the input of the classifier.)
 
 ACTIVATIONS = {
     'relu': nn.relu,
@@ -85,10 +101,31 @@ def scaled_features(features: int, width: float, groups: int) -> int:
     return max(groups, int(round(features * width / groups)) * groups)
 
 
-def spatial_sizes(size: int, pool_window: int = 3, pool_stride: int = 2) -> Optional[list]:
-    """Side lengths after conv1, pool1, pool2 and pool5, or None if the input is too small."""
+def conv_specs(architecture: str = 'paper'):
+    if architecture not in ALEXNET_CONV_SPECS:
+        raise ValueError(f'Unknown AlexNet architecture {architecture!r}; choose one of '
+                         f'{list(ALEXNET_CONV_SPECS)}.')
+    return ALEXNET_CONV_SPECS[architecture]
+
+
+def adaptive_avg_pool(x: jax.Array, size: int) -> jax.Array:
+    """torch's AdaptiveAvgPool2d((size, size)) on NHWC: of n rows (columns), output i averages
+    [floor(i * n / size), ceil((i + 1) * n / size))."""
+    for axis in (1, 2):
+        n = x.shape[axis]
+        if n != size:
+            x = jnp.concatenate([
+                lax.slice_in_dim(x, i * n // size, -(-(i + 1) * n // size), axis=axis).mean(
+                    axis=axis, keepdims=True) for i in range(size)], axis=axis)
+    return x
+
+
+def spatial_sizes(size: int, pool_window: int = 3, pool_stride: int = 2,
+                  architecture: str = 'paper') -> Optional[list]:
+    """Side lengths after conv1, pool1, pool2 and pool5 (before torchvision's adaptive pool), or
+    None if the input is too small."""
     sizes = []
-    for name, _, kernel, stride, padding, _ in CONV_SPECS:
+    for name, _, kernel, stride, padding, _ in conv_specs(architecture):
         size = (size + 2 * padding - kernel) // stride + 1
         if size < 1:
             return None
@@ -102,9 +139,10 @@ def spatial_sizes(size: int, pool_window: int = 3, pool_stride: int = 2) -> Opti
     return sizes
 
 
-def min_input_size(pool_window: int = 3, pool_stride: int = 2) -> int:
-    """The smallest square input the net accepts (67 for the paper's pooling)."""
-    return next(s for s in range(1, 10_000) if spatial_sizes(s, pool_window, pool_stride))
+def min_input_size(pool_window: int = 3, pool_stride: int = 2, architecture: str = 'paper') -> int:
+    """The smallest square input the net accepts (67 for the paper's pooling, 63 torchvision's)."""
+    return next(s for s in range(1, 10_000)
+                if spatial_sizes(s, pool_window, pool_stride, architecture))
 
 
 def _kernel_init(init: str, name: str):
@@ -141,7 +179,10 @@ class AlexNet(nn.Module):
     batch_norm: bool = False      # BN after every conv and fc6/fc7 (e.g. with lrn=False).
     bn_momentum: float = 0.9
     width: float = 1.0            # Multiplies every hidden layer's width.
+    conv_scale: tuple = (1.0, 1.0, 1.0, 1.0, 1.0)  # Per-conv multipliers on top of `width`
+                                  # (the paper's one-GPU net halves conv1-4: footnote 3).
     init_scheme: str = 'paper'  # Not `init`: that name is Module.init.
+    architecture: str = 'paper'   # 'torchvision': its channels, padding, pooling and dropout.
     dtype: Any = jnp.float32      # Compute dtype.
     param_dtype: Any = jnp.float32
 
@@ -149,7 +190,7 @@ class AlexNet(nn.Module):
         if x.ndim != 4:
             raise ValueError(f'AlexNet expects NHWC images [batch, height, width, channels], '
                              f'got shape {x.shape}.')
-        minimum = min_input_size(self.pool_window, self.pool_stride)
+        minimum = min_input_size(self.pool_window, self.pool_stride, self.architecture)
         if min(x.shape[1], x.shape[2]) < minimum:
             raise ValueError(
                 f'Input {x.shape[1]}x{x.shape[2]} is too small for AlexNet with pool '
@@ -170,10 +211,15 @@ class AlexNet(nn.Module):
         act = get_activation(self.activation)
         dtype, param_dtype = jnp.dtype(self.dtype), jnp.dtype(self.param_dtype)
         x = x.astype(dtype)
+        torchvision = self.architecture == 'torchvision'
+        specs = conv_specs(self.architecture)
 
-        for name, features, kernel, stride, padding, grouped in CONV_SPECS:
+        if len(self.conv_scale) != len(specs):
+            raise ValueError(f'conv_scale needs {len(specs)} entries, got {self.conv_scale}.')
+        for (name, features, kernel, stride, padding, grouped), scale in zip(specs,
+                                                                             self.conv_scale):
             x = nn.Conv(
-                scaled_features(features, self.width, self.groups), (kernel, kernel),
+                scaled_features(features, self.width * scale, self.groups), (kernel, kernel),
                 strides=stride, padding=padding,
                 feature_group_count=self.groups if grouped else 1,
                 kernel_init=_kernel_init(self.init_scheme, name), bias_init=_bias_init(self.init_scheme, name),
@@ -187,19 +233,81 @@ class AlexNet(nn.Module):
             if name in ('conv1', 'conv2', 'conv5'):
                 window = (self.pool_window, self.pool_window)
                 x = nn.max_pool(x, window, strides=(self.pool_stride, self.pool_stride))
+                if torchvision and name == 'conv5':
+                    x = adaptive_avg_pool(x, TORCHVISION_POOL_SIZE)
                 self._record('pool' + name[-1], x)
 
         x = x.reshape(x.shape[0], -1)  # NHWC flatten order; weight converters permute.
         for name in ('fc6', 'fc7'):
+            if torchvision:  # Its classifier: Dropout, Linear, ReLU, Dropout, Linear, ReLU, Linear.
+                x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
             x = nn.Dense(scaled_features(FC_FEATURES, self.width, 1),
                          kernel_init=_kernel_init(self.init_scheme, name),
                          bias_init=_bias_init(self.init_scheme, name),
                          dtype=dtype, param_dtype=param_dtype, name=name)(x)
             x = act(self._norm(x, name, train))
             self._record(name, x)
-            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+            if not torchvision:
+                x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = nn.Dense(self.num_classes, kernel_init=_kernel_init(self.init_scheme, 'fc8'),
                      bias_init=_bias_init(self.init_scheme, 'fc8'),
                      dtype=dtype, param_dtype=param_dtype, name='fc8')(x)
         self._record('fc8', x)
         return x.astype(jnp.float32)
+
+
+class Fig1Net(nn.Module):
+    """The small net of the paper's Fig. 1 (ReLU vs tanh on CIFAR-10).
+
+    The paper says only "a four-layer convolutional neural network"; this is cuda-convnet's
+    CIFAR-10 net of that era (layers-80sec.cfg, Krizhevsky's own code): three 5x5 convs with 32,
+    32, 64 kernels, a 3/2 max-pool then two 3/2 average-pools, and one FC layer to the classes
+    (four layers with weights). Input 32x32 (any size >= 8 works).
+    """
+    num_classes: int = 10
+    activation: str = 'relu'
+    lrn: bool = False             # cuda-convnet's layers-18pct.cfg adds LRN (size 3) after pools.
+    lrn_k: float = 2.0
+    lrn_n: int = 3
+    lrn_alpha: float = 1e-4
+    lrn_beta: float = 0.75
+    lrn_convention: str = 'paper'
+    width: float = 1.0
+    init_scheme: str = 'he'
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        del train  # No dropout or batch norm in this net.
+        act = get_activation(self.activation)
+        dtype = jnp.dtype(self.dtype)
+        x = x.astype(dtype)
+        for i, (features, pool) in enumerate([(32, nn.max_pool), (32, nn.avg_pool),
+                                              (64, nn.avg_pool)], start=1):
+            name = f'conv{i}'
+            x = nn.Conv(scaled_features(features, self.width, 1), (5, 5), padding='SAME',
+                        kernel_init=_kernel_init(self.init_scheme, name),
+                        bias_init=nn.initializers.zeros, dtype=dtype,
+                        param_dtype=self.param_dtype, name=name)(x)
+            x = pool(act(x), (3, 3), strides=(2, 2), padding='SAME')
+            if self.lrn:
+                x = local_response_norm(x, self.lrn_k, self.lrn_n, self.lrn_alpha, self.lrn_beta,
+                                        self.lrn_convention)
+        x = x.reshape(x.shape[0], -1)
+        x = nn.Dense(self.num_classes, kernel_init=_kernel_init(self.init_scheme, 'fc4'),
+                     dtype=dtype, param_dtype=self.param_dtype, name='fc4')(x)
+        return x.astype(jnp.float32)
+
+
+ARCHITECTURES = {'fig1': Fig1Net}  # Anything else is AlexNet (its own `architecture` field).
+
+
+def create_model(model_config) -> nn.Module:
+    """The module named by `model_config.architecture` (default AlexNet), from its fields.
+
+    Fields a module does not have are ignored, so one config section serves every net.
+    """
+    cls = ARCHITECTURES.get(model_config.get('architecture', 'paper'), AlexNet)
+    fields = {f.name for f in dataclasses.fields(cls)} - {'parent', 'name'}
+    return cls(**{k: v for k, v in dict(model_config).items() if k in fields})

@@ -132,7 +132,7 @@ def main(argv):
     del argv
     config = cli.validated_config()
     size = FLAGS.image_size or config.data.image_size
-    model = models.AlexNet(**config.model)
+    model = models.create_model(config.model)
     print(f'AlexNet summary ({config.get("variant", "?")} config), input {size}x{size}x'
           f'{FLAGS.channels}, groups={model.groups}, width={model.width}')
     print(format_table(layer_table(model, (size, size, FLAGS.channels))))

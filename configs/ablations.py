@@ -1,0 +1,84 @@
+r"""The paper's ablations as grids: a base run plus the axes swept, in one place.
+
+  python -m alexnet_jax.sweep --config=configs/ablations.py --workdir=/tmp/ablations
+  python -m alexnet_jax.sweep --config=configs/ablations.py:pool --config.num_seeds=1 ...
+  python -m alexnet_jax.sweep --config=configs/ablations.py:fig1 --print_commands ...
+
+Grids (the string after the colon):
+  default  activation relu / tanh  x  LRN on / off            (Sec. 3.1, 3.3)
+  pool     overlapping 3/2 vs non-overlapping 2/2 pooling     (Sec. 3.4)
+  groups   the two-group net vs one group with half the kernels (Sec. 3.2)
+  dropout  0.5 vs 0 in fc6/fc7                                 (Sec. 4.2)
+  fig1     the small CIFAR-style net of Fig. 1, relu vs tanh, steps to 25% training error
+
+Each axis is a tuple of (label, overrides) values; a point is one value of every axis, times
+`num_seeds` seeds. Overrides are `--config.` paths of the base config, so every point is also
+one `python launch.py` command (`--print_commands`).
+"""
+
+import ml_collections
+
+# The paper's numbers, to print beside ours (test error deltas in points; ImageNet unless noted).
+PAPER = {
+    'default': 'LRN: -1.4 top-1 / -1.2 top-5 points (ImageNet); 13% -> 11% CIFAR-10 test error. '
+               'ReLU: ~6x fewer iterations than tanh to 25% CIFAR-10 training error (Fig. 1).',
+    'pool': 'Overlapping pooling: -0.4 top-1 / -0.3 top-5 points.',
+    'groups': 'Two-GPU (grouped) net vs one GPU with half the kernels: -1.7 top-1 / -1.2 top-5.',
+    'dropout': 'Without dropout the net overfits substantially; dropout ~doubles the iterations '
+               'to converge.',
+    'fig1': 'ReLU reaches 25% training error on CIFAR-10 ~6x faster than tanh.',
+}
+# Paper deltas of top-1 error (ablated minus baseline, points) for the bar chart.
+PAPER_TOP1_DELTA = {'lrn': 1.4, 'pool': 0.4, 'groups': 1.7}
+
+
+def _axis(*values):
+    return tuple((label, tuple(sorted(overrides.items()))) for label, overrides in values)
+
+
+GRIDS = {
+    'default': (
+        _axis(('relu', {'model.activation': 'relu'}), ('tanh', {'model.activation': 'tanh'})),
+        _axis(('lrn', {'model.lrn': True}), ('nolrn', {'model.lrn': False})),
+    ),
+    'pool': (
+        _axis(('pool3s2', {'model.pool_window': 3, 'model.pool_stride': 2}),
+              ('pool2s2', {'model.pool_window': 2, 'model.pool_stride': 2})),
+    ),
+    'groups': (
+        # Footnote 3 of the paper: the one-GPU net halves every conv layer's kernels except
+        # conv5's, and keeps the FC layers, so both nets have about the same parameters.
+        _axis(('groups2', {'model.groups': 2, 'model.conv_scale': (1.0, 1.0, 1.0, 1.0, 1.0)}),
+              ('half', {'model.groups': 1, 'model.conv_scale': (0.5, 0.5, 0.5, 0.5, 1.0)})),
+    ),
+    'dropout': (
+        _axis(('dropout', {'model.dropout_rate': 0.5}), ('nodropout', {'model.dropout_rate': 0.0})),
+    ),
+    'fig1': (
+        _axis(('relu', {'model.activation': 'relu'}), ('tanh', {'model.activation': 'tanh'})),
+    ),
+}
+
+# The base run of each grid: a config file and variant plus a few overrides.
+BASES = {
+    'default': ('configs/alexnet.py:digits', {}),
+    'pool': ('configs/alexnet.py:digits', {}),
+    'groups': ('configs/alexnet.py:digits', {}),
+    'dropout': ('configs/alexnet.py:digits', {}),
+    'fig1': ('configs/alexnet.py:digits_fig1', {}),
+}
+
+
+def get_config(arg=None):
+    grid = arg or 'default'
+    if grid not in GRIDS:
+        raise ValueError(f'Unknown ablation grid {grid!r}; choose one of {sorted(GRIDS)}.')
+    c = ml_collections.ConfigDict()
+    c.grid = grid
+    c.base, overrides = BASES[grid]
+    c.base_overrides = tuple(sorted(overrides.items()))
+    c.axes = GRIDS[grid]
+    c.num_seeds = 3             # Seeds 0..num_seeds-1 for every point.
+    c.threshold = 0.25          # Training error for "steps to threshold" (Fig. 1: 25%).
+    c.paper = PAPER[grid]
+    return c
