@@ -1,0 +1,508 @@
+"""Checkpoints: an orbax CheckpointManager under `workdir/checkpoints`, resume, preemption.
+
+    ckpt = Checkpointer(workdir, config_fingerprint=config_fingerprint(config))
+    restored = ckpt.restore(host_state)            # None on a fresh workdir
+    ...
+    ckpt.save(step, host_state, meta, metrics={'val_top1': acc})  # async; returns at once
+    ckpt.close()                                    # waits for the save in flight
+
+State goes in and comes out unreplicated (`parallel.unreplicate` before `save`,
+`parallel.replicate` after `restore`): orbax cannot save pmap-replicated arrays as such.
+
+What a step directory holds (orbax `Composite`):
+  state/            the pytree (StandardSave: OCDBT + zarr)
+  meta/             the caller's JSON dict (data position, schedule state, wall time, ...)
+  checkpoint_info/  ours: format version, config fingerprint, and per leaf shape, dtype and
+                    crc32 of the saved bytes. orbax does not checksum array data (a flipped
+                    byte in a chunk restores silently, checked with orbax-checkpoint 0.12.8),
+                    so restore recomputes the crc32s and treats a mismatch as corruption.
+  metrics/          written by orbax when metrics are given; drives keep-best.
+
+Atomicity is orbax's: a step is written into `<step>.orbax-checkpoint-tmp` and renamed to
+`<step>` when complete (on GCS, a `commit_success.txt` marks completion instead); a save killed
+part way leaves only the tmp directory, which orbax never lists as a step. We warn about such
+leftovers and let orbax delete them (`cleanup_tmp_directories`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import math
+import re
+import signal
+import time
+import weakref
+import zlib
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+
+FORMAT_VERSION = 1
+CHECKPOINT_SUBDIR = 'checkpoints'
+CORRUPT_SUBDIR = 'checkpoints_corrupt'   # Unreadable steps are moved here, never deleted.
+FINGERPRINT_FILE = 'config_fingerprint.json'
+_INFO = 'checkpoint_info'
+
+
+class ConfigMismatchError(ValueError):
+    """The workdir holds checkpoints of a different model; the message names the fields."""
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint (or every checkpoint in a workdir) cannot be restored."""
+
+
+def config_fingerprint(config) -> dict:
+    """The config fields that decide the shapes of the saved state (JSON-ready).
+
+    The whole model section (num_classes, width, groups, dtypes, ...) and the input shape.
+    A resumed run whose fingerprint differs from the workdir's gets a ConfigMismatchError.
+    """
+    fingerprint = {'model': _jsonable(_to_dict(config.model))}
+    if 'data' in config and 'image_size' in config.data:
+        fingerprint['input_shape'] = [config.data.image_size, config.data.image_size, 3]
+    return fingerprint
+
+
+class Checkpointer:
+    """orbax CheckpointManager under `workdir/checkpoints`.
+
+    Keeps the last `keep` checkpoints plus the best one by `metrics[best_metric]`
+    (`best_mode` 'max' or 'min'). Saves are asynchronous when `async_save`: `save` returns once
+    the arrays are copied, the write finishes in the background; the next `save`, `wait`,
+    `close` and interpreter exit all wait for it. All processes must call `save` and
+    `restore` (orbax synchronises them); only process 0 writes the side files.
+    """
+
+    def __init__(self, workdir: str, *, config_fingerprint: dict, keep: int = 3,
+                 best_metric: str | None = 'val_top1', async_save: bool = True,
+                 best_mode: str = 'max'):
+        if keep < 1:
+            raise ValueError(f'keep={keep}: must keep at least the latest checkpoint '
+                             '(config.train.keep_checkpoints >= 1).')
+        if best_mode not in ('max', 'min'):
+            raise ValueError(f"best_mode={best_mode!r}: must be 'max' or 'min'.")
+        self.workdir = epath.Path(workdir)
+        self.directory = self.workdir / CHECKPOINT_SUBDIR
+        self.fingerprint = _jsonable(config_fingerprint)
+        self.best_metric = best_metric
+        self._async = async_save
+        self._closed = False
+        self._barriers = 0
+        self._fingerprint_checked = False
+        _warn_if_local_multihost(str(workdir))
+        self._warn_about_unfinished_saves()
+
+        sign = 1.0 if best_mode == 'max' else -1.0
+        policies = [ocp.checkpoint_managers.LatestN(n=keep)]
+        best_fn = None
+        if best_metric:
+            worst = -sign * math.inf   # For checkpoints ranked by another metric in the past.
+            best_fn = lambda m: m.get(best_metric, worst)  # noqa: E731 (sorted with best_mode)
+            policies.append(ocp.checkpoint_managers.BestN(
+                get_metric_fn=lambda m: sign * best_fn(m), n=1,
+                keep_checkpoints_without_metrics=False))  # Else every periodic save stays.
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+            best_fn=best_fn, best_mode=best_mode,
+            enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True,
+            create=True,
+        )
+        self._mgr = ocp.CheckpointManager(self.directory, options=options,
+                                          item_names=('state', 'meta', _INFO))
+        # Exit waits for a save in flight even if the caller forgets close().
+        ref = weakref.ref(self)
+        atexit.register(lambda: ref() is not None and ref().close())
+
+    # -- queries -----------------------------------------------------------------------------
+
+    def latest_step(self) -> int | None:
+        return self._mgr.latest_step()
+
+    def best_step(self) -> int | None:
+        """The retained step with the best `best_metric`; None if none was saved with it."""
+        if not self.best_metric:
+            return None
+        return self._mgr.best_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._mgr.all_steps())
+
+    # -- save --------------------------------------------------------------------------------
+
+    def save(self, step: int, state, meta: dict, metrics: dict | None = None,
+             force: bool = False) -> None:
+        """Saves `state` (an unreplicated host pytree) and `meta` (JSON) as `step`.
+
+        A step that is already saved is skipped (e.g. the final save right after a periodic
+        one); so is a step older than the latest unless `force`. `metrics[best_metric]`, when
+        present and finite, ranks the checkpoint for keep-best.
+        """
+        step = int(step)
+        if step in self._mgr.all_steps():
+            logging.info('Checkpoint for step %d already exists in %s; not saving again.',
+                         step, self.directory)
+            return
+        if not self._fingerprint_checked:  # Once per process: the file never changes.
+            self._check_fingerprint_file()
+            self._write_fingerprint_file()
+            self._fingerprint_checked = True
+        meta = _json_copy(meta, 'meta')   # A copy: the caller may change its dict meanwhile.
+        info = {'format': FORMAT_VERSION, 'step': step, 'fingerprint': self.fingerprint,
+                'saved_at': time.time(), 'leaves': _describe(state, checksums=True)}
+        saved = self._mgr.save(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                    meta=ocp.args.JsonSave(meta),
+                                    **{_INFO: ocp.args.JsonSave(info)}),
+            metrics=self._ranking_metrics(step, metrics), force=force)
+        if not saved:
+            logging.info('Skipped checkpoint for step %d (latest saved step is %s; pass '
+                         'force=True to save an older step).', step, self._mgr.latest_step())
+        elif not self._async:
+            self._mgr.wait_until_finished()
+
+    def _ranking_metrics(self, step, metrics):
+        if not self.best_metric or not metrics or self.best_metric not in metrics:
+            return None
+        value = float(np.asarray(metrics[self.best_metric]))
+        if not math.isfinite(value):
+            logging.warning('Step %d: %s=%s is not finite; not ranking this checkpoint.',
+                            step, self.best_metric, value)
+            return None
+        return {self.best_metric: value}
+
+    def wait(self) -> None:
+        """Blocks until the save in flight (if any) is on disk; raises if it failed."""
+        self._mgr.wait_until_finished()
+        self._mgr.check_for_errors()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._mgr.wait_until_finished()
+        self._mgr.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    # -- restore -----------------------------------------------------------------------------
+
+    def restore(self, target_state) -> tuple[Any, dict] | None:
+        """Restores the newest valid checkpoint into the structure of `target_state`.
+
+        Returns (state, meta), or None if the workdir has no checkpoint. A newest checkpoint
+        that cannot be read or fails its checksums is logged, moved to
+        `workdir/checkpoints_corrupt/` and the previous one is tried. Raises
+        ConfigMismatchError if the workdir was written by a different model config and
+        CorruptCheckpointError if checkpoints exist but none can be restored.
+        """
+        self._check_fingerprint_file()
+        steps = sorted(self._mgr.all_steps(), reverse=True)
+        if not steps:
+            return None
+        target = _describe(target_state, checksums=False)
+        failures = []
+        for step in steps:
+            try:
+                state, meta = self._restore_step(step, target_state, target)
+            except ConfigMismatchError:
+                raise
+            except Exception as e:  # pylint: disable=broad-except  (any failure = unusable)
+                reason = f'{type(e).__name__}: {_short(e)}'
+                failures.append((step, reason))
+                older = [s for s in steps if s < step]
+                logging.warning('Checkpoint %s is corrupt or half-written (%s); %s.',
+                                self._step_dir(step), reason,
+                                f'falling back to step {older[0]}' if older else
+                                'no older checkpoint to fall back to')
+                continue
+            if failures:
+                self._quarantine([s for s, _ in failures])
+            logging.info('Restored checkpoint %s.', self._step_dir(step))
+            return state, meta
+        raise CorruptCheckpointError(
+            f'None of the {len(steps)} checkpoint(s) in {self.directory} can be restored:\n  '
+            + '\n  '.join(f'step {s}: {r}' for s, r in failures)
+            + '\nMove that directory aside to start over, or use a new --workdir.')
+
+    def _restore_step(self, step, target_state, target):
+        info = self._mgr.restore(
+            step, args=ocp.args.Composite(**{_INFO: ocp.args.JsonRestore()}))[_INFO]
+        if info.get('format') != FORMAT_VERSION:
+            raise CorruptCheckpointError(f'unknown checkpoint format {info.get("format")!r}')
+        self._compare_fingerprint(info['fingerprint'], f'checkpoint {self._step_dir(step)}')
+        saved = info['leaves']
+        _compare_leaves(saved, target, self._step_dir(step))
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_state)
+        restored = self._mgr.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        bad = [path for path, leaf in _leaves(restored['state'])
+               if _crc32(leaf, saved[path]['dtype']) != saved[path]['crc32']]
+        if bad:
+            raise CorruptCheckpointError(
+                f'checksum mismatch in {len(bad)} array(s): {", ".join(bad[:5])}')
+        return restored['state'], restored['meta']
+
+    def _quarantine(self, steps):
+        """Moves unreadable steps (all newer than the restored one) out of orbax's sight."""
+        if jax.process_index() == 0:
+            dest_root = self.workdir / CORRUPT_SUBDIR
+            dest_root.mkdir(parents=True, exist_ok=True)
+            for step in steps:
+                dest = dest_root / f'{step}-{int(time.time())}'
+                try:
+                    self._step_dir(step).rename(dest)
+                    logging.warning('Moved corrupt checkpoint %s to %s.', self._step_dir(step), dest)
+                except OSError as e:
+                    logging.warning('Could not move corrupt checkpoint %s aside: %s',
+                                    self._step_dir(step), e)
+        self._barriers += 1  # Barrier names must be unique and equal on all processes.
+        ocp.multihost.sync_global_processes(f'alexnet_jax:quarantine:{self._barriers}')
+        self._mgr.reload()
+
+    def _warn_about_unfinished_saves(self):
+        """Names the tmp dirs of saves killed part way; orbax then deletes them."""
+        if not self.directory.exists():
+            return
+        try:
+            leftovers = ocp.step.all_temporary_paths(self.directory)
+        except Exception as e:  # pylint: disable=broad-except  (a warning must not stop a run)
+            logging.warning('Could not list unfinished checkpoint saves in %s: %s',
+                            self.directory, e)
+            return
+        for tmp in leftovers:
+            logging.warning('Ignoring %s: a checkpoint save that never completed (process '
+                            'killed mid-write?). It is not a valid checkpoint and will be removed; '
+                            'resuming from the latest complete one.', tmp.get())
+
+    def _step_dir(self, step) -> epath.Path:
+        return self.directory / str(step)
+
+    # -- fingerprint ---------------------------------------------------------------------------
+
+    def _fingerprint_path(self) -> epath.Path:
+        return self.directory / FINGERPRINT_FILE
+
+    def _check_fingerprint_file(self):
+        path = self._fingerprint_path()
+        if path.exists():
+            self._compare_fingerprint(json.loads(path.read_text()), str(path))
+
+    def _write_fingerprint_file(self):
+        path = self._fingerprint_path()
+        if jax.process_index() == 0 and not path.exists():
+            self.directory.mkdir(parents=True, exist_ok=True)
+            tmp = path.parent / (path.name + '.tmp')
+            tmp.write_text(json.dumps(self.fingerprint, indent=2, sort_keys=True))
+            tmp.rename(path)
+
+    def _compare_fingerprint(self, saved: dict, where: str):
+        ours, theirs = _flatten(self.fingerprint), _flatten(saved)
+        differing = [f'{k}: workdir has {theirs[k]!r}, config has {ours[k]!r}'
+                     for k in sorted(ours.keys() & theirs.keys()) if ours[k] != theirs[k]]
+        one_sided = sorted(ours.keys() ^ theirs.keys())
+        if one_sided:  # A field added or removed by a code change: shapes are checked anyway.
+            logging.warning('Config fingerprint fields %s are in only one of the config and %s.',
+                            one_sided, where)
+        if differing:
+            raise ConfigMismatchError(
+                f'{self.workdir} was written by a different model config ({where}):\n  '
+                + '\n  '.join(differing)
+                + f'\nUse a new --workdir for this config (or restore those values to resume).')
+
+
+# -- pytree helpers ------------------------------------------------------------------------------
+
+def _key_str(k) -> str:
+    for attr in ('key', 'name', 'idx'):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
+def _leaves(tree):
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return [('/'.join(_key_str(k) for k in path), leaf) for path, leaf in flat]
+
+
+def _is_typed_key(leaf) -> bool:
+    return isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+
+
+def _host_array(leaf) -> np.ndarray:
+    return np.asarray(jax.random.key_data(leaf) if _is_typed_key(leaf) else leaf)
+
+
+def _crc32(leaf, dtype: str) -> int:
+    a = _host_array(leaf)
+    if str(a.dtype) != dtype:
+        a = a.astype(dtype)
+    return zlib.crc32(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+
+
+def _describe(tree, checksums: bool) -> dict:
+    out = {}
+    for path, leaf in _leaves(tree):
+        # The target may be abstract (jax.ShapeDtypeStruct); python scalars have neither.
+        if _is_typed_key(leaf):  # New-style keys (jax.random.key) are saved as their key data.
+            leaf = jax.random.key_data(leaf)
+        a = _host_array(leaf) if checksums else None
+        shape = a.shape if a is not None else getattr(leaf, 'shape', None)
+        dtype = a.dtype if a is not None else getattr(leaf, 'dtype', None)
+        entry = {'shape': list(shape if shape is not None else np.shape(leaf)),
+                 'dtype': str(dtype if dtype is not None else np.asarray(leaf).dtype)}
+        if checksums:
+            entry['crc32'] = zlib.crc32(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+        out[path] = entry
+    return out
+
+
+def _compare_leaves(saved: dict, target: dict, where):
+    problems = [f'{p}: missing from the checkpoint' for p in sorted(target.keys() - saved.keys())]
+    problems += [f'{p}: in the checkpoint, not in the model' for p in sorted(saved.keys() - target.keys())]
+    for p in sorted(saved.keys() & target.keys()):
+        s, t = saved[p], target[p]
+        if s['shape'] != t['shape']:
+            problems.append(f'{p}: shape {tuple(s["shape"])} in the checkpoint, {tuple(t["shape"])} in the model')
+        elif _floatish(s['dtype']) != _floatish(t['dtype']) or (_floatish(t['dtype']) and s['dtype'] != t['dtype']):
+            problems.append(f'{p}: dtype {s["dtype"]} in the checkpoint, {t["dtype"]} in the model')
+    if problems:
+        more = f'\n  ... and {len(problems) - 10} more' if len(problems) > 10 else ''
+        raise ConfigMismatchError(
+            f'{where} does not fit the model/optimizer being trained '
+            f'({len(problems)} difference(s)):\n  ' + '\n  '.join(problems[:10]) + more
+            + '\nUse a new --workdir for this config.')
+
+
+def _floatish(dtype: str) -> bool:
+    try:
+        return bool(jax.dtypes.issubdtype(np.dtype(dtype), np.inexact))
+    except TypeError:
+        return 'float' in dtype
+
+
+# -- small helpers ---------------------------------------------------------------------------------
+
+def _to_dict(section):
+    return section.to_dict() if hasattr(section, 'to_dict') else dict(section)
+
+
+def _json_default(x):
+    if isinstance(x, (np.generic, jax.Array)) and np.ndim(x) == 0:
+        return np.asarray(x).item()
+    if isinstance(x, (np.ndarray, jax.Array)):
+        return np.asarray(x).tolist()
+    raise TypeError(f'{type(x).__name__} is not JSON serializable')
+
+
+def _json_copy(obj, name):
+    try:
+        return json.loads(json.dumps(obj, default=_json_default))
+    except (TypeError, ValueError) as e:
+        raise TypeError(f'Checkpoint {name} must be JSON-serializable: {e}') from e
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=str, sort_keys=True))
+
+
+def _flatten(d: dict, prefix: str = '') -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f'{prefix}{k}.'))
+        else:
+            out[f'{prefix}{k}'] = v
+    return out
+
+
+def _short(e: BaseException, limit: int = 300) -> str:
+    s = str(e).split('[tensorstore_spec=')[0].strip()
+    return s if len(s) <= limit else s[:limit] + '...'
+
+
+def _warn_if_local_multihost(workdir: str):
+    if jax.process_count() > 1 and not re.match(r'^[a-zA-Z][a-zA-Z0-9+.-]*://', workdir):
+        logging.warning(
+            'Running on %d processes with a local workdir %r: every host must see the same '
+            'checkpoint directory. Use a shared file system (NFS) mounted at this path on all '
+            'hosts, or a bucket (e.g. --workdir=gs://bucket/run).', jax.process_count(), workdir)
+
+
+# -- preemption ------------------------------------------------------------------------------------
+
+class PreemptionGuard:
+    """On SIGTERM/SIGINT sets `.requested = True`; the loop checks it every step, then saves
+    and exits cleanly. A second SIGINT while one is pending aborts at once (KeyboardInterrupt).
+    The previous handlers come back on exit.
+
+        with PreemptionGuard() as guard:
+            for step in ...:
+                ...
+                if guard.requested:   # plain bool: no device sync
+                    ckpt.save(step, ...); break
+
+    Several hosts: a signal may reach only some processes, and every process must take part
+    in the save. Call `any_requested()` (a collective; all processes, same step) at an interval
+    instead of reading `.requested` there.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.requested = False
+        self.signal_name: str | None = None
+        self._previous: dict = {}
+
+    def __enter__(self):
+        try:
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # Not the main thread: signals cannot be caught here.
+            self._restore_handlers()
+            logging.warning('PreemptionGuard outside the main thread: SIGTERM/SIGINT not caught.')
+        return self
+
+    def __exit__(self, *exc):
+        self._restore_handlers()
+        return False
+
+    def _restore_handlers(self):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.requested and signum == signal.SIGINT:
+            previous = self._previous.get(signal.SIGINT, signal.default_int_handler)
+            self._restore_handlers()
+            logging.warning('Second SIGINT: aborting without a checkpoint.')
+            if callable(previous):
+                previous(signum, frame)
+            raise KeyboardInterrupt
+        if not self.requested:
+            self.requested = True
+            self.signal_name = name
+            logging.warning('Received %s: will save a checkpoint and stop after this step%s.',
+                            name, ' (Ctrl-C again to abort at once)' if signum == signal.SIGINT else '')
+
+    def any_requested(self) -> bool:
+        """True on every process if any process was signalled (a collective on >1 process)."""
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+        flags = multihost_utils.process_allgather(np.asarray([self.requested], np.int32))
+        return bool(np.asarray(flags).any())
