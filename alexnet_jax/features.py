@@ -1,0 +1,135 @@
+r"""Any layer's activations for a data split, batched and pmapped like evaluation.
+
+  python -m alexnet_jax.features --checkpoint=/tmp/bvlc --layer=fc7 --split=validation \
+      --output=/tmp/fc7.npz [--config=configs/alexnet.py:digits]
+
+--checkpoint is a converted checkpoint or a training workdir (convert.load_variables); the net
+and its preprocessing (image_size, resize_size, mean_rgb, stddev_rgb) come from its config.json.
+--config, if given, supplies only the data *source* (its data section minus those preprocessing
+fields): e.g. a folder of images or another TFDS set for a pretrained ImageNet net.
+
+The .npz holds `features` [n, ...] (float32, in the split's order on this host), `labels` [n] and
+`ids` [n] (the example's position in this host's part of the split; padding dropped), and `layer`.
+With several hosts each writes its own part: OUTPUT becomes NAME.process-I-of-N.npz.
+"""
+
+import pathlib
+
+from absl import app
+from absl import flags
+import jax
+import numpy as np
+
+from alexnet_jax import cli
+from alexnet_jax import convert
+from alexnet_jax import models
+from alexnet_jax import parallel
+
+PREPROCESSING = ('image_size', 'resize_size', 'mean_rgb', 'stddev_rgb')  # Belong to the weights.
+
+
+def with_data_from(config, data_config):
+    """`config` with `data_config`'s data source but `config`'s preprocessing (a copy)."""
+    config = config.copy_and_resolve_references()
+    for key, value in data_config.items():
+        if key not in PREPROCESSING:
+            config.data[key] = value
+    return config
+
+
+def check_layer(model, layer: str) -> None:
+    if layer not in models.LAYERS:
+        raise ValueError(f'--layer={layer!r} is not one of {list(models.LAYERS)}.')
+    if layer.startswith('lrn') and not getattr(model, 'lrn', False):
+        raise ValueError(f'--layer={layer}: this net has no LRN (model.lrn=False).')
+
+
+def _pmapped(model, layer: str):
+    def fn(variables, images):
+        _, state = model.apply(variables, images, train=False, mutable=['intermediates'])
+        return state['intermediates'][layer + '_out'][0]
+    return jax.pmap(fn, axis_name=parallel.AXIS)
+
+
+def extract(model, variables, batches, layer: str, keep_images: bool = False) -> dict:
+    """Runs `model` over device batches {'image': [devices, per_device, H, W, C], 'label', 'mask'}.
+
+    Returns {'features', 'labels', 'ids'} (and 'images' when keep_images) for the unmasked
+    examples, in order; ids count every example seen (padding excluded).
+    """
+    check_layer(model, layer)
+    fn = _pmapped(model, layer)
+    replicated = parallel.replicate(variables)
+    out = {'features': [], 'labels': [], 'images': []}
+    for batch in batches:
+        images = batch['image']
+        if images.ndim == 6:  # [devices, per_device, crops, H, W, C]
+            raise ValueError('features need one crop per image: set --config.data.eval_crops=center.')
+        feats = np.asarray(fn(replicated, images))
+        mask = np.asarray(batch.get('mask', np.ones(images.shape[:2], bool))).reshape(-1).astype(bool)
+        out['features'].append(feats.reshape((-1,) + feats.shape[2:])[mask])
+        out['labels'].append(np.asarray(batch['label']).reshape(-1)[mask])
+        if keep_images:
+            out['images'].append(np.asarray(images).reshape((-1,) + images.shape[2:])[mask])
+    if not out['features']:
+        raise ValueError('no batches: the split is empty.')
+    result = {k: np.concatenate(v) for k, v in out.items() if v}
+    result['ids'] = np.arange(len(result['labels']))
+    return result
+
+
+def load_model(checkpoint: str):
+    """(config, model, variables) from a converted checkpoint or a training workdir."""
+    config, variables = convert.load_variables(checkpoint)
+    return config, models.create_model(config.model), variables
+
+
+def split_features(config, model, variables, split: str, layer: str, **kw) -> dict:
+    from alexnet_jax import input_pipeline  # pylint: disable=import-outside-toplevel  (TF: slow)
+    if 'eval_crops' in config.data:
+        config = config.copy_and_resolve_references()
+        config.data.eval_crops = 'center'
+    return extract(model, variables, input_pipeline.eval_iterator(config, split), layer, **kw)
+
+
+def output_path(output: str) -> pathlib.Path:
+    path = pathlib.Path(output)
+    if path.suffix != '.npz':
+        raise ValueError(f'--output={output} must end in .npz (features, labels and ids).')
+    if jax.process_count() > 1:
+        path = path.with_name(f'{path.stem}.process-{jax.process_index()}-of-{jax.process_count()}.npz')
+    return path
+
+
+def define_flags() -> None:
+    flags.DEFINE_string('checkpoint', None, 'A converted checkpoint or a training workdir.')
+    flags.DEFINE_string('layer', 'fc7', f'One of {", ".join(models.LAYERS)}.')
+    flags.DEFINE_string('split', None, 'Data split (default: the config\'s data.test_split).')
+    flags.DEFINE_string('output', None, 'features.npz to write.')
+    cli.define_config_flag(default=None)  # Optional: another data source.
+
+
+def main(argv):
+    del argv
+    FLAGS = flags.FLAGS  # pylint: disable=invalid-name
+    if not FLAGS.checkpoint or not FLAGS.output:
+        cli.fail('--checkpoint and --output are required: python -m alexnet_jax.features '
+                 '--checkpoint=DIR --layer=fc7 --split=validation --output=feats.npz')
+    try:
+        path = output_path(FLAGS.output)
+        config, model, variables = load_model(FLAGS.checkpoint)
+        check_layer(model, FLAGS.layer)
+        if FLAGS.config is not None:
+            config = with_data_from(config, cli.validated_config().data)
+        split = FLAGS.split or config.data.test_split
+        result = split_features(config, model, variables, split, FLAGS.layer)
+    except (ValueError, convert.ConvertError) as e:
+        cli.fail(' '.join(str(e).split()), code=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, layer=FLAGS.layer, **result)
+    print(f'Wrote {path}: {FLAGS.layer} features {result["features"].shape} of split {split!r}.')
+
+
+if __name__ == '__main__':
+    define_flags()
+    app.run(main, flags_parser=cli.parse_flags)
