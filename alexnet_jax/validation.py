@@ -41,8 +41,17 @@ def _is_dtype(name: str) -> bool:
         return False
 
 
+ARCHITECTURES = ('paper', 'torchvision', 'fig1')
+
+
 def validate_model(m) -> None:
     p = 'model.'
+    if 'architecture' in m:
+        check(m.architecture in ARCHITECTURES, p + 'architecture',
+              f'{m.architecture!r} is not one of {list(ARCHITECTURES)}.')
+    if 'conv_scale' in m:
+        check(len(m.conv_scale) == 5 and all(s > 0 for s in m.conv_scale), p + 'conv_scale',
+              f'needs 5 positive multipliers (conv1..conv5), got {m.conv_scale!r}.')
     check(m.activation in models.ACTIVATIONS, p + 'activation',
           f'{m.activation!r} is not one of {sorted(models.ACTIVATIONS)}.')
     check(m.lrn_convention in models.LRN_CONVENTIONS, p + 'lrn_convention',
@@ -60,23 +69,93 @@ def validate_model(m) -> None:
               f'{m[name]!r} is not a float dtype (float32, bfloat16, float16).')
 
 
+TRAIN_AUGMENTS = ('paper', 'inception', 'small')  # See alexnet_jax/augment.py.
+EVAL_CROPS = ('center', 'ten')
+CACHE_MODES = ('auto', 'always', 'never')
+
+
 def validate_data(d) -> None:
-    minimum = None
-    if 'image_size' in d:
-        minimum = models.min_input_size()
-        check(d.image_size >= minimum, 'data.image_size',
-              f'{d.image_size} is below the smallest input AlexNet accepts ({minimum}); '
-              f'use at least {minimum}.')
+    p = 'data.'  # The smallest image_size depends on the model: see validate_config.
+    has = lambda *names: all(n in d for n in names)  # noqa: E731  (partial sections in tests)
+    for name, choices in (('train_augment', TRAIN_AUGMENTS), ('eval_crops', EVAL_CROPS),
+                          ('cache', CACHE_MODES)):
+        if has(name):
+            check(d[name] in choices, p + name, f'{d[name]!r} is not one of {list(choices)}.')
+    if has('resize_size', 'image_size', 'train_augment') and d.train_augment == 'paper':
+        check(d.resize_size >= d.image_size, p + 'resize_size',
+              f'{d.resize_size} is smaller than data.image_size={d.image_size}; the paper crops '
+              f'{d.image_size} out of {d.resize_size}, so use resize_size >= image_size.')
+    for name in ('mean_rgb', 'stddev_rgb'):
+        if has(name):
+            check(len(d[name]) == 3, p + name, f'{d[name]!r} needs 3 entries (R, G, B).')
+    if has('stddev_rgb'):
+        check(min(d.stddev_rgb) > 0, p + 'stddev_rgb', f'{d.stddev_rgb!r} must all be > 0.')
+    for name in ('pca_lighting', 'pad'):
+        if has(name):
+            check(d[name] >= 0, p + name, f'must be >= 0 (0 turns it off), got {d[name]!r}.')
+    for name in ('shuffle_buffer', 'fake_num_classes', 'fake_train_examples',
+                 'fake_eval_examples'):
+        if has(name):
+            check(d[name] > 0, p + name, f'must be > 0, got {d[name]!r}.')
+    if has('num_parallel_calls'):
+        check(d.num_parallel_calls == -1 or d.num_parallel_calls > 0, p + 'num_parallel_calls',
+              f'must be > 0, or -1 for tf.data AUTOTUNE; got {d.num_parallel_calls!r}.')
+    for name in ('crop_area_range', 'aspect_ratio_range'):
+        if has(name):
+            lo, hi = d[name]
+            check(0 < lo <= hi and (name != 'crop_area_range' or hi <= 1), p + name,
+                  f'{d[name]!r} must be (low, high) with 0 < low <= high'
+                  f'{" <= 1" if name == "crop_area_range" else ""}.')
+    if has('fake_shape'):
+        check(len(d.fake_shape) == 3 and min(d.fake_shape) > 0 and d.fake_shape[-1] in (1, 3),
+              p + 'fake_shape', f'{d.fake_shape!r} must be (height, width, 1 or 3).')
+    if has('name', 'folder_root') and d.name == 'folder':
+        check(bool(d.folder_root), p + 'folder_root',
+              "is required with data.name='folder': --config.data.folder_root=/path/to/root "
+              '(laid out as root/<split>/<class>/*.jpg).')
+
+
+def validate_optim(o) -> None:
+    from alexnet_jax import optim  # pylint: disable=import-outside-toplevel
+    p = 'optim.'
+    _one_of_named(o, p, 'optimizer', optim.OPTIMIZERS)
+    _one_of_named(o, p, 'schedule', optim.SCHEDULES)
+    _positive(o, p, 'learning_rate')
+    check(o.weight_decay >= 0, p + 'weight_decay', f'must be >= 0, got {o.weight_decay!r}.')
+    check(0 <= o.momentum < 1, p + 'momentum', f'must be in [0, 1), got {o.momentum!r}.')
+    check(0 < o.plateau_factor < 1 and 0 < o.decay_factor < 1, p + 'plateau_factor/decay_factor',
+          'must be in (0, 1), e.g. 0.1 (divide the learning rate by 10).')
+    check(o.plateau_patience >= 1, p + 'plateau_patience', 'must be >= 1 (evaluations).')
+    for name in ('decay_every', 'warmup'):
+        both = o.get(f'{name}_steps') is not None and o.get(f'{name}_epochs') is not None
+        check(not both, p + f'{name}_steps', f'set {name}_steps or {name}_epochs, not both.')
+    if o.schedule == 'step':
+        check((o.decay_every_steps or o.decay_every_epochs or 0) > 0, p + 'decay_every_steps',
+              "must be > 0 for schedule='step' (or set decay_every_epochs).")
+
+
+def _one_of_named(section, prefix, name, choices) -> None:
+    check(section[name] in choices, prefix + name,
+          f'{section[name]!r} is not one of {sorted(choices)}.')
 
 
 def validate_train(t) -> None:
-    if 'batch_size' in t:
-        check(t.batch_size > 0, 'train.batch_size', f'must be > 0, got {t.batch_size!r}.')
+    p = 'train.'
+    _positive(t, p, 'batch_size', 'eval_batch_size', 'keep_checkpoints')
+    check(t.num_steps is not None or t.num_epochs > 0, p + 'num_epochs',
+          f'must be > 0 (or set train.num_steps), got {t.num_epochs!r}.')
+    check(t.num_steps is None or t.num_steps >= 0, p + 'num_steps',
+          f'must be >= 0, got {t.num_steps!r}.')
+    for name in ('log_every_steps', 'checkpoint_every_steps'):
+        check(t[name] >= 0, p + name, f'must be >= 0 (0: only at the end), got {t[name]!r}.')
+    check(t.eval_every_steps is None or t.eval_every_steps >= 0, p + 'eval_every_steps',
+          'must be >= 0 (0: only at the end; None: once per epoch).')
 
 
 VALIDATORS = {
     'model': validate_model,
     'data': validate_data,
+    'optim': validate_optim,
     'train': validate_train,
 }
 
@@ -86,8 +165,9 @@ def validate_config(config) -> None:
     for section, validator in VALIDATORS.items():
         if section in config:
             validator(config[section])
-    if 'model' in config and 'data' in config and 'image_size' in config.data:
+    is_alexnet = config.get('model', {}).get('architecture', 'paper') != 'fig1'
+    if 'model' in config and 'data' in config and 'image_size' in config.data and is_alexnet:
         minimum = models.min_input_size(config.model.pool_window, config.model.pool_stride)
         check(config.data.image_size >= minimum, 'data.image_size',
-              f'{config.data.image_size} is below the smallest input this net accepts with '
-              f'pool {config.model.pool_window}/{config.model.pool_stride} ({minimum}).')
+              f'{config.data.image_size} is below the smallest input AlexNet accepts with '
+              f'pool {config.model.pool_window}/{config.model.pool_stride}; use at least {minimum}.')

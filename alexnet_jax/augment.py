@@ -1,0 +1,237 @@
+"""Image transforms as small pure TF functions (Sec. 4.1 of the paper, plus common options).
+
+Every random op takes an explicit stateless `seed` (a [2] int tensor) and draws nothing else, so
+the same (seed, image) gives the same output in eager code, inside `Dataset.map`, on any host,
+and after a resume. Deterministic cores (`crop`, `flip`, `pca_lighting`, `ten_crops`, the window
+functions) take their parameters explicitly, which is what the tests check against numpy.
+
+Geometry of the paper's train transform: "rescale the shorter side to 256, take the central
+256x256, then a random 227x227 patch" is done as one crop window in the *original* image's pixels
+(`paper_window`), decoded with `tf.image.decode_and_crop_jpeg` and resized to 227. The full image
+is never decoded to be thrown away; for a 256x256 source the window is exact and no resampling
+happens. Crop-then-resize differs from resize-then-crop only by interpolation at the edges.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+# PCA of ImageNet RGB pixels (0..255 scale), as published with fb.resnet.torch / Caffe: the
+# eigenvalues and the eigenvectors as *columns*. Sec. 4.1: add eigvec @ (alpha * eigval).
+IMAGENET_EIGVAL = np.array([0.2175, 0.0188, 0.0045], np.float32) * 255.0
+IMAGENET_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
+                            [-0.5808, -0.0045, -0.8140],
+                            [-0.5836, -0.6948, 0.4203]], np.float32)
+
+# Sub-seed tags: each random op of one example folds its own constant into the example's seed.
+CROP, FLIP, LIGHTING = 1, 2, 3
+
+
+def subseed(seed, tag: int):
+    """A seed for one op of one example (independent streams for crop, flip, lighting)."""
+    return tf.random.experimental.stateless_fold_in(seed, tag)
+
+
+# --- decoding and crop windows ------------------------------------------------------------------
+
+def image_shape(image):
+    """[height, width] (int32) of an encoded image (JPEG header only) or a decoded tensor."""
+    if image.dtype != tf.string:
+        return tf.shape(image)[:2]
+    return tf.cond(tf.io.is_jpeg(image),
+                   lambda: tf.image.extract_jpeg_shape(image)[:2],
+                   lambda: tf.shape(_decode_any(image, 3))[:2])
+
+
+def _decode_any(data, channels):
+    return tf.io.decode_image(data, channels=channels, expand_animations=False)
+
+
+def crop(image, window):
+    """image[y:y+h, x:x+w] for window [y, x, h, w]."""
+    return tf.image.crop_to_bounding_box(image, window[0], window[1], window[2], window[3])
+
+
+def decode_and_crop(image, window, channels: int = 3):
+    """Decodes (if encoded) only the pixels of `window` [y, x, h, w]; uint8 [h, w, channels].
+
+    JPEG goes through `tf.image.decode_and_crop_jpeg` (skips the discarded blocks); PNG and
+    already-decoded tensors are decoded (if needed) and sliced.
+    """
+    if image.dtype != tf.string:
+        return crop(image, window)
+    out = tf.cond(tf.io.is_jpeg(image),
+                  lambda: tf.image.decode_and_crop_jpeg(image, window, channels=channels),
+                  lambda: crop(_decode_any(image, channels), window))
+    return tf.ensure_shape(out, [None, None, channels])
+
+
+def paper_window(shape, resize_size: int, crop_size: int, dy, dx):
+    """Crop window [y, x, h, w] in original pixels of the paper's crop at offset (dy, dx).
+
+    (dy, dx) is the crop's top-left corner inside the central resize_size^2 square of the image
+    rescaled so that its shorter side is resize_size; 0 <= dy, dx <= resize_size - crop_size.
+    """
+    h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+    side = tf.minimum(h, w)
+    scale = side / resize_size  # Original pixels per rescaled pixel.
+    size = tf.maximum(1.0, tf.round(crop_size * scale))
+    y = tf.round((h - side) / 2 + tf.cast(dy, tf.float32) * scale)
+    x = tf.round((w - side) / 2 + tf.cast(dx, tf.float32) * scale)
+    y, x = tf.minimum(y, h - size), tf.minimum(x, w - size)
+    return tf.cast(tf.stack([y, x, size, size]), tf.int32)
+
+
+def random_paper_window(shape, seed, resize_size: int, crop_size: int):
+    """The paper's random crop: offsets uniform in {0, ..., resize_size - crop_size}^2."""
+    d = tf.random.stateless_uniform([2], seed, 0, resize_size - crop_size + 1, dtype=tf.int32)
+    return paper_window(shape, resize_size, crop_size, d[0], d[1])
+
+
+def center_window(shape, resize_size: int, crop_size: int):
+    """The paper's single-crop test window: the central crop of the central square."""
+    offset = (resize_size - crop_size) // 2
+    return paper_window(shape, resize_size, crop_size, offset, offset)
+
+
+def random_resized_window(shape, seed, area_range=(0.08, 1.0), aspect_range=(3 / 4, 4 / 3)):
+    """Inception-style random-resized crop window [y, x, h, w] (area and aspect jitter)."""
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.concat([shape, [3]], 0), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+        seed=seed, min_object_covered=0.1, aspect_ratio_range=aspect_range,
+        area_range=area_range, max_attempts=10, use_image_if_no_bounding_boxes=True)
+    return tf.stack([begin[0], begin[1], size[0], size[1]])
+
+
+def resize(image, size: int):
+    """Bilinear resize to size x size (skipped when already that size); float32 pixel scale.
+
+    No anti-aliasing: like Caffe's OpenCV INTER_LINEAR, and 2.5x cheaper; crops shrink by
+    less than 2x on ImageNet, where aliasing is negligible.
+    """
+    image = tf.cast(image, tf.float32)
+    same = tf.reduce_all(tf.equal(tf.shape(image)[:2], size))
+    out = tf.cond(same, lambda: image, lambda: tf.image.resize(image, [size, size]))
+    return tf.ensure_shape(out, [size, size, image.shape[-1]])
+
+
+# --- photometric and flips ----------------------------------------------------------------------
+
+def flip(image, do_flip):
+    """Mirror left-right when `do_flip` (a scalar bool tensor)."""
+    return tf.cond(do_flip, lambda: tf.reverse(image, [-2]), lambda: image)
+
+
+def random_flip(image, seed):
+    return flip(image, tf.random.stateless_uniform([], seed) < 0.5)
+
+
+def pca_lighting(image, alpha, eigval=IMAGENET_EIGVAL, eigvec=IMAGENET_EIGVEC):
+    """Adds eigvec @ (alpha * eigval) to every RGB pixel (Sec. 4.1, "altering intensities")."""
+    shift = tf.linalg.matvec(tf.constant(eigvec), tf.cast(alpha, tf.float32) * eigval)
+    return tf.cast(image, tf.float32) + shift
+
+
+def random_pca_lighting(image, seed, stddev: float):
+    """PCA lighting with alpha ~ N(0, stddev), one draw per image (paper: stddev 0.1)."""
+    return pca_lighting(image, tf.random.stateless_normal([3], seed, stddev=stddev))
+
+
+def normalize(image, mean, stddev):
+    """(image - mean) / stddev per channel; float32. Multiplies by 1/stddev (and skips that
+    when stddev is all ones, as in the paper): a broadcast divide over 3 channels is ~3x slower."""
+    out = tf.cast(image, tf.float32) - tf.constant(mean, tf.float32)
+    if np.any(np.asarray(stddev) != 1):
+        out = out * tf.constant(1 / np.asarray(stddev, np.float32))
+    return out
+
+
+# --- small images (digits, CIFAR) ---------------------------------------------------------------
+
+def pad_and_crop(image, pad: int, dy, dx):
+    """Zero-pads by `pad` on every side and takes the original-size window at (dy, dx)."""
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
+    return tf.ensure_shape(padded[dy:dy + h, dx:dx + w], image.shape)
+
+
+def random_pad_and_crop(image, seed, pad: int):
+    d = tf.random.stateless_uniform([2], seed, 0, 2 * pad + 1, dtype=tf.int32)
+    return pad_and_crop(image, pad, d[0], d[1])
+
+
+# --- test-time crops ----------------------------------------------------------------------------
+
+def ten_crops(image, crop_size: int):
+    """The paper's 10 test crops of `image` [S, S', C]: center, the 4 corners (top-left,
+    top-right, bottom-left, bottom-right), then the same 5 mirrored; [10, crop, crop, C]."""
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    c = crop_size
+    corners = [((h - c) // 2, (w - c) // 2), (0, 0), (0, w - c), (h - c, 0), (h - c, w - c)]
+    crops = [image[y:y + c, x:x + c] for y, x in corners]
+    crops += [tf.reverse(x, [-2]) for x in crops]
+    return tf.ensure_shape(tf.stack(crops), [10, c, c, image.shape[-1]])
+
+
+# --- whole transforms, as the pipeline uses them ------------------------------------------------
+
+def paper_train(image, seed, *, resize_size=256, crop_size=227, mirror=True, lighting=0.1,
+                channels=3):
+    """Sec. 4.1: random 227 crop of the central 256^2, mirror, PCA lighting; float32 pixels."""
+    window = random_paper_window(image_shape(image), subseed(seed, CROP), resize_size, crop_size)
+    out = resize(decode_and_crop(image, window, channels), crop_size)
+    if mirror:
+        out = random_flip(out, subseed(seed, FLIP))
+    if lighting and channels == 3:
+        out = random_pca_lighting(out, subseed(seed, LIGHTING), lighting)
+    return out
+
+
+def inception_train(image, seed, *, crop_size=227, area_range=(0.08, 1.0),
+                    aspect_range=(3 / 4, 4 / 3), mirror=True, lighting=0.1, channels=3):
+    """Random-resized crop (area/aspect jitter) + mirror + PCA lighting; float32 pixels."""
+    window = random_resized_window(image_shape(image), subseed(seed, CROP), area_range,
+                                   aspect_range)
+    out = resize(decode_and_crop(image, window, channels), crop_size)
+    if mirror:
+        out = random_flip(out, subseed(seed, FLIP))
+    if lighting and channels == 3:
+        out = random_pca_lighting(out, subseed(seed, LIGHTING), lighting)
+    return out
+
+
+def small_train(image, seed, *, size, pad=4, mirror=True, channels=3):
+    """Small images: resize to the net's input, zero-pad + random crop, optional mirror."""
+    out = resize(_decoded(image, channels), size)
+    if pad:
+        out = random_pad_and_crop(out, subseed(seed, CROP), pad)
+    if mirror:
+        out = random_flip(out, subseed(seed, FLIP))
+    return out
+
+
+def paper_eval(image, *, resize_size=256, crop_size=227, crops='center', channels=3):
+    """Center crop of the central square [crop, crop, C], or the 10 crops [10, crop, crop, C]."""
+    shape = image_shape(image)
+    if crops == 'center':
+        window = center_window(shape, resize_size, crop_size)
+        return resize(decode_and_crop(image, window, channels), crop_size)
+    square = paper_window(shape, resize_size, resize_size, 0, 0)
+    # Crops are cut from uint8 pixels: 10 crops are 4x cheaper to copy than in float32.
+    canvas = tf.saturate_cast(tf.round(resize(decode_and_crop(image, square, channels),
+                                              resize_size)), tf.uint8)
+    return ten_crops(canvas, crop_size)
+
+
+def small_eval(image, *, size, pad=4, crops='center', channels=3):
+    """Small images: resized to the net's input; 10 crops are taken from the zero-padded image."""
+    out = resize(_decoded(image, channels), size)
+    if crops == 'center':
+        return out
+    out = tf.saturate_cast(tf.round(out), tf.uint8)
+    return ten_crops(tf.pad(out, [[pad, pad], [pad, pad], [0, 0]]), size)
+
+
+def _decoded(image, channels):
+    if image.dtype == tf.string:
+        return tf.ensure_shape(_decode_any(image, channels), [None, None, channels])
+    return image
