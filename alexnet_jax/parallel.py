@@ -4,8 +4,11 @@ The rest of the code calls these and `jax.pmap(..., axis_name=AXIS)`; moving to 
 `NamedSharding` means changing this module (and the two pmap calls), nothing else.
 """
 
+import os
+
 import jax
 from flax import jax_utils
+import numpy as np
 
 AXIS = 'batch'  # The pmap axis name; gradients and batch statistics are pmean'd over it.
 
@@ -14,14 +17,19 @@ def local_device_count() -> int:
     return jax.local_device_count()
 
 
-def replicate(tree):
-    """Puts one copy of `tree` on every local device (leading axis = local devices)."""
-    return jax_utils.replicate(tree)
+def replicate(tree, devices=None):
+    """Puts one copy of `tree` on every local device (or `devices`); leading axis = devices."""
+    return jax_utils.replicate(tree, devices, axis_name=AXIS)  # Placed as pmap's outputs are.
 
 
 def unreplicate(tree):
-    """Takes device 0's copy of a replicated tree (e.g. before saving a checkpoint)."""
-    return jax.device_get(jax_utils.unreplicate(tree))
+    """Device 0's copy of a replicated tree, on the host (e.g. before saving a checkpoint)."""
+    def first(x):
+        if not isinstance(x, jax.Array):
+            return np.asarray(x)[0]
+        shard = x.addressable_shards[0].data  # One replica: shape [1, ...], or the whole array.
+        return np.asarray(shard[0] if shard.shape == x.shape else shard.reshape(x.shape[1:]))
+    return jax.tree.map(first, tree)
 
 
 def per_device_batch_size(global_batch_size: int, process_count: int | None = None,
@@ -52,4 +60,27 @@ def shard(batch, local_devices: int | None = None):
 
 def prefetch_to_device(iterator, size: int = 2):
     """Keeps `size` device batches in flight, so the accelerator never waits for the host."""
-    return jax_utils.prefetch_to_device(iterator, size)
+    return jax_utils.prefetch_to_device(iterator, size, axis_name=AXIS)
+
+
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+    """`jax.distributed.initialize` for multi-process runs; a no-op for one process.
+
+    Explicit coordinator flags win; otherwise TPU pods, SLURM and Open MPI jobs with several
+    tasks are detected from the environment and jax fills in the rest. CPU processes talk over
+    gloo (set before initialize; other platforms ignore it).
+    """
+    env = os.environ
+    explicit = coordinator_address is not None or (num_processes or 1) > 1
+    cluster = (int(env.get('SLURM_NTASKS', '1')) > 1 or ',' in env.get('TPU_WORKER_HOSTNAMES', '')
+               or int(env.get('OMPI_COMM_WORLD_SIZE', '1')) > 1)
+    if not (explicit or cluster):
+        return
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    if explicit:
+        jax.distributed.initialize(coordinator_address=coordinator_address,
+                                   num_processes=num_processes, process_id=process_id)
+    else:
+        jax.distributed.initialize()

@@ -1,0 +1,78 @@
+"""Where the loop's numbers go: clu writers (TensorBoard + log), metrics.jsonl, the console
+line with ETA, learning_curves.png and results.json, all in the workdir (process 0 writes)."""
+
+import json
+import time
+
+from absl import logging
+from clu import metric_writers
+from etils import epath
+import jax
+
+from alexnet_jax import plots
+
+JSONL = 'metrics.jsonl'
+
+
+def read_history(workdir) -> list:
+    """metrics.jsonl's records; a record re-written after a resume replaces the older one."""
+    path = epath.Path(workdir) / JSONL
+    if not path.exists():
+        return []
+    latest = {}
+    for line in path.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:  # A line cut by a kill -9.
+            continue
+        latest[(r['split'], r['step'])] = r
+    return sorted(latest.values(), key=lambda r: r['step'])
+
+
+class Recorder:
+    def __init__(self, workdir, *, num_steps: int, steps_per_epoch: int, batch_size: int,
+                 plot: bool = True):
+        self.workdir = epath.Path(workdir)
+        self.lead = jax.process_index() == 0
+        self.num_steps, self.steps_per_epoch, self.batch_size = num_steps, steps_per_epoch, batch_size
+        self.plot = plot and self.lead
+        if self.lead:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+        self.writer = metric_writers.create_default_writer(
+            str(self.workdir), just_logging=not self.lead)
+        self.history = read_history(self.workdir) if self.lead else []
+        self.last_time = time.time()
+
+    def write(self, step: int, split: str, scalars: dict, num_steps_since: int = 0) -> None:
+        scalars = dict(scalars)
+        if split == 'train':
+            now = time.time()
+            rate = num_steps_since / max(now - self.last_time, 1e-9)
+            self.last_time = now
+            scalars.update(steps_per_second=rate, images_per_second=rate * self.batch_size)
+            eta = (self.num_steps - step) / max(rate, 1e-9)
+            logging.info('step %d/%d (%.0f%%)  loss %.4f  top1 %.2f%%  lr %.3g  %.1f steps/s  '
+                         '%.0f img/s  ETA %s', step, self.num_steps, 100 * step / self.num_steps,
+                         scalars['loss'], 100 * scalars['top1'], scalars['lr'], rate,
+                         rate * self.batch_size, time.strftime('%H:%M:%S', time.gmtime(eta)))
+        else:
+            logging.info('step %d %s: loss %.4f  top1 %.2f%%  top5 %.2f%%', step, split,
+                         scalars['loss'], 100 * scalars['top1'], 100 * scalars['top5'])
+        self.writer.write_scalars(step, {f'{split}/{k}': v for k, v in scalars.items()})
+        if not self.lead:
+            return
+        record = {'step': step, 'epoch': step / self.steps_per_epoch, 'split': split, **scalars}
+        with (self.workdir / JSONL).open('a') as f:
+            f.write(json.dumps(record) + '\n')
+        self.history.append(record)
+        if split == 'val' and self.plot:
+            plots.learning_curves(self.history, self.workdir / 'learning_curves.png')
+
+    def write_results(self, results: dict) -> None:
+        logging.info('Results: %s', results)
+        if self.lead:
+            (self.workdir / 'results.json').write_text(json.dumps(results, indent=2) + '\n')
+
+    def close(self) -> None:
+        self.writer.flush()
+        self.writer.close()

@@ -1,0 +1,164 @@
+"""Optimizers and learning-rate schedules from `config.optim` (optax).
+
+The paper's update rule (Sec. 5), with momentum 0.9, weight decay 5e-4 and learning rate eps:
+
+    v <- 0.9 v - 5e-4 * eps * w - eps * dL/dw        w <- w + v
+
+is `add_decayed_weights` (decay added to the gradient, before momentum, on the parameters the
+mask selects), then the learning rate, then the momentum trace: eps multiplies each gradient as
+it enters v, exactly as written, so a learning-rate drop does not rescale the old momentum.
+
+The learning rate is an optax hyperparameter (`inject_hyperparams`), so it lives in the
+optimizer state, is checkpointed with it and can be read back for logging. The 'plateau'
+schedule (the paper's: divide by 10 when the validation error stops improving) is decided on
+the host at eval time by `Plateau`, which writes the new rate into the optimizer state; its own
+state is a small JSON dict the checkpoint keeps.
+"""
+
+import dataclasses
+import re
+from typing import Callable
+
+import jax
+import optax
+from flax import traverse_util
+
+SCHEDULES = ('plateau', 'step', 'warmup_cosine', 'constant')
+
+
+def duration_steps(section, name: str, steps_per_epoch: int) -> int:
+    """`<name>_steps` if set, else `<name>_epochs` * steps_per_epoch (rounded), as steps."""
+    steps = section.get(f'{name}_steps')
+    if steps is not None:
+        return int(steps)
+    epochs = section.get(f'{name}_epochs')
+    return int(round((epochs or 0) * steps_per_epoch))
+
+
+def create_schedule(o, steps_per_epoch: int, num_steps: int) -> Callable | float:
+    """The learning rate as a function of the step (or a float, for 'plateau'/'constant')."""
+    lr = o.learning_rate
+    if o.schedule in ('plateau', 'constant'):
+        return lr  # 'plateau': `Plateau` lowers it at eval time.
+    if o.schedule == 'step':  # Caffe: lr * gamma ** (step // stepsize).
+        return optax.exponential_decay(lr, duration_steps(o, 'decay_every', steps_per_epoch),
+                                       o.decay_factor, staircase=True)
+    if o.schedule == 'warmup_cosine':
+        warmup = duration_steps(o, 'warmup', steps_per_epoch)
+        return optax.warmup_cosine_decay_schedule(
+            0.0, lr, warmup, max(num_steps, warmup + 1), end_value=0.0)
+    raise ValueError(f'config.optim.schedule: {o.schedule!r} is not one of {SCHEDULES}.')
+
+
+def decay_mask(pattern: str):
+    """A mask fn: True for params whose '/'-joined path matches `pattern` (e.g. 'kernel')."""
+    regex = re.compile(pattern) if pattern else None
+
+    def mask(params):
+        flat = traverse_util.flatten_dict(params, sep='/')
+        return traverse_util.unflatten_dict(
+            {k: bool(regex and regex.search(k)) for k in flat}, sep='/')
+    return mask
+
+
+def _sgd(o, learning_rate, weight_decay):
+    return optax.chain(
+        optax.add_decayed_weights(weight_decay, decay_mask(o.weight_decay_mask)),
+        optax.scale_by_learning_rate(learning_rate),
+        optax.trace(decay=o.momentum, nesterov=o.nesterov),
+    )
+
+
+def _adam(o, learning_rate, weight_decay):  # L2 in the gradient, as the paper's SGD does.
+    return optax.chain(
+        optax.add_decayed_weights(weight_decay, decay_mask(o.weight_decay_mask)),
+        optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def _adamw(o, learning_rate, weight_decay):  # Decoupled decay (Loshchilov & Hutter).
+    return optax.adamw(learning_rate, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=weight_decay,
+                       mask=decay_mask(o.weight_decay_mask))
+
+
+# name -> fn(config.optim, learning_rate, weight_decay) -> GradientTransformation.
+# A new optimizer (e.g. 'lars' via optax.lars) is one entry here plus its config fields.
+OPTIMIZERS = {'sgd': _sgd, 'adam': _adam, 'adamw': _adamw}
+
+
+def create_optimizer(o, steps_per_epoch: int, num_steps: int) -> optax.GradientTransformation:
+    """The optimizer of `config.optim`; `opt_state.hyperparams['learning_rate']` is the lr."""
+    if o.optimizer not in OPTIMIZERS:
+        raise ValueError(f'config.optim.optimizer: {o.optimizer!r} is not one of '
+                         f'{sorted(OPTIMIZERS)}.')
+    build = OPTIMIZERS[o.optimizer]
+    tx = optax.inject_hyperparams(lambda learning_rate, weight_decay: build(
+        o, learning_rate, weight_decay))(
+            learning_rate=create_schedule(o, steps_per_epoch, num_steps),
+            weight_decay=o.weight_decay)
+    if o.grad_clip_norm:
+        tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), tx)
+    return tx
+
+
+def _hyperparams(opt_state):
+    """The `inject_hyperparams` state inside `opt_state` (possibly behind a clip)."""
+    if hasattr(opt_state, 'hyperparams'):
+        return opt_state
+    return next(s for s in opt_state if hasattr(s, 'hyperparams'))
+
+
+def learning_rate(opt_state) -> jax.Array:
+    return _hyperparams(opt_state).hyperparams['learning_rate']
+
+
+def set_learning_rate(opt_state, value):
+    """`opt_state` with the learning rate replaced by `value` (a float32 scalar, placed as the
+    old one was: the caller replicates it for a replicated state)."""
+    _hyperparams(opt_state).hyperparams['learning_rate'] = value
+    return opt_state
+
+
+@dataclasses.dataclass
+class Plateau:
+    """Divides the lr by 1/factor when the validation error has not improved for `patience` evals.
+
+    Host-side and deterministic: `update(val_error)` returns the new scale of the base lr. Its
+    state (`asdict`) goes into the checkpoint's meta, so a resumed run decides the same way.
+    """
+    factor: float = 0.1
+    patience: int = 1
+    min_delta: float = 0.0
+    max_reductions: int = 3
+    best: float = float('inf')
+    num_bad: int = 0
+    reductions: int = 0
+
+    @classmethod
+    def from_config(cls, o, state: dict | None = None):
+        p = cls(o.plateau_factor, o.plateau_patience, o.plateau_min_delta,
+                o.plateau_max_reductions)
+        for k, v in (state or {}).items():
+            setattr(p, k, float('inf') if k == 'best' and v is None else v)
+        return p
+
+    @property
+    def scale(self) -> float:
+        return self.factor ** self.reductions
+
+    def update(self, val_error: float) -> bool:
+        """Records one validation error; True if the learning rate was just lowered."""
+        if val_error < self.best - self.min_delta:
+            self.best, self.num_bad = float(val_error), 0
+            return False
+        self.num_bad += 1
+        if self.num_bad >= self.patience and self.reductions < self.max_reductions:
+            self.reductions += 1
+            self.num_bad = 0
+            return True
+        return False
+
+    def state(self) -> dict:
+        best = None if self.best == float('inf') else self.best  # Strict JSON.
+        return {'best': best, 'num_bad': self.num_bad, 'reductions': self.reductions}

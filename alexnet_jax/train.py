@@ -1,0 +1,274 @@
+"""Training and evaluation loop: `train_and_evaluate(config, workdir)`, after flax's imagenet.
+
+Data parallel with `jax.pmap` over every device of every host (axis `parallel.AXIS`): the state
+is replicated, each device takes its slice of the global batch, gradients, batch statistics and
+metrics are averaged across devices inside the step. Side jobs (log, eval, checkpoint, plot)
+each run at their own interval; the host waits for the devices only there.
+
+Resuming is exact: the state (params, optimizer state with its learning rate, step) and the
+plateau tracker come from the latest checkpoint, the data iterator restarts at that step, and
+the dropout key of step s on device d is fold_in(fold_in(key(seed), s), d), a function of
+the step alone.
+"""
+
+import functools
+import math
+import time
+from typing import Any
+
+from absl import logging
+import flax.linen as nn
+from flax.training import train_state
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from alexnet_jax import checkpoints
+from alexnet_jax import input_pipeline
+from alexnet_jax import metrics as metrics_lib
+from alexnet_jax import models
+from alexnet_jax import optim
+from alexnet_jax import parallel
+from alexnet_jax import validation
+from alexnet_jax.parallel import AXIS
+
+
+class TrainState(train_state.TrainState):
+    batch_stats: Any = None  # {} unless config.model.batch_norm.
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or inf; the last checkpoint written is the last good one."""
+
+
+def create_train_state(rng, model: nn.Module, tx: optax.GradientTransformation,
+                       image_shape) -> TrainState:
+    """Initialises parameters (and batch statistics) on the host, unreplicated."""
+    variables = jax.jit(functools.partial(model.init, train=False))(
+        rng, jnp.zeros((1,) + tuple(image_shape), jnp.float32))
+    state = TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
+                              batch_stats=variables.get('batch_stats', {}))
+    # Host numpy leaves with fixed dtypes (step=0 is a Python int, the lr a weakly typed
+    # scalar): the step's second call would otherwise see new types and compile again.
+    return state.replace(step=np.zeros((), np.int32),
+                         opt_state=jax.tree.map(np.asarray, state.opt_state))
+
+
+def initial_state(config, info, steps_per_epoch: int, num_steps: int):
+    """(fresh host state, dropout key), both from config.seed."""
+    model = models.create_model(config.model)
+    tx = optim.create_optimizer(config.optim, steps_per_epoch, num_steps)
+    params_key, dropout_key = jax.random.split(jax.random.key(config.seed))
+    return create_train_state(params_key, model, tx, info.image_shape), dropout_key
+
+
+def cross_entropy(logits, labels):
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def topk_correct(scores, labels, k: int):
+    """1.0 where `labels` is among the k highest `scores` (k clipped to the number of classes)."""
+    k = min(k, scores.shape[-1])
+    _, top = lax.top_k(scores, k)
+    return jnp.any(top == labels[..., None], axis=-1).astype(jnp.float32)
+
+
+def dropout_rng(key, step):
+    """This device's dropout key for `step`: every device and every step draws its own masks."""
+    return jax.random.fold_in(jax.random.fold_in(key, step), lax.axis_index(AXIS))
+
+
+def train_step(state: TrainState, batch, *, dropout_key):
+    """One SGD step on this device's slice of the batch; runs under pmap over AXIS."""
+    rng = dropout_rng(dropout_key, state.step)
+
+    def loss_fn(params):
+        logits, updates = state.apply_fn(
+            {'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
+            rngs={'dropout': rng}, mutable=['batch_stats'])
+        return cross_entropy(logits, batch['label']).mean(), (logits, updates)
+
+    (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = lax.pmean(grads, AXIS)
+    new_state = state.apply_gradients(
+        grads=grads, batch_stats=lax.pmean(updates.get('batch_stats', {}), AXIS))
+    metrics = {
+        'loss': loss,
+        'top1': topk_correct(logits, batch['label'], 1).mean(),
+        'top5': topk_correct(logits, batch['label'], 5).mean(),
+    }
+    metrics = lax.pmean(metrics, AXIS)
+    metrics['lr'] = optim.learning_rate(new_state.opt_state)  # The rate this step used.
+    return new_state, metrics
+
+
+def eval_step(state: TrainState, batch):
+    """Sums of loss / top-1 / top-5 over the real (mask=True) examples of all devices.
+
+    Images [n, H, W, C], or [n, crops, H, W, C] for the paper's 10-crop test: the softmax is
+    averaged over the crops.
+    """
+    images = batch['image']
+    n, crops = images.shape[0], (images.shape[1] if images.ndim == 5 else 1)
+    logits = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats},
+                            images.reshape((n * crops,) + images.shape[-3:]), train=False)
+    probs = jax.nn.softmax(logits).reshape(n, crops, -1).mean(axis=1)
+    labels, mask = batch['label'], batch['mask'].astype(jnp.float32)
+    nll = -jnp.log(jnp.take_along_axis(probs, labels[:, None], axis=-1)[:, 0] + 1e-12)
+    sums = {
+        'loss': nll * mask,
+        'top1': topk_correct(probs, labels, 1) * mask,
+        'top5': topk_correct(probs, labels, 5) * mask,
+        'count': mask,
+    }
+    return lax.psum(jax.tree.map(jnp.sum, sums), AXIS)
+
+
+def evaluate(p_eval_step, state, config, split: str) -> dict:
+    """Loss, top-1 and top-5 over every example of `split` (all hosts, padding masked)."""
+    totals = None
+    for batch in input_pipeline.eval_iterator(config, split):
+        sums = p_eval_step(state, batch)
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = parallel.unreplicate(totals)
+    count = max(float(totals['count']), 1.0)
+    return {k: float(totals[k]) / count for k in ('loss', 'top1', 'top5')}
+
+
+def num_train_steps(config) -> tuple[int, int]:
+    """(total steps, steps per epoch)."""
+    steps_per_epoch = input_pipeline.steps_per_epoch(config)
+    if config.train.num_steps is not None:
+        return int(config.train.num_steps), steps_per_epoch
+    return int(math.ceil(config.train.num_epochs * steps_per_epoch)), steps_per_epoch
+
+
+def _at(step: int, every: int, last: int) -> bool:
+    return step == last or (every > 0 and step % every == 0)
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+    """Trains (or resumes) in `workdir`, evaluates on the test split; returns results.json's dict."""
+    validation.validate_config(config)
+    info = input_pipeline.get_info(config)
+    validation.check(config.model.num_classes == info.num_classes, 'model.num_classes',
+                     f'{config.model.num_classes} != {info.num_classes} classes in '
+                     f'{config.data.name!r}; set --config.model.num_classes={info.num_classes}.')
+    num_steps, steps_per_epoch = num_train_steps(config)
+    t = config.train
+    eval_every = steps_per_epoch if t.eval_every_steps is None else t.eval_every_steps
+    recorder = metrics_lib.Recorder(workdir, num_steps=num_steps, steps_per_epoch=steps_per_epoch,
+                                    batch_size=t.batch_size, plot=t.plot)
+
+    state, dropout_key = initial_state(config, info, steps_per_epoch, num_steps)
+    ckpt = checkpoints.Checkpointer(
+        workdir, config_fingerprint=checkpoints.config_fingerprint(config),
+        keep=t.keep_checkpoints, best_metric='val_top1', async_save=t.async_checkpoints)
+    meta = {}
+    restored = ckpt.restore(state)
+    if restored is not None:
+        state, meta = restored
+        logging.info('Resumed from step %d of %s.', int(state.step), workdir)
+    plateau = optim.Plateau.from_config(config.optim, meta.get('plateau'))
+    start_step = int(state.step)
+    elapsed = meta.get('elapsed', 0.0)
+    state = parallel.replicate(state)
+
+    p_train_step = jax.pmap(functools.partial(train_step, dropout_key=dropout_key),
+                            axis_name=AXIS, donate_argnums=(0,))
+    p_eval_step = jax.pmap(eval_step, axis_name=AXIS)
+
+    def save(step, val=None):
+        meta = {'plateau': plateau.state(), 'elapsed': elapsed + time.time() - t0}
+        ckpt.save(step, parallel.unreplicate(state), meta,
+                  metrics=None if val is None else {'val_top1': val['top1']})
+
+    t0 = time.time()
+    val = None
+    try:
+        if start_step < num_steps:
+            logging.info('Training steps %d..%d (%d per epoch).', start_step + 1, num_steps,
+                         steps_per_epoch)
+            batches = parallel.prefetch_to_device(
+                input_pipeline.train_iterator(config, start_step=start_step))
+            pending = []  # Device metrics since the last log; fetched only at log time.
+            with checkpoints.PreemptionGuard() as guard:
+                for step in range(start_step + 1, num_steps + 1):
+                    state, step_metrics = p_train_step(state, next(batches))
+                    pending.append(step_metrics)
+                    stop = preempted(guard, step, t.log_every_steps)
+                    is_eval = _at(step, eval_every, num_steps)
+                    is_ckpt = _at(step, t.checkpoint_every_steps, num_steps) or stop
+                    if _at(step, t.log_every_steps, num_steps) or is_ckpt:
+                        log_train(recorder, step, pending)  # Raises on NaN/inf, before a save.
+                        pending = []
+                    if is_eval:
+                        val = evaluate(p_eval_step, state, config, config.data.eval_split)
+                        recorder.write(step, 'val', val)
+                        state = update_plateau(plateau, state, val, config.optim, step)
+                    if is_ckpt:
+                        save(step, val if is_eval else None)
+                    if stop:
+                        logging.warning('Preempted: saved step %d; rerun to resume.', step)
+                        return {'preempted_at_step': step}
+        ckpt.wait()
+        elapsed += time.time() - t0
+        return final_results(p_eval_step, state, config, val, num_steps, elapsed, recorder)
+    finally:
+        ckpt.close()  # Waits for an async save in flight, even when stopping on NaN.
+        recorder.close()
+
+
+def preempted(guard, step: int, every: int) -> bool:
+    """SIGTERM/SIGINT seen (on any host; hosts agree only at log steps, to stay in step)."""
+    if jax.process_count() == 1:
+        return guard.requested
+    return step % max(every, 1) == 0 and guard.any_requested()
+
+
+def log_train(recorder, step: int, pending: list) -> None:
+    """Averages the steps' device metrics, stops on a non-finite loss, writes them."""
+    stacked = jax.tree.map(lambda *x: np.stack(x), *parallel.unreplicate(pending))
+    losses = np.asarray(stacked['loss'])
+    if not np.all(np.isfinite(losses)):
+        bad = step - len(losses) + 1 + int(np.argmin(np.isfinite(losses)))
+        raise NonFiniteLossError(
+            f'Training loss is {losses[~np.isfinite(losses)][0]} at step {bad}; stopping. The '
+            f'last checkpoint (before step {bad}) is intact: lower config.optim.learning_rate '
+            f'or check the data, then rerun to resume from it.')
+    recorder.write(step, 'train', {k: float(np.mean(v)) for k, v in stacked.items()},
+                   num_steps_since=len(losses))
+
+
+def update_plateau(plateau, state, val: dict, o, step: int):
+    """The paper's schedule: lr / 10 when the validation error stops improving."""
+    if o.schedule != 'plateau':
+        return state
+    if plateau.update(1.0 - val['top1']):
+        lr = o.learning_rate * plateau.scale
+        logging.info('Validation error plateaued at step %d: learning rate -> %g.', step, lr)
+        lr = parallel.replicate(np.float32(lr))  # Same type and placement: no recompile.
+        state = state.replace(opt_state=optim.set_learning_rate(state.opt_state, lr))
+    return state
+
+
+def final_results(p_eval_step, state, config, val, num_steps, elapsed, recorder) -> dict:
+    """Test-split metrics (reusing the last eval when it is the same split) -> results.json."""
+    d = config.data
+    if val is None or d.test_split != d.eval_split:
+        test = evaluate(p_eval_step, state, config, d.test_split)
+    else:
+        test = val
+    results = {
+        'variant': config.get('variant', 'custom'),
+        'test_split': d.test_split,
+        'test_top1': test['top1'], 'test_top5': test['top5'], 'test_loss': test['loss'],
+        'steps': num_steps,
+        'train_seconds': elapsed,
+        'images_per_second': num_steps * config.train.batch_size / max(elapsed, 1e-9),
+    }
+    recorder.write(num_steps, 'test', test)
+    recorder.write_results(results)
+    return results

@@ -1,0 +1,64 @@
+r"""Trains and evaluates AlexNet: one command on a laptop, a GPU box or a TPU pod.
+
+  python launch.py --config=configs/alexnet.py:digits --workdir=/tmp/digits
+  python launch.py --config=configs/alexnet.py --config.model.groups=2 --workdir=gs://b/run
+
+Several processes (each with its own devices) join with --coordinator_address=HOST:PORT
+--num_processes=N --process_id=I; on TPU pods and SLURM they are detected automatically. Their
+--workdir must be one directory every host sees (GCS, NFS). Rerunning on a workdir resumes it.
+"""
+
+import json
+
+from absl import app
+from absl import flags
+from absl import logging
+from etils import epath
+import jax
+
+from alexnet_jax import checkpoints
+from alexnet_jax import cli
+from alexnet_jax import parallel
+from alexnet_jax import train
+
+cli.define_config_flag()
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, plots, results.',
+                    required=True)
+flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0 (multi-process).')
+flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-process).')
+flags.DEFINE_integer('process_id', None, 'This process\'s index in [0, num_processes).')
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        cli.fail(f'unexpected arguments {argv[1:]}; configure with --config.<field>=<value>.')
+    config = cli.validated_config()
+    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                    FLAGS.process_id)
+    log_setup(config, FLAGS.workdir)
+    try:
+        train.train_and_evaluate(config, FLAGS.workdir)
+    except (checkpoints.ConfigMismatchError, train.NonFiniteLossError) as e:
+        cli.fail(str(e), code=1)
+
+
+def log_setup(config, workdir: str) -> None:
+    """Checks the batch splits over the devices; logs hosts, devices, config; writes config.json."""
+    for name in ('batch_size', 'eval_batch_size'):
+        try:
+            parallel.per_device_batch_size(config.train[name])
+        except ValueError as e:
+            cli.fail(str(e).replace('config.train.batch_size', f'config.train.{name}'))
+    logging.info('Process %d of %d; %d local / %d global devices: %s', jax.process_index(),
+                 jax.process_count(), jax.local_device_count(), jax.device_count(),
+                 jax.local_devices())
+    logging.info('Config:\n%s', config)
+    if jax.process_index() == 0:
+        path = epath.Path(workdir)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / 'config.json').write_text(json.dumps(config.to_dict(), indent=2, default=str))
+
+
+if __name__ == '__main__':
+    app.run(main, flags_parser=cli.parse_flags)

@@ -1,0 +1,159 @@
+"""The train loop, run for real on tiny fake data (2 simulated CPU devices, see conftest)."""
+
+import functools
+import json
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import alexnet
+from alexnet_jax import checkpoints
+from alexnet_jax import input_pipeline
+from alexnet_jax import models
+from alexnet_jax import parallel
+from alexnet_jax import train
+
+
+def tiny_config(**train_overrides):
+    """AlexNet at 5% width on 67x67 fake images: a step takes milliseconds."""
+    c = alexnet.get_config('fake')
+    c.model.update(width=0.05, num_classes=10)
+    c.data.update(fake_shape=(70, 70, 3), fake_num_classes=10, fake_train_examples=64,
+                  fake_eval_examples=20, resize_size=70, image_size=67)
+    c.train.update(batch_size=8, eval_batch_size=8, num_steps=6, log_every_steps=2,
+                   eval_every_steps=3, checkpoint_every_steps=3, plot=False)
+    c.train.update(train_overrides)
+    return c
+
+
+def saved_state(config, workdir):
+    """(state, meta) of the latest checkpoint in `workdir`."""
+    info = input_pipeline.get_info(config)
+    num_steps, steps_per_epoch = train.num_train_steps(config)
+    target, _ = train.initial_state(config, info, steps_per_epoch, num_steps)
+    ckpt = checkpoints.Checkpointer(
+        workdir, config_fingerprint=checkpoints.config_fingerprint(config))
+    try:
+        return ckpt.restore(target)
+    finally:
+        ckpt.close()
+
+
+def assert_trees_close(a, b, atol=1e-6):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=1e-6)
+
+
+def test_one_real_step_writes_everything(tmp_path):
+    config = tiny_config(num_steps=1, plot=True)
+    results = train.train_and_evaluate(config, str(tmp_path))
+    assert results['steps'] == 1 and np.isfinite(results['test_loss'])
+    assert 0 <= results['test_top1'] <= results['test_top5'] <= 1
+    assert json.loads((tmp_path / 'results.json').read_text()) == results
+    records = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+    assert {r['split'] for r in records} == {'train', 'val', 'test'}
+    assert {'loss', 'top1', 'top5', 'lr', 'steps_per_second', 'images_per_second'} <= set(
+        records[0])
+    assert (tmp_path / 'learning_curves.png').stat().st_size > 0
+    assert saved_state(config, str(tmp_path))[0].step == 1
+
+
+def _run_steps(config, devices, batches):
+    """The real pmapped train_step on `devices`; each global batch split over them."""
+    info = input_pipeline.get_info(config)
+    state, key = train.initial_state(config, info, 10, 10)
+    state = parallel.replicate(state, devices)
+    step = jax.pmap(functools.partial(train.train_step, dropout_key=key),
+                    axis_name=parallel.AXIS, devices=devices)
+    for batch in batches:
+        state, metrics = step(state, parallel.shard(batch, len(devices)))
+    return parallel.unreplicate(state), parallel.unreplicate(metrics)
+
+
+def test_two_devices_equal_one_device():
+    config = tiny_config()
+    config.model.dropout_rate = 0.0
+    rng = np.random.RandomState(0)
+    batches = [{'image': rng.randn(8, 67, 67, 3).astype(np.float32),
+                'label': rng.randint(0, 10, 8).astype(np.int32)} for _ in range(3)]
+    one, m1 = _run_steps(config, jax.devices()[:1], batches)
+    two, m2 = _run_steps(config, jax.devices()[:2], batches)
+    assert_trees_close(one.params, two.params, atol=1e-6)
+    np.testing.assert_allclose(m1['loss'], m2['loss'], rtol=1e-5)
+
+
+def test_dropout_masks_differ_per_device_and_step():
+    key = jax.random.key(0)
+    x = jnp.ones((2, 4, 64))  # The same input on both devices.
+
+    @functools.partial(jax.pmap, axis_name=parallel.AXIS)
+    def masks(x, step):
+        rng = train.dropout_rng(key, step)
+        return models.nn.Dropout(0.5, deterministic=False).apply({}, x, rngs={'dropout': rng})
+    step0 = np.asarray(masks(x, jnp.zeros(2, jnp.int32))) > 0
+    step1 = np.asarray(masks(x, jnp.ones(2, jnp.int32))) > 0
+    assert (step0[0] != step0[1]).any(), 'both devices drew the same dropout mask'
+    assert (step0[0] != step1[0]).any(), 'two steps drew the same dropout mask'
+    np.testing.assert_array_equal(step0, np.asarray(masks(x, jnp.zeros(2, jnp.int32))) > 0)
+
+
+def test_step_compiles_once(tmp_path, monkeypatch):
+    traces = []
+    real_step = train.train_step
+
+    def counting_step(*args, **kwargs):  # Runs once per compilation (trace), not per step.
+        traces.append(1)
+        return real_step(*args, **kwargs)
+    monkeypatch.setattr(train, 'train_step', counting_step)
+    config = tiny_config(num_steps=12, log_every_steps=1, eval_every_steps=4,
+                         checkpoint_every_steps=5)
+    train.train_and_evaluate(config, str(tmp_path))
+    assert len(traces) == 1
+
+
+def test_resume_finished_run_only_reevaluates_and_mismatch_is_clear(tmp_path):
+    config = tiny_config()
+    first = train.train_and_evaluate(config, str(tmp_path))
+    lines = (tmp_path / 'metrics.jsonl').read_text().count('"split": "train"')
+    again = train.train_and_evaluate(config, str(tmp_path))
+    assert again['test_top1'] == first['test_top1'] and again['steps'] == first['steps']
+    assert (tmp_path / 'metrics.jsonl').read_text().count('"split": "train"') == lines
+    other = tiny_config()
+    other.model.width = 0.1
+    with pytest.raises(checkpoints.ConfigMismatchError, match='width'):
+        train.train_and_evaluate(other, str(tmp_path))
+
+
+def test_nan_stops_with_last_good_checkpoint(tmp_path, monkeypatch):
+    real = input_pipeline.train_iterator
+
+    def poisoned(config, *, start_step=0, **kw):
+        for step, batch in enumerate(real(config, start_step=start_step, **kw), start_step + 1):
+            if step == 5:  # Step 5's batch: loss NaN; checkpoint 3 is the last good one.
+                batch = dict(batch, image=np.full_like(batch['image'], np.nan))
+            yield batch
+    monkeypatch.setattr(input_pipeline, 'train_iterator', poisoned)
+    config = tiny_config(num_steps=9, log_every_steps=3)
+    with pytest.raises(FloatingPointError, match='step 5'):
+        train.train_and_evaluate(config, str(tmp_path))
+    state, _ = saved_state(config, str(tmp_path))
+    assert int(state.step) == 3
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
+
+
+def test_corrupt_latest_checkpoint_falls_back(tmp_path):
+    config = tiny_config(num_steps=6, checkpoint_every_steps=3)
+    expected = train.train_and_evaluate(config, str(tmp_path / 'clean'))
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+    latest = tmp_path / 'run' / 'checkpoints' / '6' / 'state'
+    for f in latest.rglob('*'):
+        if f.is_file() and f.stat().st_size > 64:
+            f.write_bytes(b'\0' * f.stat().st_size)  # Same size, garbage bytes.
+    (tmp_path / 'run' / 'results.json').unlink()
+    again = train.train_and_evaluate(config, str(tmp_path / 'run'))  # Resumes from step 3.
+    assert again['test_loss'] == pytest.approx(expected['test_loss'], abs=1e-6)
+    assert_trees_close(saved_state(config, str(tmp_path / 'run'))[0].params,
+                       saved_state(config, str(tmp_path / 'clean'))[0].params)
