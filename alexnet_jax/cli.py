@@ -8,9 +8,11 @@ Every entry point (launch.py, summary, sweep, evaluate, ...) does
 and calls `cli.validated_config()` in main.
 """
 
+import logging
 import sys
 
 from absl import flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from alexnet_jax import validation
@@ -38,8 +40,22 @@ def _one_line(error: BaseException) -> str:
     return ' '.join(text.replace('\\n', ' ').replace("\\'", "'").split())
 
 
+class _QuietLibraries(logging.Filter):
+    """Drops the INFO chatter of orbax, TFDS and XLA's backend probing from the console (their
+    warnings and errors still show), so the run's own progress lines are readable."""
+    NOISY = ('/orbax/', '/tensorflow_datasets/', 'xla_bridge.py', '/clu/metric_writers/')
+
+    def filter(self, record):
+        return record.levelno >= logging.WARNING or not any(
+            part in record.pathname for part in self.NOISY)
+
+
 def parse_flags(argv):
-    """absl `flags_parser`: a typo or bad value in --config.* exits with one line, code 2."""
+    """absl `flags_parser`: a typo or bad value in --config.* exits with one line, code 2.
+
+    Also quiets third-party INFO logs (see `_QuietLibraries`).
+    """
+    absl_logging.get_absl_handler().addFilter(_QuietLibraries())
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:

@@ -138,11 +138,25 @@ def result_row(sweep, point: Point, workdir) -> dict:
         r = json.loads((workdir / 'results.json').read_text())
         row.update(status='done', test_top1_error=1 - r['test_top1'],
                    test_top5_error=1 - r['test_top5'], train_seconds=r.get('train_seconds', ''))
-    hit = next((h for h in metrics.read_history(workdir)
-                if h['split'] == 'train' and 1 - h['top1'] <= sweep.threshold), None)
+    curve = training_error_curve(metrics.read_history(workdir))
+    hit = next(((step, epoch) for step, epoch, error in curve if error <= sweep.threshold), None)
     if hit is not None:
-        row.update(steps_to_threshold=hit['step'], epochs_to_threshold=hit['epoch'])
+        row.update(steps_to_threshold=hit[0], epochs_to_threshold=hit[1])
     return row
+
+
+def training_error_curve(history) -> list:
+    """(step, epoch, training error over the epoch that ends there), as Fig. 1 plots it.
+
+    Averaging over the last epoch's log records keeps one lucky batch from crossing the
+    threshold early; before the first epoch ends, the average is over the steps so far.
+    """
+    train = [h for h in history if h['split'] == 'train']
+    curve = []
+    for h in train:
+        window = [1 - g['top1'] for g in train if h['epoch'] - 1 < g['epoch'] <= h['epoch']]
+        curve.append((h['step'], h['epoch'], sum(window) / len(window)))
+    return curve
 
 
 def _mean_std(values) -> tuple:
@@ -235,10 +249,9 @@ def plot_figures(sweep, rows, root) -> list:
     for name in summary:
         style = '--' if 'tanh' in name.split('_') else '-'
         for seed in range(sweep.num_seeds):
-            train = [h for h in metrics.read_history(root / name / f'seed{seed}')
-                     if h['split'] == 'train']
-            if train:
-                ax.plot([h['epoch'] for h in train], [1 - h['top1'] for h in train], style,
+            curve = training_error_curve(metrics.read_history(root / name / f'seed{seed}'))
+            if curve:
+                ax.plot([c[1] for c in curve], [c[2] for c in curve], style,
                         alpha=0.8, label=name if seed == 0 else None,
                         color=f'C{list(summary).index(name)}')
         speed[name] = summary[name]['epochs'][0]
@@ -285,6 +298,12 @@ def main(argv):
     if FLAGS.print_commands:
         print('\n'.join(command(sweep, p, FLAGS.workdir) for p in points))
         return
+    from alexnet_jax import validation
+    for p in points:  # Every point's config is checked before any training starts.
+        try:
+            validation.validate_config(point_config(sweep, p))
+        except (validation.ConfigError, KeyError) as e:
+            cli.fail(f'grid point {p.name}: {e}')
     root = pathlib.Path(FLAGS.workdir)
     root.mkdir(parents=True, exist_ok=True)
     rows = [run_point(sweep, p, root, retry_failed=FLAGS.retry_failed) for p in points]

@@ -77,3 +77,59 @@ def test_print_commands_cli_runs_nothing(tmp_path):
 def test_unknown_grid_lists_valid_ones():
     with pytest.raises(ValueError, match='choose one of'):
         ablations.get_config('bogus')
+
+
+def tiny_sweep():
+    """Three points on tiny fake data: relu, tanh, and one that diverges (lr 1e30)."""
+    config = ablations.get_config('default')
+    config.base = 'configs/alexnet.py:fake'
+    config.base_overrides = tuple(sorted({
+        'model.width': 0.05, 'model.num_classes': 10, 'data.fake_shape': (70, 70, 3),
+        'data.fake_num_classes': 10, 'data.fake_train_examples': 64,
+        'data.fake_eval_examples': 20, 'data.resize_size': 70, 'data.image_size': 67,
+        'train.batch_size': 8, 'train.eval_batch_size': 8, 'train.num_steps': 6,
+        'train.log_every_steps': 2, 'train.eval_every_steps': 3, 'train.plot': False,
+        'optim.schedule': 'constant'}.items()))
+    config.axes = ablations._axis(
+        ('relu', {'model.activation': 'relu'}), ('tanh', {'model.activation': 'tanh'}),
+        ('diverge', {'model.activation': 'tanh', 'optim.learning_rate': 1e30})),
+    config.num_seeds = 1
+    config.threshold = 0.99  # Reached at once: exercises the steps-to-threshold column.
+    return config
+
+
+def test_sweep_runs_records_failures_resumes_and_reports(tmp_path):
+    config = tiny_sweep()
+    points = sweep.expand(config)
+    rows = [sweep.run_point(config, p, tmp_path) for p in points]
+    status = {r['point']: r['status'] for r in rows}
+    assert status == {'relu': 'done', 'tanh': 'done', 'diverge': 'failed'}
+    failed = next(r for r in rows if r['status'] == 'failed')
+    assert 'NonFiniteLossError' in failed['reason']
+    for r in rows[:2]:
+        assert 0 <= r['test_top1_error'] <= 1 and r['steps_to_threshold'] == 2
+
+    # Resume: finished and failed points are not trained again.
+    stamps = {p: (tmp_path / p.dirname / 'metrics.jsonl').stat().st_mtime_ns for p in points}
+    again = [sweep.run_point(config, p, tmp_path) for p in points]
+    assert again == rows
+    assert stamps == {p: (tmp_path / p.dirname / 'metrics.jsonl').stat().st_mtime_ns
+                      for p in points}
+
+    table = sweep.write_tables(config, rows, tmp_path)
+    relu_error = 100 * rows[0]['test_top1_error']
+    assert f'| relu | 1 | 0 | {relu_error:.2f} ± 0.00 |' in table
+    assert '| diverge | 0 | 1 |' in table and 'NonFiniteLossError' in table
+    assert (tmp_path / 'results.csv').read_text().count('\n') == 1 + len(points)
+    figures = sweep.plot_figures(config, rows, tmp_path)
+    assert (tmp_path / 'fig1_training_error.png') in figures
+    assert all(f.stat().st_size > 1000 for f in figures)
+
+
+def test_axis_effects_average_over_the_other_axes():
+    config = ablations.get_config('default')
+    summary = [{'point': n, 'top1': (e, 0.01)} for n, e in [
+        ('relu_lrn', 0.10), ('relu_nolrn', 0.13), ('tanh_lrn', 0.20), ('tanh_nolrn', 0.21)]]
+    effects = {e['key']: e for e in sweep.axis_effects(config, summary)}
+    assert effects['nolrn']['delta'] == pytest.approx(0.02)   # (0.03 + 0.01) / 2
+    assert effects['tanh']['delta'] == pytest.approx(0.09)    # (0.10 + 0.08) / 2

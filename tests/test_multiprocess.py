@@ -1,0 +1,63 @@
+"""Two real processes on localhost (jax.distributed, gloo CPU collectives) train like one.
+
+Each process runs launch.py with one CPU device and reads its own half of the data; the
+reference is this (single) process with two devices fed the same two halves, one per device,
+so both see the same global batches. Final parameters must agree.
+"""
+
+import functools
+import socket
+
+import jax
+import numpy as np
+
+from test_launch import TINY, launch
+from test_train import assert_trees_close, saved_state, tiny_config
+from alexnet_jax import input_pipeline
+from alexnet_jax import parallel
+from alexnet_jax import train
+
+STEPS = 6
+FLAGS = [f'--config.train.num_steps={STEPS}', '--config.train.log_every_steps=3',
+         '--config.train.eval_every_steps=0', f'--config.train.checkpoint_every_steps={STEPS}',
+         '--config.model.dropout_rate=0.0', '--config.train.async_checkpoints=False']
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def reference_params(config):
+    """One process, two devices; device d gets the batch process d would read."""
+    info = input_pipeline.get_info(config)
+    state, key = train.initial_state(config, info, *train.num_train_steps(config)[::-1])
+    devices = jax.devices()[:2]
+    state = parallel.replicate(state, devices)
+    step = jax.pmap(functools.partial(train.train_step, dropout_key=key),
+                    axis_name=parallel.AXIS, devices=devices)
+    hosts = [input_pipeline.train_iterator(config, process_index=p, process_count=2,
+                                           local_devices=1) for p in range(2)]
+    for _ in range(STEPS):
+        halves = [next(h) for h in hosts]
+        batch = jax.tree.map(lambda *x: np.concatenate(x), *halves)
+        state, _ = step(state, batch)
+    return parallel.unreplicate(state).params
+
+
+def test_two_processes_equal_one_process_with_same_global_batch(tmp_path):
+    address = f'127.0.0.1:{free_port()}'
+    procs = [launch(*TINY, *FLAGS, f'--workdir={tmp_path}', f'--coordinator_address={address}',
+                    '--num_processes=2', f'--process_id={i}', devices=1, wait=False)
+             for i in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+    assert (tmp_path / 'results.json').exists()  # Written by process 0 only.
+
+    config = tiny_config(num_steps=STEPS, eval_every_steps=0, log_every_steps=3)
+    config.model.dropout_rate = 0.0
+    state, _ = saved_state(config, str(tmp_path))
+    assert int(state.step) == STEPS
+    assert_trees_close(state.params, reference_params(config), atol=1e-5)
