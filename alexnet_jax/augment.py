@@ -178,12 +178,8 @@ def paper_train(image, seed, *, resize_size=256, crop_size=227, mirror=True, lig
                 channels=3):
     """Sec. 4.1: random 227 crop of the central 256^2, mirror, PCA lighting; float32 pixels."""
     window = random_paper_window(image_shape(image), subseed(seed, CROP), resize_size, crop_size)
-    out = resize(decode_and_crop(image, window, channels), crop_size)
-    if mirror:
-        out = random_flip(out, subseed(seed, FLIP))
-    if lighting and channels == 3:
-        out = random_pca_lighting(out, subseed(seed, LIGHTING), lighting)
-    return out
+    return _flip_and_light(resize(decode_and_crop(image, window, channels), crop_size), seed,
+                           mirror, lighting, channels)
 
 
 def inception_train(image, seed, *, crop_size=227, area_range=(0.08, 1.0),
@@ -191,12 +187,17 @@ def inception_train(image, seed, *, crop_size=227, area_range=(0.08, 1.0),
     """Random-resized crop (area/aspect jitter) + mirror + PCA lighting; float32 pixels."""
     window = random_resized_window(image_shape(image), subseed(seed, CROP), area_range,
                                    aspect_range)
-    out = resize(decode_and_crop(image, window, channels), crop_size)
+    return _flip_and_light(resize(decode_and_crop(image, window, channels), crop_size), seed,
+                           mirror, lighting, channels)
+
+
+def _flip_and_light(image, seed, mirror, lighting, channels):
+    """The colour-and-mirror tail both ImageNet train transforms share."""
     if mirror:
-        out = random_flip(out, subseed(seed, FLIP))
+        image = random_flip(image, subseed(seed, FLIP))
     if lighting and channels == 3:
-        out = random_pca_lighting(out, subseed(seed, LIGHTING), lighting)
-    return out
+        image = random_pca_lighting(image, subseed(seed, LIGHTING), lighting)
+    return image
 
 
 def small_train(image, seed, *, size, pad=4, mirror=True, channels=3):

@@ -1,0 +1,140 @@
+"""Fine-tuning: a fresh run that starts from existing weights (`config.init_from=DIR`).
+
+DIR is a converted checkpoint (alexnet_jax.convert) or a training workdir. Two steps, both
+called by `train.train_and_evaluate` (and `resolve_config` by launch.py too, before it writes
+the workdir's config.json):
+
+  resolve_config(config)  the run's config with DIR's net and preprocessing: every model field
+                          except RUN_MODEL_FIELDS, and data.{image_size, resize_size, mean_rgb,
+                          stddev_rgb}, come from DIR/config.json (each change is logged). So
+                          fine-tuning bvlc_alexnet needs no groups/LRN/BGR-mean flags.
+  load_into(state, DIR)   the fresh state with DIR's params (and batch_stats): every layer whose
+                          shapes match is loaded; the classifier head (fc8) is re-initialised when
+                          its shape differs (another num_classes); any other difference is an
+                          error naming the layer and both shapes.
+
+Only a fresh run loads DIR: a resumed run restores its own checkpoint and ignores init_from.
+Freezing layers (`config.freeze`) is the optimizer's job: optim.create_optimizer.
+"""
+
+from absl import logging
+import numpy as np
+
+from alexnet_jax import convert
+from alexnet_jax import validation
+
+# Model fields that are this run's choice (they do not change what the loaded weights mean).
+RUN_MODEL_FIELDS = ('num_classes', 'dropout_rate', 'bn_momentum', 'init_scheme', 'dtype',
+                    'param_dtype')
+# Data fields that belong to the weights (as in features.PREPROCESSING).
+PREPROCESSING = ('image_size', 'resize_size', 'mean_rgb', 'stddev_rgb')
+
+
+def _fail(message: str):
+    raise validation.ConfigError(f'config.init_from: {message}')
+
+
+def _source_config(directory):
+    try:
+        return convert.load_config(directory)
+    except convert.ConvertError as e:
+        _fail(str(e))
+
+
+def resolve_config(config):
+    """`config` (unchanged if init_from is unset) with DIR's net and preprocessing; a copy."""
+    if not config.get('init_from'):
+        return config
+    source = _source_config(config.init_from)
+    config = config.copy_and_resolve_references()
+    changes = []
+    for section, keys in (('model', [k for k in source.get('model', {})
+                                     if k not in RUN_MODEL_FIELDS]),
+                          ('data', PREPROCESSING)):
+        for key in keys:
+            if key in source.get(section, {}) and key in config[section]:
+                new = source[section][key]
+                if new != config[section][key]:
+                    changes.append(f'{section}.{key}: {config[section][key]!r} -> {new!r}')
+                    config[section][key] = new
+    if changes:
+        logging.info('init_from=%s defines the net and its preprocessing:\n  %s',
+                     config.init_from, '\n  '.join(changes))
+    validation.validate_config(config)
+    return config
+
+
+def head_layer(params) -> str:
+    """The classifier: the last layer the model creates (AlexNet's fc8, Fig1Net's fc4)."""
+    return 'fc8' if 'fc8' in params else list(params)[-1]
+
+
+def _flat(tree, prefix=''):
+    if not isinstance(tree, dict) and not hasattr(tree, 'items'):
+        return {prefix: tree}
+    out = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f'{prefix}/{k}' if prefix else str(k)))
+    return out
+
+
+def _shapes(tree) -> dict:
+    return {k: tuple(np.shape(v)) for k, v in _flat(tree).items()}
+
+
+def merge(target: dict, source: dict, head: str, where: str = 'params', directory='DIR'):
+    """(target with source's layers, loaded layer names, re-initialised layer names).
+
+    `target`/`source`: {layer: {name: array}} (one collection: params or batch_stats). A layer
+    of `head` whose shapes differ keeps target's fresh values; any other difference raises.
+    """
+    missing = [layer for layer in target if layer not in source]
+    extra = [layer for layer in source if layer not in target]
+    if missing or extra:
+        _fail(f'{directory} does not have the same layers as this model ({where}): '
+              + '; '.join(filter(None, [
+                  missing and f'{missing} only here', extra and f'{extra} only in {directory}']))
+              + '. Its config.json defines the net; check config.model.architecture/batch_norm.')
+    merged, loaded, reinit = {}, [], []
+    for layer, tree in target.items():
+        want, got = _shapes(tree), _shapes(source[layer])
+        if want == got:
+            flat_src = _flat(source[layer])
+            merged[layer] = _map_flat(  # In this run's param_dtype.
+                tree, lambda path, t: np.asarray(flat_src[path], dtype=t.dtype))
+            loaded.append(layer)
+            continue
+        diff = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
+        detail = ', '.join(f'{layer}/{k} {got.get(k)} in {directory} vs {want.get(k)} here'
+                           for k in diff)
+        if layer != head:
+            _fail(f'shape mismatch in {where} layer {layer!r}: {detail}. Only the classifier '
+                  f'head ({head}) may differ (it is re-initialised); the rest of the net must '
+                  f'be the one in {directory}/config.json.')
+        logging.info('init_from: re-initialising %s (%s).', layer, detail)
+        merged[layer] = tree
+        reinit.append(layer)
+    return merged, loaded, reinit
+
+
+def _map_flat(tree, fn, prefix=''):
+    if not isinstance(tree, dict) and not hasattr(tree, 'items'):
+        return fn(prefix, tree)
+    return {k: _map_flat(v, fn, f'{prefix}/{k}' if prefix else str(k)) for k, v in tree.items()}
+
+
+def load_into(state, directory):
+    """`state` (fresh, on the host) with DIR's params and batch_stats merged in; logs the layers."""
+    try:
+        _, variables = convert.load_variables(directory)
+    except convert.ConvertError as e:
+        _fail(str(e))
+    head = head_layer(state.params)
+    params, loaded, reinit = merge(state.params, variables['params'], head, 'params', directory)
+    batch_stats = state.batch_stats
+    if batch_stats:
+        batch_stats, _, _ = merge(batch_stats, variables.get('batch_stats', {}), head,
+                                  'batch_stats', directory)
+    logging.info('init_from=%s: loaded %s; re-initialised %s.', directory, ', '.join(loaded),
+                 ', '.join(reinit) or 'nothing')
+    return state.replace(params=params, batch_stats=batch_stats)
