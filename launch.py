@@ -8,18 +8,18 @@ Several processes (each with its own devices) join with --coordinator_address=HO
 --workdir must be one directory every host sees (GCS, NFS). Rerunning on a workdir resumes it.
 """
 
-import json
-
 from absl import app
 from absl import flags
 from absl import logging
-from etils import epath
 import jax
 
 from alexnet_jax import checkpoints
 from alexnet_jax import cli
+from alexnet_jax import convert
+from alexnet_jax import finetune
 from alexnet_jax import parallel
 from alexnet_jax import train
+from alexnet_jax import validation
 
 cli.define_config_flag()
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, plots, results.',
@@ -36,15 +36,18 @@ def main(argv):
     config = cli.validated_config()
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                     FLAGS.process_id)
-    log_setup(config, FLAGS.workdir)
     try:
+        config = finetune.resolve_config(config)  # init_from: its net, logged as used.
+        log_setup(config, FLAGS.workdir)
         train.train_and_evaluate(config, FLAGS.workdir)
-    except (checkpoints.ConfigMismatchError, train.NonFiniteLossError) as e:
+    except (checkpoints.ConfigMismatchError, train.NonFiniteLossError, validation.ConfigError,
+            convert.ConvertError) as e:
         cli.fail(str(e), code=1)
 
 
 def log_setup(config, workdir: str) -> None:
-    """Checks the batch splits over the devices; logs hosts, devices, config; writes config.json."""
+    """Checks the batch splits over the devices; logs hosts, devices and the config (the run
+    writes it to workdir/config.json once its checkpoint, if any, is known to fit it)."""
     for name in ('batch_size', 'eval_batch_size'):
         try:
             parallel.per_device_batch_size(config.train[name])
@@ -53,11 +56,7 @@ def log_setup(config, workdir: str) -> None:
     logging.info('Process %d of %d; %d local / %d global devices: %s', jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count(),
                  jax.local_devices())
-    logging.info('Config:\n%s', config)
-    if jax.process_index() == 0:
-        path = epath.Path(workdir)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / 'config.json').write_text(json.dumps(config.to_dict(), indent=2, default=str))
+    logging.info('Config of %s:\n%s', workdir, config)
 
 
 if __name__ == '__main__':

@@ -23,7 +23,7 @@ import jax
 import optax
 from flax import traverse_util
 
-SCHEDULES = ('plateau', 'step', 'warmup_cosine', 'constant')
+SCHEDULES = ('plateau', 'step', 'warmup_cosine', 'warmup_poly', 'constant')
 
 
 def duration_steps(section, name: str, steps_per_epoch: int) -> int:
@@ -47,6 +47,12 @@ def create_schedule(o, steps_per_epoch: int, num_steps: int) -> Callable | float
         warmup = duration_steps(o, 'warmup', steps_per_epoch)
         return optax.warmup_cosine_decay_schedule(
             0.0, lr, warmup, max(num_steps, warmup + 1), end_value=0.0)
+    if o.schedule == 'warmup_poly':  # You et al.: warmup, then lr * (1 - t / T) ** poly_power.
+        warmup = duration_steps(o, 'warmup', steps_per_epoch)
+        decay = optax.polynomial_schedule(lr, 0.0, o.poly_power, max(num_steps - warmup, 1))
+        if not warmup:
+            return decay
+        return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
     raise ValueError(f'config.optim.schedule: {o.schedule!r} is not one of {SCHEDULES}.')
 
 
@@ -82,13 +88,28 @@ def _adamw(o, learning_rate, weight_decay):  # Decoupled decay (Loshchilov & Hut
                        mask=decay_mask(o.weight_decay_mask))
 
 
+def _lars(o, learning_rate, weight_decay):
+    """LARS (You, Gitman & Ginsburg 2017): weight decay, then each masked layer's update scaled
+    by its trust ratio trust_coefficient * ||w|| / ||g + wd * w||, then lr, then momentum."""
+    return optax.lars(learning_rate, weight_decay, decay_mask(o.weight_decay_mask),
+                      trust_coefficient=o.lars_trust_coefficient, eps=o.lars_eps,
+                      trust_ratio_mask=decay_mask(o.lars_trust_ratio_mask),
+                      momentum=o.momentum, nesterov=o.nesterov)
+
+
 # name -> fn(config.optim, learning_rate, weight_decay) -> GradientTransformation.
-# A new optimizer (e.g. 'lars' via optax.lars) is one entry here plus its config fields.
-OPTIMIZERS = {'sgd': _sgd, 'adam': _adam, 'adamw': _adamw}
+# A new optimizer is one entry here plus its config fields ('lars': the lars_* fields).
+OPTIMIZERS = {'sgd': _sgd, 'adam': _adam, 'adamw': _adamw, 'lars': _lars}
 
 
-def create_optimizer(o, steps_per_epoch: int, num_steps: int) -> optax.GradientTransformation:
-    """The optimizer of `config.optim`; `opt_state.hyperparams['learning_rate']` is the lr."""
+def create_optimizer(o, steps_per_epoch: int, num_steps: int,
+                     freeze=()) -> optax.GradientTransformation:
+    """The optimizer of `config.optim`; `opt_state.hyperparams['learning_rate']` is the lr.
+
+    `freeze` (config.freeze): layers (top-level param names) that get zero updates through
+    `optax.multi_transform` + `set_to_zero`: the optimizer (weight decay, clipping, momentum)
+    sees only the other layers and keeps no state for frozen ones.
+    """
     if o.optimizer not in OPTIMIZERS:
         raise ValueError(f'config.optim.optimizer: {o.optimizer!r} is not one of '
                          f'{sorted(OPTIMIZERS)}.')
@@ -99,14 +120,47 @@ def create_optimizer(o, steps_per_epoch: int, num_steps: int) -> optax.GradientT
             weight_decay=o.weight_decay)
     if o.grad_clip_norm:
         tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), tx)
+    frozen = frozen_layers(freeze)
+    if frozen:
+        tx = optax.multi_transform({'trainable': tx, 'frozen': optax.set_to_zero()},
+                                   freeze_labels(frozen))
     return tx
 
 
+def frozen_layers(freeze) -> tuple:
+    """config.freeze as a tuple of names; 'conv1,conv2' (one command-line string) is split."""
+    if isinstance(freeze, str):
+        freeze = (freeze,)
+    return tuple(n for entry in freeze or () for n in re.split(r'[,\s]+', entry) if n)
+
+
+def freeze_labels(frozen):
+    """params -> the same tree of 'frozen' / 'trainable' labels, by top-level layer name."""
+    frozen = frozen_layers(frozen)
+
+    def labels(params):
+        unknown = sorted(set(frozen) - set(params))
+        if unknown:
+            raise ValueError(f'config.freeze: {unknown} are not layers of this model; choose '
+                             f'from {list(params)}.')
+        return {layer: jax.tree.map(lambda _, f=layer in frozen: 'frozen' if f else 'trainable',
+                                    tree) for layer, tree in params.items()}
+    return labels
+
+
 def _hyperparams(opt_state):
-    """The `inject_hyperparams` state inside `opt_state` (possibly behind a clip)."""
+    """The `inject_hyperparams` state inside `opt_state` (possibly behind a clip or a freeze)."""
     if hasattr(opt_state, 'hyperparams'):
         return opt_state
-    return next(s for s in opt_state if hasattr(s, 'hyperparams'))
+    if hasattr(opt_state, 'inner_states'):  # multi_transform (config.freeze).
+        children = list(opt_state.inner_states.values())
+    elif hasattr(opt_state, 'inner_state'):  # masked.
+        children = [opt_state.inner_state]
+    elif isinstance(opt_state, tuple):  # chain.
+        children = list(opt_state)
+    else:
+        return None
+    return next((h for h in map(_hyperparams, children) if h is not None), None)
 
 
 def learning_rate(opt_state) -> jax.Array:

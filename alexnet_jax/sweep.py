@@ -274,9 +274,7 @@ def plot_figures(sweep, rows, root) -> list:
         xs = range(len(effects))
         ax.bar([x - 0.2 for x in xs], [100 * e['delta'] for e in effects], 0.4,
                yerr=[100 * e['std'] for e in effects], label='ours (digits)')
-        paper = [ablations.PAPER_TOP1_DELTA.get(e['key'].replace('no', '').replace('pool2s2', 'pool')
-                                                .replace('half', 'groups'), math.nan)
-                 for e in effects]
+        paper = [ablations.PAPER_TOP1_DELTA.get(e['key'], math.nan) for e in effects]
         ax.bar([x + 0.2 for x in xs], paper, 0.4, label='paper (ImageNet)')
         ax.set_xticks(list(xs), [e['axis'] for e in effects])
         ax.axhline(0, color='k', lw=0.8)

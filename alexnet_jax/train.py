@@ -12,12 +12,15 @@ the step alone.
 """
 
 import functools
+import json
 import math
 import time
 from typing import Any
 
 from absl import logging
+from etils import epath
 import flax.linen as nn
+from flax.training import dynamic_scale as dynamic_scale_lib
 from flax.training import train_state
 import jax
 from jax import lax
@@ -26,6 +29,7 @@ import numpy as np
 import optax
 
 from alexnet_jax import checkpoints
+from alexnet_jax import finetune
 from alexnet_jax import input_pipeline
 from alexnet_jax import metrics as metrics_lib
 from alexnet_jax import models
@@ -37,6 +41,9 @@ from alexnet_jax.parallel import AXIS
 
 class TrainState(train_state.TrainState):
     batch_stats: Any = None  # {} unless config.model.batch_norm.
+    # flax's DynamicScale when config.optim.loss_scale='dynamic' (fp16), else None. In the state,
+    # so the scale is checkpointed and a resumed run continues with it.
+    dynamic_scale: Any = None
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -44,24 +51,49 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def create_train_state(rng, model: nn.Module, tx: optax.GradientTransformation,
-                       image_shape) -> TrainState:
+                       image_shape, dynamic_scale=None) -> TrainState:
     """Initialises parameters (and batch statistics) on the host, unreplicated."""
     variables = jax.jit(functools.partial(model.init, train=False))(
         rng, jnp.zeros((1,) + tuple(image_shape), jnp.float32))
     state = TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
                               batch_stats=variables.get('batch_stats', {}))
+    if dynamic_scale is not None:
+        dynamic_scale = dynamic_scale.replace(
+            fin_steps=np.asarray(dynamic_scale.fin_steps, np.int32),
+            scale=np.asarray(dynamic_scale.scale, np.float32))
     # Host numpy leaves with fixed dtypes (step=0 is a Python int, the lr a weakly typed
     # scalar): the step's second call would otherwise see new types and compile again.
     return state.replace(step=np.zeros((), np.int32),
-                         opt_state=jax.tree.map(np.asarray, state.opt_state))
+                         opt_state=jax.tree.map(np.asarray, state.opt_state),
+                         dynamic_scale=dynamic_scale)
+
+
+MIN_LOSS_SCALE = 1.0  # An overflow at this scale is a real inf/NaN: the loop stops on it.
+
+
+def create_dynamic_scale(o):
+    """Dynamic loss scaling for config.optim (fp16), or None when `loss_scale` is not set.
+
+    The loss is multiplied by `scale` before the backward pass and the gradients divided by it
+    after (then pmean'd, so every device sees the same gradients). A step whose gradients are
+    not all finite is skipped (params, optimizer state and batch statistics kept) and the scale
+    halved; after `loss_scale_growth_interval` finite steps in a row it doubles.
+    """
+    if o.get('loss_scale') is None:
+        return None
+    return dynamic_scale_lib.DynamicScale(
+        growth_factor=2.0, backoff_factor=0.5, growth_interval=int(o.loss_scale_growth_interval),
+        scale=float(o.loss_scale_init), minimum_scale=MIN_LOSS_SCALE)
 
 
 def initial_state(config, info, steps_per_epoch: int, num_steps: int):
     """(fresh host state, dropout key), both from config.seed."""
     model = models.create_model(config.model)
-    tx = optim.create_optimizer(config.optim, steps_per_epoch, num_steps)
+    tx = optim.create_optimizer(config.optim, steps_per_epoch, num_steps,
+                                freeze=config.get('freeze', ()))
     params_key, dropout_key = jax.random.split(jax.random.key(config.seed))
-    return create_train_state(params_key, model, tx, info.image_shape), dropout_key
+    return create_train_state(params_key, model, tx, info.image_shape,
+                              create_dynamic_scale(config.optim)), dropout_key
 
 
 def cross_entropy(logits, labels):
@@ -90,8 +122,14 @@ def train_step(state: TrainState, batch, *, dropout_key):
             rngs={'dropout': rng}, mutable=['batch_stats'])
         return cross_entropy(logits, batch['label']).mean(), (logits, updates)
 
-    (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grads = lax.pmean(grads, AXIS)
+    scaler = state.dynamic_scale
+    if scaler is None:
+        (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params)
+        grads = lax.pmean(grads, AXIS)
+    else:  # Scaled loss; grads unscaled and pmean'd inside, so all devices agree on `finite`.
+        scaler, finite, (loss, (logits, updates)), grads = scaler.value_and_grad(
+            loss_fn, has_aux=True, axis_name=AXIS)(state.params)
     new_state = state.apply_gradients(
         grads=grads, batch_stats=lax.pmean(updates.get('batch_stats', {}), AXIS))
     metrics = {
@@ -100,8 +138,28 @@ def train_step(state: TrainState, batch, *, dropout_key):
         'top5': topk_correct(logits, batch['label'], 5).mean(),
     }
     metrics = lax.pmean(metrics, AXIS)
+    if scaler is not None:  # Overflow: keep the old params, optimizer state and statistics.
+        keep = functools.partial(jax.tree.map, functools.partial(jnp.where, finite))
+        new_state = new_state.replace(
+            params=keep(new_state.params, state.params),
+            opt_state=keep(new_state.opt_state, state.opt_state),
+            batch_stats=keep(new_state.batch_stats, state.batch_stats), dynamic_scale=scaler)
+        metrics['loss_scale'] = state.dynamic_scale.scale  # The scale this step used.
+        metrics['skipped'] = 1.0 - finite.astype(jnp.float32)
     metrics['lr'] = optim.learning_rate(new_state.opt_state)  # The rate this step used.
     return new_state, metrics
+
+
+def make_train_step(dropout_key, devices=None, donate_state: bool = False):
+    """`train_step` pmapped over AXIS, as the loop runs it; the benchmarks time this very function.
+
+    The state is not donated by default: with pmap's per-device leading axis, XLA (jax 0.10)
+    keeps the old params/momentum alive next to the aliased outputs by copying every donated
+    buffer at the start of the step (see benchmarks/RESULTS.md: ~3 x the state in memory
+    traffic per step, no memory saved, since the copies are as large as the state).
+    """
+    return jax.pmap(functools.partial(train_step, dropout_key=dropout_key), axis_name=AXIS,
+                    donate_argnums=(0,) if donate_state else (), devices=devices)
 
 
 def eval_step(state: TrainState, batch):
@@ -137,6 +195,15 @@ def evaluate(p_eval_step, state, config, split: str) -> dict:
     return {k: float(totals[k]) / count for k in ('loss', 'top1', 'top5')}
 
 
+def write_config(config, workdir: str) -> None:
+    """workdir/config.json: the net and preprocessing of its checkpoints, as evaluate, features
+    and init_from read them (convert.load_config)."""
+    if jax.process_index() == 0:
+        path = epath.Path(workdir)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / 'config.json').write_text(json.dumps(config.to_dict(), indent=2, default=str))
+
+
 def num_train_steps(config) -> tuple[int, int]:
     """(total steps, steps per epoch)."""
     steps_per_epoch = input_pipeline.steps_per_epoch(config)
@@ -150,8 +217,16 @@ def _at(step: int, every: int, last: int) -> bool:
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-    """Trains (or resumes) in `workdir`, evaluates on the test split; returns results.json's dict."""
+    """Trains (or resumes) in `workdir`, evaluates on the test split; returns results.json's dict.
+
+    config.init_from: a fresh run starts from those weights (finetune.py); config.freeze: those
+    layers stay fixed (optim.py); config.eval_only: only evaluates (evaluate.eval_only).
+    """
     validation.validate_config(config)
+    if config.get('eval_only'):
+        from alexnet_jax import evaluate as evaluate_lib  # pylint: disable=import-outside-toplevel
+        return evaluate_lib.eval_only(config, workdir)  # (It imports this module.)
+    config = finetune.resolve_config(config)  # init_from: its net and preprocessing.
     info = input_pipeline.get_info(config)
     validation.check(config.model.num_classes == info.num_classes, 'model.num_classes',
                      f'{config.model.num_classes} != {info.num_classes} classes in '
@@ -171,13 +246,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if restored is not None:
         state, meta = restored
         logging.info('Resumed from step %d of %s.', int(state.step), workdir)
+    elif config.get('init_from'):  # Only a fresh run: a resumed one has its own weights.
+        state = finetune.load_into(state, config.init_from)
+    write_config(config, workdir)  # After the restore: a mismatched config never replaces it.
     plateau = optim.Plateau.from_config(config.optim, meta.get('plateau'))
     start_step = int(state.step)
     elapsed = meta.get('elapsed', 0.0)
     state = parallel.replicate(state)
 
-    p_train_step = jax.pmap(functools.partial(train_step, dropout_key=dropout_key),
-                            axis_name=AXIS, donate_argnums=(0,))
+    p_train_step = make_train_step(dropout_key)
     p_eval_step = jax.pmap(eval_step, axis_name=AXIS)
 
     def save(step, val=None):
@@ -229,13 +306,29 @@ def preempted(guard, step: int, every: int) -> bool:
 
 
 def log_train(recorder, step: int, pending: list) -> None:
-    """Averages the steps' device metrics, stops on a non-finite loss, writes them."""
+    """Averages the steps' device metrics, stops on a non-finite loss, writes them.
+
+    With dynamic loss scaling a step that overflowed was skipped (nothing updated, the scale
+    lowered): it is not an error unless its scale was already at MIN_LOSS_SCALE, and it is left
+    out of the averages (its loss may be inf); `skipped_steps` counts such steps.
+    """
     stacked = jax.tree.map(lambda *x: np.stack(x), *parallel.unreplicate(pending))
     losses = np.asarray(stacked['loss'])
-    if not np.all(np.isfinite(losses)):
-        bad = step - len(losses) + 1 + int(np.argmin(np.isfinite(losses)))
+    ok = np.isfinite(losses)
+    if 'skipped' in stacked:
+        skipped = np.asarray(stacked.pop('skipped')) > 0
+        ok = np.where(skipped, np.asarray(stacked['loss_scale']) > MIN_LOSS_SCALE, ok)
+        used = ~skipped if not skipped.all() else np.ones_like(skipped)  # Steps averaged.
+        stacked = {k: (v if k == 'loss_scale' else v[used]) for k, v in stacked.items()}
+        stacked['skipped_steps'] = np.array([skipped.sum()], np.float32)
+        stacked['loss_scale'] = stacked['loss_scale'][-1:]  # The latest scale.
+    if not np.all(ok):
+        bad = step - len(losses) + 1 + int(np.argmin(ok))
+        loss = losses[~ok][0]
+        what = (f'loss is {loss}' if not np.isfinite(loss) else
+                f'gradient is non-finite at loss scale {MIN_LOSS_SCALE}')
         raise NonFiniteLossError(
-            f'Training loss is {losses[~np.isfinite(losses)][0]} at step {bad}; stopping. The '
+            f'Training {what} at step {bad}; stopping. The '
             f'last checkpoint (before step {bad}) is intact: lower config.optim.learning_rate '
             f'or check the data, then rerun to resume from it.')
     recorder.write(step, 'train', {k: float(np.mean(v)) for k, v in stacked.items()},

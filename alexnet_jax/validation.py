@@ -4,6 +4,9 @@ Each section has one small checker; `validate_config` runs those whose section i
 A checker raises `ConfigError` through `check(condition, field, message)`.
 """
 
+import functools
+
+import jax
 import jax.numpy as jnp
 
 from alexnet_jax import models
@@ -132,6 +135,18 @@ def validate_optim(o) -> None:
     if o.schedule == 'step':
         check((o.decay_every_steps or o.decay_every_epochs or 0) > 0, p + 'decay_every_steps',
               "must be > 0 for schedule='step' (or set decay_every_epochs).")
+    if 'poly_power' in o:
+        _positive(o, p, 'poly_power')
+    if 'lars_trust_coefficient' in o:
+        _positive(o, p, 'lars_trust_coefficient')
+    if 'loss_scale' in o:
+        check(o.loss_scale in LOSS_SCALES, p + 'loss_scale',
+              f'{o.loss_scale!r} is not one of {list(LOSS_SCALES)}.')
+        if o.loss_scale is not None:
+            _positive(o, p, 'loss_scale_init', 'loss_scale_growth_interval')
+
+
+LOSS_SCALES = (None, 'dynamic')
 
 
 def _one_of_named(section, prefix, name, choices) -> None:
@@ -165,9 +180,40 @@ def validate_config(config) -> None:
     for section, validator in VALIDATORS.items():
         if section in config:
             validator(config[section])
+    if 'model' in config and 'optim' in config and 'loss_scale' in config.optim:
+        check(config.model.dtype != 'float16' or config.optim.loss_scale is not None,
+              'optim.loss_scale', "is needed with model.dtype='float16' (fp16 gradients "
+              'underflow without it): --config.optim.loss_scale=dynamic, or use bfloat16.')
     is_alexnet = config.get('model', {}).get('architecture', 'paper') != 'fig1'
     if 'model' in config and 'data' in config and 'image_size' in config.data and is_alexnet:
         minimum = models.min_input_size(config.model.pool_window, config.model.pool_stride)
         check(config.data.image_size >= minimum, 'data.image_size',
               f'{config.data.image_size} is below the smallest input AlexNet accepts with '
               f'pool {config.model.pool_window}/{config.model.pool_stride}; use at least {minimum}.')
+    validate_finetune(config)
+
+
+def model_layers(config) -> list:
+    """Top-level param names (conv1 ... fc8, bn_* with batch_norm) of config.model, via an
+    abstract init (shapes only, no compute)."""
+    model = models.create_model(config.model)
+    size = config.get('data', {}).get('image_size', 227)
+    shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
+                            jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
+    return list(shapes['params'])
+
+
+def validate_finetune(config) -> None:
+    """init_from / freeze / eval_only (top-level fields; see configs/alexnet.py)."""
+    from alexnet_jax import optim  # pylint: disable=import-outside-toplevel
+    init_from = config.get('init_from')
+    check(init_from is None or (isinstance(init_from, str) and init_from.strip()), 'init_from',
+          f'must be a directory (a converted checkpoint or a training workdir), got {init_from!r}.')
+    check(isinstance(config.get('eval_only', False), bool), 'eval_only',
+          f'must be True or False, got {config.get("eval_only")!r}.')
+    frozen = optim.frozen_layers(config.get('freeze', ()))
+    if frozen and 'model' in config:
+        valid = model_layers(config)
+        unknown = [name for name in frozen if name not in valid]
+        check(not unknown, 'freeze', f'{unknown} {"is" if len(unknown) == 1 else "are"} not a '
+              f'layer of this model; choose from {valid} (e.g. --config.freeze=conv1,conv2).')

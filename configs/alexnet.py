@@ -72,14 +72,14 @@ def paper_config():
     # Section 5: SGD with momentum and weight decay; lr / 10 when validation error plateaus.
     #   v <- momentum * v - weight_decay * lr * w - lr * grad;   w <- w + v
     c.optim = ml_collections.ConfigDict(dict(
-        optimizer='sgd',          # 'sgd' | 'adam' (L2 in the gradient) | 'adamw' (decoupled).
+        optimizer='sgd',  # 'sgd' | 'adam' (L2 in the gradient) | 'adamw' (decoupled) | 'lars'.
         learning_rate=0.01,
         momentum=0.9, nesterov=False,
         weight_decay=5e-4,
         weight_decay_mask='kernel',  # Regex on 'layer/param' paths; 'kernel|bias' decays all.
         b1=0.9, b2=0.999, eps=1e-8,  # adam / adamw only.
         grad_clip_norm=0.0,          # 0: off.
-        schedule='plateau',          # 'plateau' | 'step' | 'warmup_cosine' | 'constant'.
+        schedule='plateau',  # 'plateau' | 'step' | 'warmup_cosine' | 'warmup_poly' | 'constant'.
         # 'plateau': lr *= plateau_factor when validation error (config.data.eval_split) has not
         # improved by plateau_min_delta for plateau_patience evals; at most max_reductions times.
         plateau_factor=0.1, plateau_patience=1, plateau_min_delta=0.0, plateau_max_reductions=3,
@@ -89,6 +89,15 @@ def paper_config():
         decay_every_steps=100_000, decay_every_epochs=ml_collections.config_dict.placeholder(float),
         # 'warmup_cosine': linear 0 -> lr over warmup, then cosine to 0 at the last step.
         warmup_steps=ml_collections.config_dict.placeholder(int), warmup_epochs=0.0,
+        # 'warmup_poly': linear 0 -> lr over warmup, then lr * (1 - t / T) ** poly_power to 0.
+        poly_power=2.0,
+        # optimizer='lars': update *= lars_trust_coefficient * ||w|| / ||g + wd * w|| on the
+        # params lars_trust_ratio_mask selects (a regex, like weight_decay_mask).
+        lars_trust_coefficient=0.001, lars_eps=0.0, lars_trust_ratio_mask='kernel',
+        # 'dynamic': fp16 loss scaling (model.dtype='float16'): loss * scale, grads / scale; an
+        # overflow skips the step and halves the scale, growth_interval good steps double it.
+        loss_scale=ml_collections.config_dict.placeholder(str),
+        loss_scale_init=2.0 ** 15, loss_scale_growth_interval=2000,
     ))
 
     c.train = ml_collections.ConfigDict(dict(
@@ -104,6 +113,17 @@ def paper_config():
         async_checkpoints=True,
         plot=True,               # learning_curves.png in the workdir at each eval.
     ))
+
+    # Fine-tuning and evaluation of existing weights (alexnet_jax/finetune.py, evaluate.py).
+    # init_from: a converted checkpoint or a training workdir whose params (and batch_stats) start
+    # a fresh run; its config.json defines the net and its preprocessing, this config the rest;
+    # a classifier head (fc8) of another num_classes is re-initialised. A resumed run ignores it.
+    c.init_from = ml_collections.config_dict.placeholder(str)
+    # Layers (top-level param names: conv1 ... fc8) left untouched by training: no updates, no
+    # weight decay, no optimizer state. From the command line: --config.freeze=conv1,conv2,conv3
+    c.freeze = ()
+    # True: evaluate the workdir's checkpoint (or else init_from's) on data.test_split and exit.
+    c.eval_only = False
     return c
 
 
@@ -138,6 +158,8 @@ def _cifar10(c):
     c.data.name = 'cifar10'
     c.data.train_split, c.data.eval_split, c.data.test_split = 'train[:90%]', 'train[90%:]', 'test'
     c.data.image_size = 67   # 32x32 images; the net's minimum input.
+    c.data.train_augment = 'small'  # Resize + pad-and-crop + flip: the images are 32x32.
+    c.data.pad = 8           # ~4 source pixels at 67x67.
     c.model.width = 0.5
     c.train.num_epochs = 30.0
     c.train.checkpoint_every_steps = 2000
@@ -152,8 +174,93 @@ def _fake(c):
     c.train.log_every_steps = 50
 
 
+def _fig1(c):
+    """Fig. 1's small net (models.Fig1Net) on CIFAR-10 at 32x32: ReLU vs tanh to 25% error.
+
+      python -m alexnet_jax.sweep --config=configs/ablations.py:fig1_cifar10 --workdir=DIR
+    """
+    _cifar10(c)
+    c.model.architecture = 'fig1'
+    c.model.lrn = False        # Fig. 1 compares activations alone.
+    c.data.image_size = 32
+    c.data.pad = 4
+    c.model.init_scheme = 'he'
+    c.optim.schedule = 'constant'  # Fig. 1 compares raw speed: no schedule to confound it.
+    c.train.num_epochs = 10.0
+    c.train.log_every_steps = 20  # Resolves when the 25% training-error line is crossed.
+
+
+def _digits_fig1(c):
+    """Fig. 1's small net on the embedded digits (upsampled to 32x32): the offline Fig. 1."""
+    _digits(c)
+    c.model.architecture = 'fig1'
+    c.model.lrn = False        # Fig. 1 compares activations alone.
+    c.data.image_size = 32
+    c.optim.schedule = 'constant'
+    c.optim.learning_rate = 0.05  # One rate for both nets (the paper tuned each separately).
+    c.train.num_epochs = 8.0
+    c.train.log_every_steps = 2   # ~20 steps per epoch: a fine training-error curve.
+    c.train.eval_every_steps = 0  # Only the final test matters here.
+    c.train.plot = False
+
+
+IMAGENET_TRAIN_EXAMPLES = 1_281_167
+
+
+def _large_batch(c, batch_size: int):
+    """AlexNet-BN with LARS after You et al. (2017, 2018: "ImageNet training in minutes"), for
+    TPU pods / multi-node GPU: BN in place of LRN, LARS, linear warmup, poly(2) decay, 100 epochs.
+
+    `train.batch_size` is the global batch: each host feeds batch_size / jax.process_count()
+    examples, each device batch_size / jax.device_count() (input_pipeline derives both).
+    Launch (TPU VM pod slice, every worker, one shared gs:// workdir):
+      gcloud compute tpus tpu-vm ssh NAME --zone=ZONE --worker=all --command="cd alexnet-jax &&
+        python launch.py --config=configs/alexnet.py:lars4k --workdir=gs://BUCKET/lars4k"
+    See benchmarks/RESULTS.md for GPU clusters (SLURM) and what changes between 1 CPU, 8
+    devices and a pod (only the config).
+    """
+    c.model.lrn = False
+    c.model.batch_norm = True         # BN after every conv and fc6/fc7 makes LARS stable.
+    c.model.dtype = 'bfloat16'        # TPU/H100 compute; params and LARS state stay float32.
+    c.optim.optimizer = 'lars'
+    c.optim.weight_decay = 5e-4       # Kernels only (weight_decay_mask); BN and biases not.
+    c.optim.lars_trust_ratio_mask = 'kernel'  # Biases and BN scale/offset: plain momentum SGD.
+    # Linear scaling rule (Goyal et al. 2017): the peak rate grows with the batch,
+    #   learning_rate = base_learning_rate * batch_size / 256,
+    # base 0.625 per 256 examples = 10 at 4K, You et al.'s AlexNet-BN starting point. LARS
+    # tolerates the rule only so far: at 32K the rule gives 80; lower it with
+    # --config.optim.learning_rate if the loss climbs during warmup (the papers tuned it).
+    base_learning_rate = 0.625
+    c.train.batch_size = batch_size
+    c.optim.learning_rate = base_learning_rate * batch_size / 256
+    # Warmup: linear 0 -> learning_rate over the first epochs, then poly(2) decay to 0.
+    c.optim.schedule = 'warmup_poly'
+    c.optim.warmup_epochs = 5.0
+    c.optim.poly_power = 2.0
+    c.train.num_epochs = 100.0
+    steps_per_epoch = IMAGENET_TRAIN_EXAMPLES // batch_size  # 312 at 4K, 39 at 32K.
+    c.train.eval_batch_size = 4096    # Divides 8..4096 devices; the last batch is padded.
+    c.train.eval_every_steps = 5 * steps_per_epoch  # Every 5 epochs.
+    c.train.checkpoint_every_steps = 2 * steps_per_epoch
+    c.train.log_every_steps = max(steps_per_epoch // 8, 1)
+
+
+def _lars4k(c):
+    """Global batch 4,096: e.g. a TPU v3-32 / v4-32 slice (128 per chip core) or 4 x 8 GPUs."""
+    _large_batch(c, 4096)
+
+
+def _lars32k(c):
+    """Global batch 32,768: e.g. a TPU v3-256 / v4-256 slice (128 per core), 39 steps/epoch."""
+    _large_batch(c, 32768)
+
+
 VARIANTS = {
     'paper': lambda c: None,
+    'lars4k': _lars4k,
+    'lars32k': _lars32k,
+    'fig1_cifar10': _fig1,
+    'digits_fig1': _digits_fig1,
     'digits': _digits,
     'cifar10': _cifar10,
     'fake': _fake,

@@ -1,0 +1,109 @@
+"""The train step compiles once (per device count) and the loop never waits for the devices
+between logging intervals. (The whole-loop compile-once check over train/eval/checkpoint steps
+is tests/test_train.py::test_step_compiles_once.)"""
+
+import jax
+from jax._src import array as jax_array
+import numpy as np
+import pytest
+
+from alexnet_jax import input_pipeline
+from alexnet_jax import parallel
+from alexnet_jax import train
+from test_train import tiny_config
+
+
+@pytest.fixture
+def traces(monkeypatch):
+    """A list that grows by one each time train_step is traced (= compiled), not per call."""
+    seen = []
+    real_step = train.train_step
+
+    def counting_step(*args, **kwargs):
+        seen.append(1)
+        return real_step(*args, **kwargs)
+    monkeypatch.setattr(train, 'train_step', counting_step)
+    return seen
+
+
+@pytest.fixture(scope='module')
+def initial():
+    config = tiny_config()
+    return train.initial_state(config, input_pipeline.get_info(config), 10, 10)
+
+
+@pytest.mark.parametrize('num_devices', [1, 2])
+def test_step_compiles_once_per_device_count(traces, initial, num_devices):
+    state, key = initial
+    devices = jax.local_devices()[:num_devices]
+    step = train.make_train_step(key, devices=devices)
+    state = parallel.replicate(state, devices)
+    rng = np.random.RandomState(0)
+    for _ in range(3):
+        batch = {'image': rng.randn(8, 67, 67, 3).astype(np.float32),
+                 'label': rng.randint(0, 10, 8).astype(np.int32)}
+        state, _ = step(state, parallel.shard(batch, num_devices))
+    assert len(traces) == 1
+
+
+class _HostReads:
+    """Counts device->host reads of jax arrays (np.asarray, float(), printing, ...) by the step
+    the loop is at, except inside the loop's side jobs that are meant to read (log, eval, save).
+
+    `jax.transfer_guard_device_to_host('disallow')` makes such a read an error on GPU/TPU; on
+    CPU jax arrays already live in host memory and the guard never fires, so the reads are also
+    counted directly (jax.Array's `_value`, which every host read goes through).
+    """
+
+    def __init__(self, monkeypatch):
+        self.step, self.depth, self.outside, self.allowed_at = 0, 0, [], set()
+        real_value = jax_array.ArrayImpl._value
+
+        def value(arr):
+            if self.depth == 0 and self.step > 0:  # Setup before the first step may read.
+                self.outside.append(self.step)
+            return real_value.fget(arr)
+        monkeypatch.setattr(jax_array.ArrayImpl, '_value', property(value))
+        real_make = train.make_train_step
+
+        def make(*args, **kwargs):
+            step = real_make(*args, **kwargs)
+
+            def counted(*a):
+                self.step += 1
+                if self.step == 1:  # Compiling may read constants (the dropout key) once.
+                    return self._allowed(step)(*a)
+                if self.step == 2:  # From here on a host read is an error on GPU/TPU.
+                    jax.config.update('jax_transfer_guard_device_to_host', 'disallow')
+                return step(*a)
+            return counted
+        monkeypatch.setattr(train, 'make_train_step', make)
+        for module, name in ((train, 'log_train'), (train, 'evaluate'),
+                             (train, 'final_results'), (parallel, 'unreplicate')):
+            monkeypatch.setattr(module, name, self._allowed(getattr(module, name)))
+
+    def _allowed(self, fn):
+        def wrapper(*args, **kwargs):
+            self.allowed_at.add(self.step)
+            self.depth += 1
+            try:
+                with jax.transfer_guard_device_to_host('allow'):
+                    return fn(*args, **kwargs)
+            finally:
+                self.depth -= 1
+        return wrapper
+
+
+def test_loop_reads_device_values_only_at_logging_steps(tmp_path, monkeypatch):
+    reads = _HostReads(monkeypatch)
+    config = tiny_config(num_steps=12, log_every_steps=4, eval_every_steps=0,
+                         checkpoint_every_steps=0)
+    try:
+        train.train_and_evaluate(config, str(tmp_path))
+    finally:
+        jax.config.update('jax_transfer_guard_device_to_host', 'allow')
+    assert reads.step == 12
+    assert reads.outside == [], f'host reads of device values at steps {sorted(set(reads.outside))}'
+    # Side jobs (and so host syncs) only at the logging steps (eval + checkpoint at the end),
+    # besides the first step's compilation.
+    assert reads.allowed_at == {1, 4, 8, 12}
