@@ -60,10 +60,18 @@ class CorruptCheckpointError(RuntimeError):
 def config_fingerprint(config) -> dict:
     """The config fields that decide the shapes of the saved state (JSON-ready).
 
-    The whole model section (num_classes, width, groups, dtypes, ...) and the input shape.
+    The whole model section (num_classes, width, groups, dtypes, ...), the input shape, and
+    what shapes the optimizer state (optimizer, loss scaling, frozen layers).
     A resumed run whose fingerprint differs from the workdir's gets a ConfigMismatchError.
     """
     fingerprint = {'model': _jsonable(_to_dict(config.model))}
+    # These decide the optimizer state's structure: a change is a clear error, not a tree error.
+    optim = {k: config.optim[k] for k in ('optimizer', 'loss_scale')
+             if 'optim' in config and k in config.optim}
+    if optim:
+        fingerprint['optim'] = _jsonable(optim)
+    if 'freeze' in config:
+        fingerprint['freeze'] = list(config.freeze)
     if 'data' in config and 'image_size' in config.data:
         fingerprint['input_shape'] = [config.data.image_size, config.data.image_size, 3]
     return fingerprint
