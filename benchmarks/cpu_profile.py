@@ -23,6 +23,7 @@ from absl import flags
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 flags.DEFINE_enum('mode', 'layers', ['layers', 'variants', 'trace', 'one'], 'What to run.')
 flags.DEFINE_integer('batch', 16, 'Batch size.')
@@ -121,14 +122,8 @@ def one():
         jax.random.key(0))['params']
     tx = optax.sgd(0.01, momentum=0.9)  # As benchmarks/train_step.py's plain step.
 
-    @jax.jit
-    def step(params, opt_state, images, labels, key):
-        def loss_fn(p):
-            logits = model.apply({'params': p}, images, train=True, rngs={'dropout': key})
-            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+    from plain_step import plain_step_fn  # Imports jax: after XLA_FLAGS are set.
+    step = plain_step_fn(model, tx)
     state = [params, tx.init(params)]
     x = jnp.asarray(np.random.default_rng(0).normal(size=shape).astype(np.float32))
     y = jnp.zeros(FLAGS.batch, jnp.int32)

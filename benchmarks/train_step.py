@@ -36,6 +36,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from alexnet_jax import models  # noqa: E402
+from plain_step import plain_step_fn  # noqa: E402
 from alexnet_jax import optim  # noqa: E402
 from alexnet_jax import parallel  # noqa: E402
 from alexnet_jax import summary  # noqa: E402
@@ -90,16 +91,6 @@ def make_config():
     return config
 
 
-def plain_step_fn(model, tx, donate: bool = False):
-    """The minimal step: forward with dropout, cross-entropy, grads, optimizer. Nothing else."""
-    def step(params, opt_state, images, labels, key):
-        def loss_fn(p):
-            logits = model.apply({'params': p}, images, train=True, rngs={'dropout': key})
-            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-    return jax.jit(step, donate_argnums=(0, 1) if donate else ())
 
 
 def plain_optimizer(o):
