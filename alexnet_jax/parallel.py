@@ -13,10 +13,6 @@ import numpy as np
 AXIS = 'batch'  # The pmap axis name; gradients and batch statistics are pmean'd over it.
 
 
-def local_device_count() -> int:
-    return jax.local_device_count()
-
-
 def replicate(tree, devices=None):
     """Puts one copy of `tree` on every local device (or `devices`); leading axis = devices."""
     return jax_utils.replicate(tree, devices, axis_name=AXIS)  # Placed as pmap's outputs are.

@@ -21,14 +21,10 @@ def check(condition: bool, field: str, message: str) -> None:
         raise ConfigError(f'config.{field}: {message}')
 
 
-def _one_of(section, name: str, choices) -> None:
-    value = section[name]
-    check(value in choices, f'{_prefix(section)}{name}',
-          f'{value!r} is not one of {sorted(choices)}.')
-
-
-def _prefix(section) -> str:
-    return getattr(section, '_validation_prefix', '')
+def _one_of(section, prefix: str, name: str, choices) -> None:
+    """`section[name]` must be one of `choices` (a tuple, or a dict's keys)."""
+    check(section[name] in choices, prefix + name,
+          f'{section[name]!r} is not one of {list(choices)}.')
 
 
 def _positive(section, prefix: str, *names: str) -> None:
@@ -50,16 +46,13 @@ ARCHITECTURES = ('paper', 'torchvision', 'fig1')
 def validate_model(m) -> None:
     p = 'model.'
     if 'architecture' in m:
-        check(m.architecture in ARCHITECTURES, p + 'architecture',
-              f'{m.architecture!r} is not one of {list(ARCHITECTURES)}.')
+        _one_of(m, p, 'architecture', ARCHITECTURES)
     if 'conv_scale' in m:
         check(len(m.conv_scale) == 5 and all(s > 0 for s in m.conv_scale), p + 'conv_scale',
               f'needs 5 positive multipliers (conv1..conv5), got {m.conv_scale!r}.')
-    check(m.activation in models.ACTIVATIONS, p + 'activation',
-          f'{m.activation!r} is not one of {sorted(models.ACTIVATIONS)}.')
-    check(m.lrn_convention in models.LRN_CONVENTIONS, p + 'lrn_convention',
-          f'{m.lrn_convention!r} is not one of {list(models.LRN_CONVENTIONS)}.')
-    check(m.init_scheme in models.INITS, p + 'init_scheme', f'{m.init_scheme!r} is not one of {list(models.INITS)}.')
+    _one_of(m, p, 'activation', models.ACTIVATIONS)
+    _one_of(m, p, 'lrn_convention', models.LRN_CONVENTIONS)
+    _one_of(m, p, 'init_scheme', models.INITS)
     check(m.groups in (1, 2), p + 'groups', f'must be 1 or 2 (the paper\'s two GPUs), got {m.groups!r}.')
     _positive(m, p, 'num_classes', 'width', 'pool_window', 'pool_stride', 'lrn_k', 'lrn_beta')
     check(m.lrn_alpha >= 0, p + 'lrn_alpha', f'must be >= 0, got {m.lrn_alpha!r}.')
@@ -83,7 +76,7 @@ def validate_data(d) -> None:
     for name, choices in (('train_augment', TRAIN_AUGMENTS), ('eval_crops', EVAL_CROPS),
                           ('cache', CACHE_MODES)):
         if has(name):
-            check(d[name] in choices, p + name, f'{d[name]!r} is not one of {list(choices)}.')
+            _one_of(d, p, name, choices)
     if has('resize_size', 'image_size', 'train_augment') and d.train_augment == 'paper':
         check(d.resize_size >= d.image_size, p + 'resize_size',
               f'{d.resize_size} is smaller than data.image_size={d.image_size}; the paper crops '
@@ -121,8 +114,8 @@ def validate_data(d) -> None:
 def validate_optim(o) -> None:
     from alexnet_jax import optim  # pylint: disable=import-outside-toplevel
     p = 'optim.'
-    _one_of_named(o, p, 'optimizer', optim.OPTIMIZERS)
-    _one_of_named(o, p, 'schedule', optim.SCHEDULES)
+    _one_of(o, p, 'optimizer', optim.OPTIMIZERS)
+    _one_of(o, p, 'schedule', optim.SCHEDULES)
     _positive(o, p, 'learning_rate')
     check(o.weight_decay >= 0, p + 'weight_decay', f'must be >= 0, got {o.weight_decay!r}.')
     check(0 <= o.momentum < 1, p + 'momentum', f'must be in [0, 1), got {o.momentum!r}.')
@@ -140,18 +133,12 @@ def validate_optim(o) -> None:
     if 'lars_trust_coefficient' in o:
         _positive(o, p, 'lars_trust_coefficient')
     if 'loss_scale' in o:
-        check(o.loss_scale in LOSS_SCALES, p + 'loss_scale',
-              f'{o.loss_scale!r} is not one of {list(LOSS_SCALES)}.')
+        _one_of(o, p, 'loss_scale', LOSS_SCALES)
         if o.loss_scale is not None:
             _positive(o, p, 'loss_scale_init', 'loss_scale_growth_interval')
 
 
 LOSS_SCALES = (None, 'dynamic')
-
-
-def _one_of_named(section, prefix, name, choices) -> None:
-    check(section[name] in choices, prefix + name,
-          f'{section[name]!r} is not one of {sorted(choices)}.')
 
 
 def validate_train(t) -> None:
