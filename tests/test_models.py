@@ -81,15 +81,30 @@ def lrn_numpy(a, k, n, alpha, beta, convention):
 
 @pytest.mark.parametrize('convention', ['paper', 'caffe'])
 @pytest.mark.parametrize('n,channels', [(5, 7), (3, 4), (5, 2)])
-def test_lrn_matches_numpy_formula(convention, n, channels):
+@pytest.mark.parametrize('beta', [0.75, 0.5, 0.6])  # 0.75/0.5 take the rsqrt path.
+def test_lrn_matches_numpy_formula(convention, n, channels, beta):
     rng = np.random.default_rng(0)
     # Large activations so that the alpha term matters (edge channels included).
     a = rng.normal(scale=30.0, size=(2, 3, 3, channels)).astype(np.float64)
-    k, alpha, beta = 2.0, 1e-3, 0.75
+    k, alpha = 2.0, 1e-3
     want = lrn_numpy(a, k, n, alpha, beta, convention)
     got = models.local_response_norm(jnp.asarray(a, jnp.float32), k, n, alpha, beta, convention)
     np.testing.assert_allclose(got, want, rtol=1e-5)
     assert not np.allclose(want, a / k ** beta)  # The normalisation term is not negligible.
+
+
+@pytest.mark.parametrize('beta', [0.75, 0.6])
+def test_lrn_gradient_matches_power_formula(beta):
+    """The rsqrt form's gradient equals that of the textbook a / (k + alpha sum a^2) ** beta."""
+    a = jnp.asarray(np.random.default_rng(2).normal(scale=30.0, size=(2, 3, 3, 6)), jnp.float32)
+
+    def textbook(x):
+        sums = sum(jnp.pad(x ** 2, ((0, 0),) * 3 + ((2, 2),))[..., i:i + 6] for i in range(5))
+        return x / (2.0 + 1e-3 * sums) ** beta
+    w = jnp.asarray(np.random.default_rng(3).normal(size=a.shape), jnp.float32)
+    grad = lambda f: jax.grad(lambda x: jnp.sum(w * f(x)))(a)  # noqa: E731
+    got = grad(lambda x: models.local_response_norm(x, 2.0, 5, 1e-3, beta))
+    np.testing.assert_allclose(got, grad(textbook), rtol=1e-4, atol=1e-6)
 
 
 def test_lrn_matches_tensorflow():
