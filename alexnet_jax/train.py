@@ -29,12 +29,14 @@ import numpy as np
 import optax
 
 from alexnet_jax import checkpoints
+from alexnet_jax import device_data
 from alexnet_jax import finetune
 from alexnet_jax import input_pipeline
 from alexnet_jax import metrics as metrics_lib
 from alexnet_jax import models
 from alexnet_jax import optim
 from alexnet_jax import parallel
+from alexnet_jax import preprocess
 from alexnet_jax import validation
 from alexnet_jax.parallel import AXIS
 
@@ -162,6 +164,76 @@ def make_train_step(dropout_key, devices=None, donate_state: bool = False):
                     donate_argnums=(0,) if donate_state else (), devices=devices)
 
 
+def device_train_step(state: TrainState, keys, data, *, spec, mean, std, dtype):
+    """`train_step` on the batch gathered and augmented on the device (device_data.py).
+
+    keys: {'dropout', 'data'}, the run's keys (arguments, not constants: a vectorised run
+    passes one per seed); data: the device-resident set (`device_data.place`).
+    """
+    batch = device_data.train_batch(data, keys['data'], state.step, spec)
+    # The uint8 input boundary: until train_step normalises its batch itself (issue 15's
+    # change), the model input is made here; then pass `batch` through unchanged.
+    batch = {'image': preprocess.normalize_batch(batch, mean, std, dtype), 'label': batch['label']}
+    return train_step(state, batch, dropout_key=keys['dropout'])
+
+
+SEED_MODES = ('vmap', 'map')
+
+
+def make_device_train_step(spec, mean, std, dtype, seeds: str | None = None, devices=None):
+    """`device_train_step` pmapped: (state, keys, data) -> (state, metrics), one dispatch a step.
+
+    seeds='vmap': state, keys and metrics carry a leading seed axis and the seeds train as one
+    batched program (jax.vmap); 'map': the same signature, seeds one after another inside the
+    step (lax.map: one program, one compile, unbatched convolutions). The data set is shared.
+    """
+    fn = functools.partial(device_train_step, spec=spec, mean=mean, std=std, dtype=dtype)
+    if seeds == 'vmap':
+        fn = jax.vmap(fn, in_axes=(0, 0, None))
+    elif seeds == 'map':
+        one = fn
+        fn = lambda state, keys, data: lax.map(lambda sk: one(*sk, data), (state, keys))  # noqa: E731
+    elif seeds is not None:
+        raise ValueError(f'seeds={seeds!r}: one of {SEED_MODES} or None.')
+    return jax.pmap(fn, axis_name=AXIS, devices=devices)
+
+
+def device_step_inputs(config, info, keys, devices=None):
+    """(pmapped device step, replicated keys, placed data) for config; keys as in
+    `device_train_step`, with a leading seed axis when config.num_seeds > 1."""
+    mean, std = input_pipeline._mean_std(config.data, info.image_shape[-1])  # pylint: disable=protected-access
+    seeds = seeds_mode(config) if config.get('num_seeds', 1) > 1 else None
+    step = make_device_train_step(device_data.make_spec(config), tuple(mean.tolist()),
+                                  tuple(std.tolist()), jnp.dtype(config.model.dtype), seeds,
+                                  devices)
+    data = device_data.place(device_data.load(config), devices)
+    return step, parallel.replicate(keys, devices), data
+
+
+def seeds_mode(config) -> str:
+    """config.seeds_mode, with 'auto' -> the faster on this backend (benchmarks/seeds.py)."""
+    mode = config.get('seeds_mode', 'auto')
+    if mode == 'auto':
+        return 'vmap' if jax.default_backend() in ('gpu', 'tpu') else AUTO_CPU_SEEDS_MODE
+    return mode
+
+
+AUTO_CPU_SEEDS_MODE = 'map'  # Measured on 2 cores: benchmarks/RESULTS.md, "Many seeds".
+
+
+def step_runner(config, info, dropout_key, start_step: int):
+    """state -> (state, metrics) of the next step: device-resident data or tf.data batches."""
+    if device_data.enabled(config, info):
+        keys = {'dropout': dropout_key, 'data': device_data.data_key(config.seed)}
+        step, keys, data = device_step_inputs(config, info, keys)
+        logging.info('Training data on the device (%s).', config.data.train_split)
+        return lambda state: step(state, keys, data)
+    p_train_step = make_train_step(dropout_key)
+    batches = parallel.prefetch_to_device(
+        input_pipeline.train_iterator(config, start_step=start_step))
+    return lambda state: p_train_step(state, next(batches))
+
+
 def eval_step(state: TrainState, batch):
     """Sums of loss / top-1 / top-5 over the real (mask=True) examples of all devices.
 
@@ -254,7 +326,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
     elapsed = meta.get('elapsed', 0.0)
     state = parallel.replicate(state)
 
-    p_train_step = make_train_step(dropout_key)
     p_eval_step = jax.pmap(eval_step, axis_name=AXIS)
 
     def save(step, val=None):
@@ -268,12 +339,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if start_step < num_steps:
             logging.info('Training steps %d..%d (%d per epoch).', start_step + 1, num_steps,
                          steps_per_epoch)
-            batches = parallel.prefetch_to_device(
-                input_pipeline.train_iterator(config, start_step=start_step))
+            run_step = step_runner(config, info, dropout_key, start_step)
             pending = []  # Device metrics since the last log; fetched only at log time.
             with checkpoints.PreemptionGuard() as guard:
                 for step in range(start_step + 1, num_steps + 1):
-                    state, step_metrics = p_train_step(state, next(batches))
+                    state, step_metrics = run_step(state)
                     pending.append(step_metrics)
                     stop = preempted(guard, step, t.log_every_steps)
                     is_eval = _at(step, eval_every, num_steps)

@@ -68,13 +68,15 @@ def validate_model(m) -> None:
 TRAIN_AUGMENTS = ('paper', 'inception', 'small')  # See alexnet_jax/augment.py.
 EVAL_CROPS = ('center', 'ten')
 CACHE_MODES = ('auto', 'always', 'never')
+DEVICE_RESIDENT = ('auto', 'always', 'never')  # See alexnet_jax/device_data.py.
+SEEDS_MODES = ('auto', 'vmap', 'map', 'sequential')  # See alexnet_jax/seeds.py.
 
 
 def validate_data(d) -> None:
     p = 'data.'  # The smallest image_size depends on the model: see validate_config.
     has = lambda *names: all(n in d for n in names)  # noqa: E731  (partial sections in tests)
     for name, choices in (('train_augment', TRAIN_AUGMENTS), ('eval_crops', EVAL_CROPS),
-                          ('cache', CACHE_MODES)):
+                          ('cache', CACHE_MODES), ('device_resident', DEVICE_RESIDENT)):
         if has(name):
             _one_of(d, p, name, choices)
     if has('resize_size', 'image_size', 'train_augment') and d.train_augment == 'paper':
@@ -86,6 +88,13 @@ def validate_data(d) -> None:
             check(len(d[name]) == 3, p + name, f'{d[name]!r} needs 3 entries (R, G, B).')
     if has('stddev_rgb'):
         check(min(d.stddev_rgb) > 0, p + 'stddev_rgb', f'{d.stddev_rgb!r} must all be > 0.')
+    if has('device_resident', 'train_augment'):
+        check(d.device_resident != 'always' or d.train_augment == 'small', p + 'device_resident',
+              "'always' augments on the device with the 'small' transform only; set "
+              "data.train_augment=small or data.device_resident=auto.")
+    if has('device_max_bytes'):
+        check(d.device_max_bytes >= 0, p + 'device_max_bytes',
+              f'must be >= 0 (bytes), got {d.device_max_bytes!r}.')
     for name in ('pca_lighting', 'pad'):
         if has(name):
             check(d[name] >= 0, p + name, f'must be >= 0 (0 turns it off), got {d[name]!r}.')
@@ -177,7 +186,21 @@ def validate_config(config) -> None:
         check(config.data.image_size >= minimum, 'data.image_size',
               f'{config.data.image_size} is below the smallest input AlexNet accepts with '
               f'pool {config.model.pool_window}/{config.model.pool_stride}; use at least {minimum}.')
+    validate_seeds(config)
     validate_finetune(config)
+
+
+def validate_seeds(config) -> None:
+    """num_seeds / seeds_mode (top-level fields; see configs/alexnet.py)."""
+    if 'num_seeds' in config:
+        n = config.num_seeds
+        check(isinstance(n, int) and n >= 1, 'num_seeds', f'must be an integer >= 1, got {n!r}.')
+    if 'seeds_mode' in config:
+        _one_of(config, '', 'seeds_mode', SEEDS_MODES)
+        vectorised = config.seeds_mode in ('vmap', 'map') and config.get('num_seeds', 1) > 1
+        check(not vectorised or config.get('data', {}).get('device_resident') != 'never',
+              'seeds_mode', f'{config.seeds_mode!r} trains seeds on device-resident data; '
+              "set data.device_resident=auto (or always), or seeds_mode=sequential.")
 
 
 def model_layers(config) -> list:

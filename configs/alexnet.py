@@ -27,6 +27,13 @@ def paper_config():
     c = ml_collections.ConfigDict()
     c.variant = 'paper'
     c.seed = 0  # Drives parameter init, dropout and data order.
+    # num_seeds > 1: seeds seed .. seed + num_seeds - 1 train together in one program
+    # (alexnet_jax/seeds.py), each with workdir/seed<k>/ (metrics, results.json) as a standalone
+    # run would write it. seeds_mode: 'vmap' (batched), 'map' (one after another inside each
+    # step), 'sequential' (one run after another), 'auto' (the faster here: vmap on GPU/TPU, map
+    # on CPU, see benchmarks/RESULTS.md). vmap/map need device-resident data.
+    c.num_seeds = 1
+    c.seeds_mode = 'auto'
 
     # Section 3 of the paper: the net. groups=1 is the net the seed tables count.
     c.model = ml_collections.ConfigDict(dict(
@@ -64,6 +71,10 @@ def paper_config():
         strict=False,       # Folder: True stops at an unreadable image instead of skipping it.
         cache='auto',       # Raw records in memory: 'auto' (TFDS sets < 1 GiB), 'always', 'never'.
         shuffle_buffer=10_000,  # Examples; the order is reshuffled every epoch.
+        # Training split held on the device as uint8 at image_size, batches gathered and
+        # augmented inside the step (alexnet_jax/device_data.py; 'small' transform only):
+        # 'auto' when it is under device_max_bytes (per device), 'always', 'never' (tf.data).
+        device_resident='auto', device_max_bytes=1 << 30,
         num_parallel_calls=-1,  # Decode/augment threads; -1: tf.data AUTOTUNE.
         fake_shape=(256, 256, 3), fake_num_classes=1000,  # name='fake': synthetic uint8 images.
         fake_train_examples=1_281_167, fake_eval_examples=50_000,  # ImageNet's sizes.
