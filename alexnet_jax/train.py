@@ -295,6 +295,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     layers stay fixed (optim.py); config.eval_only: only evaluates (evaluate.eval_only).
     """
     validation.validate_config(config)
+    if config.get('num_seeds', 1) > 1:  # {seed: results}, each in workdir/seed<k>.
+        from alexnet_jax import seeds  # pylint: disable=import-outside-toplevel
+        return seeds.train_seeds(config, workdir)  # (It imports this module.)
     if config.get('eval_only'):
         from alexnet_jax import evaluate as evaluate_lib  # pylint: disable=import-outside-toplevel
         return evaluate_lib.eval_only(config, workdir)  # (It imports this module.)

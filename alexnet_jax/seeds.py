@@ -1,0 +1,214 @@
+"""Many seeds in one program: config.num_seeds > 1 trains seeds seed .. seed + n - 1 together.
+
+One process, one data load (device-resident, device_data.py), one compile: the state and the
+run keys (dropout, data order and augmentation) carry a leading seed axis and one pmapped step
+advances every seed (`train.make_device_train_step`, seeds='vmap' batched or 'map' one after
+another inside the step). Seed k's trajectory is standalone seed k's: its params, dropout keys
+and data stream come from the same `initial_state` and `device_data.data_key` (equal up to float
+reassociation in batched convolutions; tests/test_seeds.py).
+
+Layout, as the sweep reads it: workdir/seed<k>/ holds seed k's config.json, metrics.jsonl,
+learning curves, results.json (or failed.json, when its loss went non-finite: that seed stops
+being reported, the others go on). The stacked state is one orbax checkpoint in
+workdir/checkpoints (its fingerprint names the seeds); a rerun resumes it exactly.
+seeds_mode='sequential' (or data that is not device-resident with 'auto') trains the seeds one
+after another as ordinary runs in the same seed<k> directories.
+"""
+
+import json
+import time
+
+from absl import logging
+from etils import epath
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alexnet_jax import checkpoints
+from alexnet_jax import device_data
+from alexnet_jax import input_pipeline
+from alexnet_jax import metrics as metrics_lib
+from alexnet_jax import optim
+from alexnet_jax import parallel
+from alexnet_jax import train
+from alexnet_jax import validation
+from alexnet_jax.parallel import AXIS
+
+
+def seed_list(config) -> list:
+    return [int(config.seed) + k for k in range(int(config.get('num_seeds', 1)))]
+
+
+def seed_config(config, seed: int):
+    """The standalone config of one seed (what seed<k>/config.json records)."""
+    c = config.copy_and_resolve_references()
+    c.seed, c.num_seeds = seed, 1
+    return c
+
+
+def seed_dir(workdir, seed: int) -> epath.Path:
+    return epath.Path(workdir) / f'seed{seed}'
+
+
+def train_seeds(config, workdir: str, seeds=None) -> dict:
+    """Trains `seeds` (default: config's) of config; returns {seed: results dict or
+    {'failed': reason}}; {'preempted_at_step': s} when stopped by a signal."""
+    validation.validate_config(config)
+    seeds = seed_list(config) if seeds is None else list(seeds)
+    info = input_pipeline.get_info(config)
+    mode = train.seeds_mode(config)
+    on_device = device_data.enabled(config, info)
+    if mode != 'sequential' and not on_device:
+        validation.check(config.get('seeds_mode', 'auto') == 'auto', 'seeds_mode',
+                         f'{config.seeds_mode!r} needs device-resident data, and '
+                         f'{config.data.train_split!r} is not (data.device_resident='
+                         f'{config.data.device_resident!r}); raise data.device_max_bytes or use '
+                         'seeds_mode=sequential.')
+        mode = 'sequential'
+    if mode == 'sequential':
+        return {s: train.train_and_evaluate(seed_config(config, s), str(seed_dir(workdir, s)))
+                for s in seeds}
+    config = config.copy_and_resolve_references()
+    config.seeds_mode = mode
+    return _train_together(config, info, workdir, seeds)
+
+
+def _stack(trees):
+    """Leaves stacked on a new leading (seed) axis, in the structure of the first tree (the
+    states' static fields, e.g. the optimizer, are equal but not identical objects)."""
+    leaves = [jax.tree.leaves(t) for t in trees]
+    return jax.tree.unflatten(jax.tree.structure(trees[0]),
+                              [np.stack([np.asarray(v) for v in x]) for x in zip(*leaves)])
+
+
+def _train_together(config, info, workdir, seeds):
+    configs = [seed_config(config, s) for s in seeds]
+    num_steps, steps_per_epoch = train.num_train_steps(config)
+    t = config.train
+    eval_every = steps_per_epoch if t.eval_every_steps is None else t.eval_every_steps
+    states, dropout_keys = zip(*[train.initial_state(c, info, steps_per_epoch, num_steps)
+                                 for c in configs])
+    state = _stack(states)
+    keys = {'dropout': jnp.stack(dropout_keys),
+            'data': jnp.stack([device_data.data_key(s) for s in seeds])}
+    fingerprint = dict(checkpoints.config_fingerprint(config), seeds=seeds)
+    ckpt = checkpoints.Checkpointer(workdir, config_fingerprint=fingerprint,
+                                    keep=t.keep_checkpoints, best_metric=None,
+                                    async_save=t.async_checkpoints)
+    recorders = {s: metrics_lib.Recorder(seed_dir(workdir, s), num_steps=num_steps,
+                                         steps_per_epoch=steps_per_epoch,
+                                         batch_size=t.batch_size, plot=t.plot) for s in seeds}
+    meta = {}
+    restored = ckpt.restore(state)
+    if restored is not None:
+        state, meta = restored
+        logging.info('Resumed %d seeds from step %d of %s.', len(seeds), int(state.step[0]),
+                     workdir)
+    for c, s in zip(configs, seeds):
+        train.write_config(c, str(seed_dir(workdir, s)))
+    plateaus = [optim.Plateau.from_config(config.optim, p)
+                for p in meta.get('plateau', [None] * len(seeds))]
+    failed = {int(k): v for k, v in meta.get('failed', {}).items()}
+    start_step, elapsed = int(state.step[0]), meta.get('elapsed', 0.0)
+    state = parallel.replicate(state)
+    p_eval = jax.pmap(jax.vmap(train.eval_step, in_axes=(0, None)), axis_name=AXIS)
+    t0 = time.time()
+
+    def save(step):
+        meta = {'plateau': [p.state() for p in plateaus], 'failed': failed,
+                'elapsed': elapsed + time.time() - t0}
+        ckpt.save(step, parallel.unreplicate(state), meta)
+
+    val = None
+    try:
+        if start_step < num_steps:
+            step_fn, p_keys, data = train.device_step_inputs(config, info, keys)
+            pending = []
+            with checkpoints.PreemptionGuard() as guard:
+                for step in range(start_step + 1, num_steps + 1):
+                    state, step_metrics = step_fn(state, p_keys, data)
+                    pending.append(step_metrics)
+                    stop = train.preempted(guard, step, t.log_every_steps)
+                    is_eval = train._at(step, eval_every, num_steps)  # pylint: disable=protected-access
+                    is_ckpt = train._at(step, t.checkpoint_every_steps, num_steps) or stop  # pylint: disable=protected-access
+                    if train._at(step, t.log_every_steps, num_steps) or is_ckpt:  # pylint: disable=protected-access
+                        _log(recorders, seeds, failed, step, pending)
+                        pending = []
+                    if is_eval:
+                        val = _evaluate(p_eval, state, config, config.data.eval_split, seeds)
+                        for s in seeds:
+                            if s not in failed:
+                                recorders[s].write(step, 'val', val[s])
+                        state = _update_plateaus(plateaus, state, val, config.optim, seeds)
+                    if is_ckpt:
+                        save(step)
+                    if stop:
+                        logging.warning('Preempted: saved step %d; rerun to resume.', step)
+                        return {'preempted_at_step': step}
+        ckpt.wait()
+        elapsed += time.time() - t0
+        d = config.data
+        test = (val if val is not None and d.test_split == d.eval_split
+                else _evaluate(p_eval, state, config, d.test_split, seeds))
+        out = {}
+        for s in seeds:
+            if s in failed:
+                out[s] = {'failed': failed[s]}
+                (seed_dir(workdir, s) / 'failed.json').write_text(
+                    json.dumps({'reason': failed[s]}) + '\n')
+                continue
+            out[s] = {
+                'variant': config.get('variant', 'custom'), 'test_split': d.test_split,
+                'test_top1': test[s]['top1'], 'test_top5': test[s]['top5'],
+                'test_loss': test[s]['loss'], 'steps': num_steps,
+                'train_seconds': elapsed,  # Wall time of the whole program (all seeds).
+                'seeds_together': len(seeds), 'seeds_mode': config.seeds_mode,
+                'images_per_second': num_steps * t.batch_size / max(elapsed, 1e-9),
+            }
+            recorders[s].write(num_steps, 'test', test[s])
+            recorders[s].write_results(out[s])
+        return out
+    finally:
+        ckpt.close()
+        for r in recorders.values():
+            r.close()
+
+
+def _log(recorders, seeds, failed, step, pending):
+    """Per seed: train.log_train on its slice; a non-finite seed is marked failed, not fatal."""
+    host = parallel.unreplicate(pending)  # Leaves [seeds].
+    for i, s in enumerate(seeds):
+        if s in failed:
+            continue
+        mine = [jax.tree.map(lambda x, i=i: np.asarray(x)[i:i + 1], m) for m in host]
+        try:
+            train.log_train(recorders[s], step, mine)  # Its unreplicate takes [0]: seed i.
+        except train.NonFiniteLossError as e:
+            logging.warning('seed %d failed: %s', s, e)
+            failed[s] = f'{type(e).__name__}: {str(e).splitlines()[0]}'
+    if len(failed) == len(seeds):
+        raise train.NonFiniteLossError(f'Every seed stopped on a non-finite loss: {failed}')
+
+
+def _evaluate(p_eval, state, config, split, seeds) -> dict:
+    """{seed: {'loss', 'top1', 'top5'}} over every example of `split`, one pass for all seeds."""
+    totals = None
+    for batch in input_pipeline.eval_iterator(config, split):
+        sums = p_eval(state, batch)
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = jax.tree.map(np.asarray, parallel.unreplicate(totals))
+    return {s: {k: float(totals[k][i]) / max(float(totals['count'][i]), 1.0)
+                for k in ('loss', 'top1', 'top5')} for i, s in enumerate(seeds)}
+
+
+def _update_plateaus(plateaus, state, val, o, seeds):
+    """train.update_plateau per seed: each seed's lr follows its own validation error."""
+    if o.schedule != 'plateau':
+        return state
+    changed = [p.update(1.0 - val[s]['top1']) for p, s in zip(plateaus, seeds)]
+    if not any(changed):
+        return state
+    lr = np.asarray([o.learning_rate * p.scale for p in plateaus], np.float32)
+    logging.info('Validation error plateaued: learning rates -> %s.', lr)
+    return state.replace(opt_state=optim.set_learning_rate(state.opt_state,
+                                                           parallel.replicate(lr)))

@@ -1,0 +1,76 @@
+"""Many seeds in one program: seed k of a vectorised run is standalone seed k; resume is exact."""
+
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from alexnet_jax import checkpoints
+from alexnet_jax import device_data
+from alexnet_jax import input_pipeline
+from alexnet_jax import parallel
+from alexnet_jax import seeds as seeds_lib
+from alexnet_jax import train
+from tests.test_device_data import device_config
+from tests.test_train import assert_trees_close
+
+
+
+@pytest.mark.parametrize('mode', ['vmap', 'map'])
+def test_seed_k_of_a_vectorised_step_equals_standalone_seed_k(mode):
+    config = device_config(batch_size=8)  # Dropout on: the keys must follow the seed too.
+    info = input_pipeline.get_info(config)
+    runs = {}
+    for s in (0, 1):
+        c = seeds_lib.seed_config(config, s)
+        state, key = train.initial_state(c, info, 5, 5)
+        keys = {'dropout': key, 'data': device_data.data_key(s)}
+        step, keys, data = train.device_step_inputs(c, info, keys)
+        state = parallel.replicate(state)
+        for _ in range(3):
+            state, m = step(state, keys, data)
+        runs[s] = (parallel.unreplicate(state), parallel.unreplicate(m))
+    together = seeds_lib.seed_config(config, 0)
+    together.update(num_seeds=2, seeds_mode=mode)
+    states, keys = zip(*[train.initial_state(seeds_lib.seed_config(config, s), info, 5, 5)
+                         for s in (0, 1)])
+    state = parallel.replicate(seeds_lib._stack(states))
+    keys = {'dropout': jnp.stack(keys), 'data': jnp.stack([device_data.data_key(s)
+                                                            for s in (0, 1)])}
+    step, keys, data = train.device_step_inputs(together, info, keys)
+    for _ in range(3):
+        state, m = step(state, keys, data)
+    state, m = parallel.unreplicate(state), parallel.unreplicate(m)
+    for i in (0, 1):
+        assert_trees_close(jax.tree.map(lambda x: x[i], state.params), runs[i][0].params,
+                           atol=2e-5)
+        np.testing.assert_allclose(m['loss'][i], runs[i][1]['loss'], rtol=1e-5)
+    assert not np.allclose(m['loss'][0], m['loss'][1])  # The seeds really differ.
+
+
+def _group_params(config, workdir, seeds):
+    info = input_pipeline.get_info(config)
+    num_steps, spe = train.num_train_steps(config)
+    target = seeds_lib._stack([train.initial_state(seeds_lib.seed_config(config, s), info, spe,
+                                                   num_steps)[0] for s in seeds])
+    fingerprint = dict(checkpoints.config_fingerprint(config), seeds=seeds)
+    with checkpoints.Checkpointer(str(workdir), config_fingerprint=fingerprint) as ckpt:
+        return ckpt.restore(target)[0]
+
+
+@pytest.mark.slow  # Whole runs: vectorised, standalone, interrupted and resumed.
+def test_vectorised_run_equals_standalone_and_resumes_exactly(tmp_path):
+    config = device_config(num_steps=6, checkpoint_every_steps=3)
+    config.update(num_seeds=2, seeds_mode='vmap')
+    out = train.train_and_evaluate(config, str(tmp_path / 'vec'))
+    solo = train.train_and_evaluate(seeds_lib.seed_config(config, 1), str(tmp_path / 'solo'))
+    assert out[1]['test_loss'] == pytest.approx(solo['test_loss'], rel=1e-4)
+    assert (tmp_path / 'vec' / 'seed0' / 'results.json').exists()
+    assert (tmp_path / 'vec' / 'seed1' / 'metrics.jsonl').exists()
+    vec = _group_params(config, tmp_path / 'vec', [0, 1])
+    shutil.rmtree(tmp_path / 'vec' / 'checkpoints' / '6')  # As if killed after step 3's save.
+    again = train.train_and_evaluate(config, str(tmp_path / 'vec'))
+    assert again[0]['test_loss'] == pytest.approx(out[0]['test_loss'], abs=1e-6)
+    assert_trees_close(_group_params(config, tmp_path / 'vec', [0, 1]).params, vec.params)
