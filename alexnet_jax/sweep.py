@@ -3,7 +3,9 @@ r"""Ablation sweeps: every grid point x seed through the same `train_and_evaluat
   python -m alexnet_jax.sweep --config=configs/ablations.py[:grid] --workdir=DIR
   python -m alexnet_jax.sweep --config=configs/ablations.py:fig1 --workdir=DIR --print_commands
 
-One workdir per point (`DIR/<labels>/seed<k>`), so the sweep is resumable for free: a point
+One workdir per point (`DIR/<labels>/seed<k>`); a point's seeds train together in one program
+(`run_point_seeds`, alexnet_jax/seeds.py; its stacked checkpoint in `DIR/<labels>/checkpoints`).
+The sweep is resumable for free: a point
 with results.json is skipped, an interrupted one resumes from its checkpoint, a failed one is
 recorded (failed.json, with the reason) and skipped on the next run unless --retry_failed.
 At the end: DIR/results.csv, DIR/results.md (mean ± std over seeds) and the figures
@@ -124,6 +126,50 @@ def run_point(sweep, point: Point, root, *, retry_failed: bool = False) -> dict:
             if 'preempted_at_step' in out:
                 raise KeyboardInterrupt(f'{point.dirname} preempted; rerun the sweep to resume.')
     return result_row(sweep, point, workdir)
+
+
+def run_point_seeds(sweep, points: list, root, *, retry_failed: bool = False) -> list:
+    """Trains one grid point's seeds together (alexnet_jax/seeds.py: one program, one compile,
+    one data load); seeds already finished (or failed) are left out. Returns their rows."""
+    from alexnet_jax import seeds as seeds_lib  # Heavy; not needed for --print_commands.
+    group = pathlib.Path(root) / points[0].name
+
+    def todo(p):
+        workdir = group / f'seed{p.seed}'
+        if (workdir / 'results.json').exists():
+            return False
+        return retry_failed or not (workdir / 'failed.json').exists()
+    missing = [p for p in points if todo(p)]
+    if missing:
+        for p in missing:
+            (group / f'seed{p.seed}' / 'failed.json').unlink(missing_ok=True)
+        config = point_config(sweep, missing[0])
+        config.num_seeds = len(missing)
+        logging.info('%s: training seeds %s together.', points[0].name, [p.seed for p in missing])
+        try:
+            out = seeds_lib.train_seeds(config, str(group), seeds=[p.seed for p in missing])
+        except Exception as e:  # A failing point must not stop the grid.
+            reason = f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'
+            logging.warning('%s failed: %s', points[0].name, reason)
+            for p in missing:
+                (group / f'seed{p.seed}').mkdir(parents=True, exist_ok=True)
+                (group / f'seed{p.seed}' / 'failed.json').write_text(
+                    json.dumps({'reason': reason}) + '\n')
+        else:
+            if 'preempted_at_step' in out:
+                raise KeyboardInterrupt(f'{points[0].name} preempted; rerun the sweep to resume.')
+    return [result_row(sweep, p, group / f'seed{p.seed}') for p in points]
+
+
+def run_grid(sweep, points: list, root, *, retry_failed: bool = False) -> list:
+    """Every point: its seeds together when there are several, else one run (run_point)."""
+    if sweep.num_seeds == 1:
+        return [run_point(sweep, p, root, retry_failed=retry_failed) for p in points]
+    rows = []
+    for name in dict.fromkeys(p.name for p in points):
+        rows += run_point_seeds(sweep, [p for p in points if p.name == name], root,
+                                retry_failed=retry_failed)
+    return rows
 
 
 def result_row(sweep, point: Point, workdir) -> dict:
@@ -304,7 +350,7 @@ def main(argv):
             cli.fail(f'grid point {p.name}: {e}')
     root = pathlib.Path(FLAGS.workdir)
     root.mkdir(parents=True, exist_ok=True)
-    rows = [run_point(sweep, p, root, retry_failed=FLAGS.retry_failed) for p in points]
+    rows = run_grid(sweep, points, root, retry_failed=FLAGS.retry_failed)
     print(write_tables(sweep, rows, root))
     for path in plot_figures(sweep, rows, root):
         print(f'wrote {path}')
