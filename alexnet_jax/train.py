@@ -218,7 +218,10 @@ def seeds_mode(config) -> str:
     return mode
 
 
-AUTO_CPU_SEEDS_MODE = 'map'  # Measured on 2 cores: benchmarks/RESULTS.md, "Many seeds".
+# XLA:CPU runs seeds stepped inside one program ~5x slower than one after another (batched
+# kernels become grouped convolutions; lax.map's loop body loses the fast conv path):
+# benchmarks/seeds.py, benchmarks/RESULTS.md "Many seeds". GPU/TPU: vmap (not measured here).
+AUTO_CPU_SEEDS_MODE = 'sequential'
 
 
 def step_runner(config, info, dropout_key, start_step: int):

@@ -30,8 +30,8 @@ def paper_config():
     # num_seeds > 1: seeds seed .. seed + num_seeds - 1 train together in one program
     # (alexnet_jax/seeds.py), each with workdir/seed<k>/ (metrics, results.json) as a standalone
     # run would write it. seeds_mode: 'vmap' (batched), 'map' (one after another inside each
-    # step), 'sequential' (one run after another), 'auto' (the faster here: vmap on GPU/TPU, map
-    # on CPU, see benchmarks/RESULTS.md). vmap/map need device-resident data.
+    # step), 'sequential' (one run after another), 'auto' (vmap on GPU/TPU, sequential on CPU,
+    # where it measured ~5x faster: benchmarks/RESULTS.md). vmap/map need device-resident data.
     c.num_seeds = 1
     c.seeds_mode = 'auto'
 
