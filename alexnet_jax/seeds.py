@@ -66,11 +66,20 @@ def train_seeds(config, workdir: str, seeds=None) -> dict:
                          'seeds_mode=sequential.')
         mode = 'sequential'
     if mode == 'sequential':
-        return {s: train.train_and_evaluate(seed_config(config, s), str(seed_dir(workdir, s)))
-                for s in seeds}
+        return {s: _train_one(config, workdir, s) for s in seeds}
     config = config.copy_and_resolve_references()
     config.seeds_mode = mode
     return _train_together(config, info, workdir, seeds)
+
+
+def _train_one(config, workdir, seed) -> dict:
+    """One seed as an ordinary run; a non-finite loss fails that seed only (failed.json)."""
+    try:
+        return train.train_and_evaluate(seed_config(config, seed), str(seed_dir(workdir, seed)))
+    except train.NonFiniteLossError as e:
+        reason = f'{type(e).__name__}: {str(e).splitlines()[0]}'
+        (seed_dir(workdir, seed) / 'failed.json').write_text(json.dumps({'reason': reason}) + '\n')
+        return {'failed': reason}
 
 
 def _stack(trees):

@@ -156,7 +156,8 @@ def run_point_seeds(sweep, points: list, root, *, retry_failed: bool = False) ->
                 (group / f'seed{p.seed}' / 'failed.json').write_text(
                     json.dumps({'reason': reason}) + '\n')
         else:
-            if 'preempted_at_step' in out:
+            if 'preempted_at_step' in out or any('preempted_at_step' in r for r in out.values()
+                                                 if isinstance(r, dict)):
                 raise KeyboardInterrupt(f'{points[0].name} preempted; rerun the sweep to resume.')
     return [result_row(sweep, p, group / f'seed{p.seed}') for p in points]
 
