@@ -332,7 +332,8 @@ def plot_figures(sweep, rows, root) -> list:
         title += f' (n={ratio.n}; paper ~{ablations.PAPER_EPOCHS_RATIO["tanh"]:g}x)'
     ax.axhline(sweep.threshold, color='grey', lw=0.8)
     ax.set(xlabel='epochs', ylabel='training error', title=title, ylim=(0, 1))
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     cis = [s['epochs'] for s in summary.values()]
     bars.bar(range(len(cis)), [c.mean for c in cis], yerr=_yerr(cis), capsize=4,
              color=[f'C{k}' for k in range(len(cis))])
