@@ -1,5 +1,6 @@
 """Ablation sweeps: grid expansion, reproducible commands, resume, failures, tables, figures."""
 
+import json
 import math
 import shlex
 
@@ -277,3 +278,55 @@ def test_paired_points_share_init_dropout_keys_and_data_order(grid):
     assert not np.array_equal(p0['conv1']['kernel'], p1['conv1']['kernel'])
     assert not np.array_equal(k0, k1)
     assert not np.array_equal(d0[0]['label'], d1[0]['label'])
+
+
+def test_fig1_print_commands_search_first_then_the_chosen_rates(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(sweep.REPO)
+    config = ablations.get_config('fig1')
+    config.num_seeds = 2
+    points, search = sweep.expand(config), lr_search.all_search_points(config)
+    sweep.print_commands(config, points, search, tmp_path)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 * len(config.lr_search_rates) * config.lr_search_seeds
+    for line, point in zip(lines, search):
+        parsed, workdir = parse_command(line)
+        assert parsed.to_dict() == sweep.point_config(config, point).to_dict()
+        assert parsed.optim.learning_rate == float(point.labels[-1][2:])
+        assert parsed.seed >= lr_search.SEARCH_SEED0  # Disjoint from the grid's seeds.
+        assert workdir == str(tmp_path / 'lr_search' / point.dirname)
+    # Once the search is recorded, each grid point's seeds run at its chosen rate.
+    found = {name: [lr_search.Trial(float(r), [1.0 if (name, r) in {('relu', 0.03), ('tanh', 0.1)}
+                                               else None], [0.1], ['done'])
+                    for r in config.lr_search_rates] for name in ('relu', 'tanh')}
+    choices = {n: lr_search.choose(t, config.threshold) for n, t in found.items()}
+    md = lr_search.write(config, found, choices, tmp_path)
+    assert '| relu |' in md and '| 0.03 | fewest epochs' in md
+    sweep.print_commands(config, points, search, tmp_path)
+    grid_lines = capsys.readouterr().out.strip().splitlines()[len(lines):]
+    rates = {(parse_command(l)[0].model.activation, parse_command(l)[0].seed):
+             parse_command(l)[0].optim.learning_rate for l in grid_lines}
+    assert rates == {('relu', 0): 0.03, ('relu', 1): 0.03, ('tanh', 0): 0.1, ('tanh', 1): 0.1}
+
+
+@pytest.mark.slow  # Trains three tiny runs.
+def test_lr_search_runs_resumes_and_applies_the_choice(tmp_path):
+    config = tiny_sweep()
+    config.axes = (ablations._axis(('relu', {'model.activation': 'relu'})),)
+    config.lr_search_rates, config.lr_search_seeds = (0.01, 1e30), 1
+    choices = lr_search.run(config, tmp_path, sweep.run_point)
+    search = tmp_path / 'lr_search'
+    assert (search / 'relu_lr0.01' / 'seed1000' / 'results.json').exists()
+    assert 'NonFiniteLossError' in (search / 'relu_lr1e+30' / 'seed1000' / 'failed.json').read_text()
+    assert choices['relu']['rate'] == 0.01 and choices['relu']['reached']
+    saved = json.loads((tmp_path / 'lr_search.json').read_text())
+    assert saved['relu']['chosen']['rate'] == 0.01
+    assert [t['status'] for t in saved['relu']['trials']] == [['done'], ['failed']]
+    stamp = (search / 'relu_lr0.01' / 'seed1000' / 'metrics.jsonl').stat().st_mtime_ns
+    assert lr_search.run(config, tmp_path, sweep.run_point) == choices  # Resumed: nothing ran.
+    assert (search / 'relu_lr0.01' / 'seed1000' / 'metrics.jsonl').stat().st_mtime_ns == stamp
+    (point,) = lr_search.apply(sweep.expand(config), choices)
+    assert dict(point.overrides)['optim.learning_rate'] == 0.01 and point.dirname == 'relu/seed0'
+    row = sweep.run_point(config, point, tmp_path)
+    assert row['status'] == 'done'
+    assert json.loads((tmp_path / 'relu' / 'seed0' / 'config.json').read_text())['optim'][
+        'learning_rate'] == 0.01
