@@ -6,8 +6,10 @@ r"""Ablation sweeps: every grid point x seed through the same `train_and_evaluat
 One workdir per point (`DIR/<labels>/seed<k>`), so the sweep is resumable for free: a point
 with results.json is skipped, an interrupted one resumes from its checkpoint, a failed one is
 recorded (failed.json, with the reason) and skipped on the next run unless --retry_failed.
-At the end: DIR/results.csv, DIR/results.md (mean ± std over seeds) and the figures
-DIR/fig1_training_error.png and DIR/ablation_deltas.png.
+At the end: DIR/results.csv, DIR/results.md (per point the mean and 95% CI over seeds, per
+effect the difference paired by seed, its CI and a verdict: alexnet_jax/stats.py) and the
+figures DIR/fig1_training_error.png and DIR/ablation_deltas.png. A grid with
+`lr_search_rates` (Fig. 1) first searches each point's learning rate (alexnet_jax/lr_search.py).
 """
 
 import csv
