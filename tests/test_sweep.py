@@ -231,7 +231,7 @@ def test_cuda_convnet_init_draws_the_table_stddevs():
     import jax
     from alexnet_jax import models
     config = sweep.load_base_config('configs/alexnet.py:digits_fig1')
-    params = models.create_model(config.model).init(
+    params = jax.jit(models.create_model(config.model).init)(
         jax.random.key(0), np.zeros((1, 32, 32, 1), np.float32))['params']
     # cuda-convnet's layers-18pct.cfg: initW 0.0001 (conv1), 0.01 (conv2, conv3, fc10); biases 0.
     for layer, std in {'conv1': 1e-4, 'conv2': 1e-2, 'conv3': 1e-2, 'fc4': 1e-2}.items():
@@ -242,7 +242,8 @@ def test_cuda_convnet_init_draws_the_table_stddevs():
     alexnet = sweep.load_base_config('configs/alexnet.py:digits').model
     alexnet.init_scheme, alexnet.width = 'cuda_convnet', 0.05
     with pytest.raises(ValueError, match='fig1'):  # The table covers only Fig1Net's layers.
-        models.create_model(alexnet).init(jax.random.key(0), np.zeros((1, 67, 67, 1), np.float32))
+        jax.eval_shape(models.create_model(alexnet).init, jax.random.key(0),
+                       np.zeros((1, 67, 67, 1), np.float32))
 
 
 @pytest.mark.slow  # Builds 5-6 train states (the real path compiles each init): ~1 min busy.
