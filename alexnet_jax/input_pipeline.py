@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from alexnet_jax import augment, parallel
+from alexnet_jax import augment, parallel, preprocess
 from alexnet_jax.datasets import sources
 
 try:  # TF only feeds the host; it must not grab GPU memory that JAX needs.
@@ -115,7 +115,7 @@ def train_dataset(config, start_step, process_index, process_count, local_device
 
     def prepare(i, ex):
         seed = tf.random.experimental.stateless_fold_in(base, i)
-        return {'image': transform(ex['image'], seed), 'label': tf.cast(ex['label'], tf.int32)}
+        return {**transform(ex['image'], seed), 'label': tf.cast(ex['label'], tf.int32)}
 
     ds = ds.map(prepare, num_parallel_calls=d.num_parallel_calls)
     ds = ds.batch(host_batch, drop_remainder=True)
@@ -143,7 +143,7 @@ def _eval_dataset(key, split, process_index, process_count, local_devices):
         raw = raw.cache()
     batches = math.ceil(math.ceil(total / process_count) / host_batch)  # Same on every host.
     transform = _transform(d, src.channels, train=False)
-    ds = raw.map(lambda ex: {'image': transform(ex['image'], None),
+    ds = raw.map(lambda ex: {**transform(ex['image'], None),
                              'label': tf.cast(ex['label'], tf.int32), 'mask': True},
                  num_parallel_calls=d.num_parallel_calls)
     padding = tf.data.Dataset.from_tensors(
@@ -188,17 +188,13 @@ def _check_augment(d, src):
             f'image_size, pad-and-crop, flip).')
 
 
-def _mean_std(d, channels):
-    """Per-channel mean/std; 1-channel data uses the mean of the RGB entries (a gray image)."""
-    mean, std = np.asarray(d.mean_rgb, np.float32), np.asarray(d.stddev_rgb, np.float32)
-    if channels == 1:
-        return mean.mean(keepdims=True), std.mean(keepdims=True)
-    return mean, std
+_mean_std = preprocess.mean_std  # The model's normalisation (applied on the device).
 
 
 def _transform(d, channels, train):
-    """(encoded or uint8 image, seed) -> normalised float32 image(s) for config section `d`."""
-    mean, std = _mean_std(d, channels)
+    """(encoded or uint8 image, seed) -> {'image': uint8 [H, W, C] (eval 10 crops:
+    [10, H, W, C])} plus, for the ImageNet train transforms with data.pca_lighting > 0,
+    'lighting': the float32 [C] PCA offset that `preprocess.normalize_batch` adds on the device."""
     size, small = d.image_size, d.train_augment == 'small'
     if train and small:
         fn = functools.partial(augment.small_train, size=size, pad=d.pad, mirror=d.random_flip,
@@ -207,19 +203,22 @@ def _transform(d, channels, train):
         fn = functools.partial(augment.inception_train, crop_size=size,
                                area_range=tuple(d.crop_area_range),
                                aspect_range=tuple(d.aspect_ratio_range), mirror=d.random_flip,
-                               lighting=d.pca_lighting, channels=channels)
+                               channels=channels)
     elif train:
         fn = functools.partial(augment.paper_train, resize_size=d.resize_size, crop_size=size,
-                               mirror=d.random_flip, lighting=d.pca_lighting, channels=channels)
+                               mirror=d.random_flip, channels=channels)
     elif small:
         fn = functools.partial(augment.small_eval, size=size, pad=d.pad, crops=d.eval_crops,
                                channels=channels)
     else:
         fn = functools.partial(augment.paper_eval, resize_size=d.resize_size, crop_size=size,
                                crops=d.eval_crops, channels=channels)
-    if train:
-        return lambda image, seed: augment.normalize(fn(image, seed), mean, std)
-    return lambda image, seed: augment.normalize(fn(image), mean, std)
+    if not train:
+        return lambda image, seed: {'image': fn(image)}
+    if small or not d.pca_lighting or channels != 3:
+        return lambda image, seed: {'image': fn(image, seed)}
+    return lambda image, seed: {'image': fn(image, seed),
+                                'lighting': augment.random_lighting(seed, d.pca_lighting)}
 
 
 # --- benchmark ----------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from alexnet_jax import metrics as metrics_lib
 from alexnet_jax import models
 from alexnet_jax import optim
 from alexnet_jax import parallel
+from alexnet_jax import preprocess
 from alexnet_jax import validation
 from alexnet_jax.parallel import AXIS
 
@@ -112,13 +113,18 @@ def dropout_rng(key, step):
     return jax.random.fold_in(jax.random.fold_in(key, step), lax.axis_index(AXIS))
 
 
-def train_step(state: TrainState, batch, *, dropout_key):
-    """One SGD step on this device's slice of the batch; runs under pmap over AXIS."""
+def train_step(state: TrainState, batch, *, dropout_key, mean, std):
+    """One SGD step on this device's slice of the batch; runs under pmap over AXIS.
+
+    batch: uint8 'image' (+ 'lighting'), 'label'; `preprocess.normalize_batch` with the data's
+    per-channel `mean`/`std` makes the model input on the device.
+    """
+    images = preprocess.normalize_batch(batch, mean, std)
     rng = dropout_rng(dropout_key, state.step)
 
     def loss_fn(params):
         logits, updates = state.apply_fn(
-            {'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
+            {'params': params, 'batch_stats': state.batch_stats}, images, train=True,
             rngs={'dropout': rng}, mutable=['batch_stats'])
         return cross_entropy(logits, batch['label']).mean(), (logits, updates)
 
@@ -150,7 +156,7 @@ def train_step(state: TrainState, batch, *, dropout_key):
     return new_state, metrics
 
 
-def make_train_step(dropout_key, devices=None, donate_state: bool = False):
+def make_train_step(dropout_key, devices=None, donate_state: bool = False, *, mean, std):
     """`train_step` pmapped over AXIS, as the loop runs it; the benchmarks time this very function.
 
     The state is not donated by default: with pmap's per-device leading axis, XLA (jax 0.10)
@@ -158,17 +164,18 @@ def make_train_step(dropout_key, devices=None, donate_state: bool = False):
     buffer at the start of the step (see benchmarks/RESULTS.md: ~3 x the state in memory
     traffic per step, no memory saved, since the copies are as large as the state).
     """
-    return jax.pmap(functools.partial(train_step, dropout_key=dropout_key), axis_name=AXIS,
+    step = functools.partial(train_step, dropout_key=dropout_key, mean=mean, std=std)
+    return jax.pmap(step, axis_name=AXIS,
                     donate_argnums=(0,) if donate_state else (), devices=devices)
 
 
-def eval_step(state: TrainState, batch):
+def eval_step(state: TrainState, batch, *, mean, std):
     """Sums of loss / top-1 / top-5 over the real (mask=True) examples of all devices.
 
-    Images [n, H, W, C], or [n, crops, H, W, C] for the paper's 10-crop test: the softmax is
-    averaged over the crops.
+    Images uint8 [n, H, W, C], or [n, crops, H, W, C] for the paper's 10-crop test: the softmax
+    is averaged over the crops. Normalised on the device (`preprocess.normalize_batch`).
     """
-    images = batch['image']
+    images = preprocess.normalize_batch(batch, mean, std)
     n, crops = images.shape[0], (images.shape[1] if images.ndim == 5 else 1)
     logits = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats},
                             images.reshape((n * crops,) + images.shape[-3:]), train=False)
@@ -182,6 +189,12 @@ def eval_step(state: TrainState, batch):
         'count': mask,
     }
     return lax.psum(jax.tree.map(jnp.sum, sums), AXIS)
+
+
+def make_eval_step(mean, std, devices=None):
+    """`eval_step` pmapped over AXIS with the data's normalisation (`preprocess.mean_std`)."""
+    return jax.pmap(functools.partial(eval_step, mean=mean, std=std), axis_name=AXIS,
+                    devices=devices)
 
 
 def evaluate(p_eval_step, state, config, split: str) -> dict:
@@ -254,8 +267,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     elapsed = meta.get('elapsed', 0.0)
     state = parallel.replicate(state)
 
-    p_train_step = make_train_step(dropout_key)
-    p_eval_step = jax.pmap(eval_step, axis_name=AXIS)
+    mean, std = preprocess.mean_std(config.data, info.image_shape[-1])
+    p_train_step = make_train_step(dropout_key, mean=mean, std=std)
+    p_eval_step = make_eval_step(mean, std)
 
     def save(step, val=None):
         meta = {'plateau': plateau.state(), 'elapsed': elapsed + time.time() - t0}

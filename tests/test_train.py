@@ -14,6 +14,7 @@ from alexnet_jax import checkpoints
 from alexnet_jax import input_pipeline
 from alexnet_jax import models
 from alexnet_jax import parallel
+from alexnet_jax import preprocess
 from alexnet_jax import train
 
 
@@ -66,7 +67,8 @@ def _run_steps(config, devices, batches):
     info = input_pipeline.get_info(config)
     state, key = train.initial_state(config, info, 10, 10)
     state = parallel.replicate(state, devices)
-    step = jax.pmap(functools.partial(train.train_step, dropout_key=key),
+    mean, std = preprocess.mean_std(config.data, info.image_shape[-1])
+    step = jax.pmap(functools.partial(train.train_step, dropout_key=key, mean=mean, std=std),
                     axis_name=parallel.AXIS, devices=devices)
     for batch in batches:
         state, metrics = step(state, parallel.shard(batch, len(devices)))
