@@ -184,7 +184,8 @@ def ten_crops(image, crop_size: int):
 # --- whole transforms, as the pipeline uses them ------------------------------------------------
 
 def paper_train(image, seed, *, resize_size=256, crop_size=227, mirror=True, channels=3):
-    """Sec. 4.1: random 227 crop of the central 256^2, mirror; uint8 (lighting: `random_lighting`)."""
+    """Sec. 4.1: random 227 crop of the central 256^2, mirror; uint8 (lighting:
+    `random_lighting`)."""
     window = random_paper_window(image_shape(image), subseed(seed, CROP), resize_size, crop_size)
     return _mirror(resize(decode_and_crop(image, window, channels), crop_size), seed, mirror)
 

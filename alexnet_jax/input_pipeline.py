@@ -23,13 +23,9 @@ topology.
 import dataclasses
 import functools
 import math
-import os
-import sys
-import time
 from typing import Iterator
 
 import jax
-import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -219,96 +215,3 @@ def _transform(d, channels, train):
         return lambda image, seed: {'image': fn(image, seed)}
     return lambda image, seed: {'image': fn(image, seed),
                                 'lighting': augment.random_lighting(seed, d.pca_lighting)}
-
-
-# --- benchmark ----------------------------------------------------------------------------------
-
-def write_jpeg_folder(root, num_images, num_classes=10, size=256, seed=0):
-    """num_images 256x256 JPEGs (smooth random colour fields + noise, ~ImageNet-like sizes)."""
-    rng = np.random.default_rng(seed)
-    for i in range(num_images):
-        low = rng.uniform(0, 255, (8, 8, 3)).astype(np.float32)
-        image = tf.image.resize(low[None], [size, size], method='bicubic')[0]
-        image = image + rng.normal(0, 12, (size, size, 3)).astype(np.float32)
-        data = tf.io.encode_jpeg(tf.cast(tf.clip_by_value(image, 0, 255), tf.uint8), quality=90)
-        path = os.path.join(root, 'train', f'class{i % num_classes:03d}', f'{i:06d}.jpg')
-        tf.io.gfile.makedirs(os.path.dirname(path))
-        tf.io.write_file(path, data)
-
-
-def _rate(iterator, examples_per_batch, seconds, warmup=3):
-    for _ in range(warmup):
-        next(iterator)
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        next(iterator)
-        count += examples_per_batch
-    return count / (time.perf_counter() - start)
-
-
-def bench(config, num_images=1024, seconds=20.0):
-    """Prints train (paper transform) and eval 10-crop images/s on 256x256 JPEGs in a temp dir."""
-    import tempfile
-    cores = os.cpu_count()
-    with tempfile.TemporaryDirectory() as root:
-        write_jpeg_folder(root, num_images)
-        config = config.copy_and_resolve_references()
-        config.data.name, config.data.folder_root = 'folder', root
-        config.data.train_split = config.data.eval_split = 'train'
-        config.data.cache = 'never'  # Every image is read and decoded each time.
-        batch = config.train.batch_size
-        train = train_iterator(config, process_index=0, process_count=1, local_devices=1)
-        rate = _rate(train, batch, seconds)
-        print(f'train ({config.data.train_augment} transform, {config.data.image_size}px, '
-              f'batch {batch}): {rate:.0f} images/s = {rate / cores:.0f} images/s/core '
-              f'on {cores} cores')
-        config.data.eval_crops = 'ten'
-        start, count = time.perf_counter(), 0
-        for b in eval_iterator(config, 'train', process_index=0, process_count=1,
-                               local_devices=1):
-            count += int(b['mask'].sum())
-        rate = count / (time.perf_counter() - start)
-        print(f'eval (10 crops, {config.data.image_size}px): {rate:.0f} images/s = '
-              f'{rate / cores:.0f} images/s/core on {cores} cores')
-
-
-def bench_model(config, batch=32, steps=3):
-    """Prints what one forward+backward pass of the configured net consumes (images/s)."""
-    import jax.numpy as jnp
-    from alexnet_jax import models
-    model = models.AlexNet(**config.model)
-    size = config.data.image_size
-    x = jnp.zeros((batch, size, size, 3), jnp.float32)
-    params = model.init(jax.random.key(0), x[:1])
-    rng = {'dropout': jax.random.key(1)}
-
-    @jax.jit
-    def grad(params, x):
-        return jax.grad(lambda p: model.apply(p, x, train=True, rngs=rng).sum())(params)
-    jax.block_until_ready(grad(params, x))
-    start = time.perf_counter()
-    for _ in range(steps):
-        jax.block_until_ready(grad(params, x))
-    rate = batch * steps / (time.perf_counter() - start)
-    print(f'model forward+backward on {jax.devices()[0].platform} ({size}px, batch {batch}): '
-          f'{rate:.1f} images/s')
-
-
-def main(argv):
-    del argv
-    from absl import flags
-    if not flags.FLAGS.bench:
-        sys.exit('Nothing to do: pass --bench (and optionally --config=configs/alexnet.py:...).')
-    bench(flags.FLAGS.config, seconds=flags.FLAGS.bench_seconds)
-    if flags.FLAGS.bench_model:
-        bench_model(flags.FLAGS.config)
-
-
-if __name__ == '__main__':
-    from absl import app, flags
-    from ml_collections import config_flags
-    config_flags.DEFINE_config_file('config', 'configs/alexnet.py', 'Config (data section used).')
-    flags.DEFINE_bool('bench', False, 'Measure the train and eval pipelines on temp JPEGs.')
-    flags.DEFINE_float('bench_seconds', 20.0, 'Seconds to time the train pipeline.')
-    flags.DEFINE_bool('bench_model', True, 'Also time the net\'s forward+backward pass.')
-    app.run(main)
