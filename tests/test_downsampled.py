@@ -91,6 +91,7 @@ class Interrupted(Exception):
     pass
 
 
+@pytest.mark.slow  # Prepares twice (~20 s on 2 busy cores).
 def test_interrupted_preparation_resumes_and_equals_a_clean_one(folder, tmp_path, monkeypatch):
     monkeypatch.setattr(downsampled, 'CHUNK_SIZE', 2)  # train: 3 chunks, val: 1.
     clean = records(downsampled.prepare(downsampled.get_builder(
@@ -121,6 +122,7 @@ def test_interrupted_preparation_resumes_and_equals_a_clean_one(folder, tmp_path
     assert records(builder) == clean
 
 
+@pytest.mark.slow  # Prepares, then builds train and eval pipelines.
 def test_config_selects_the_downsampled_copy(folder, tmp_path):
     c = alexnet.get_config()
     d = c.data
