@@ -188,8 +188,8 @@ _mean_std = preprocess.mean_std  # The model's normalisation (applied on the dev
 
 
 def _transform(d, channels, train):
-    """(encoded or uint8 image, seed) -> {'image': uint8 [H, W, C] (eval 10 crops:
-    [10, H, W, C])} plus, for the ImageNet train transforms with data.pca_lighting > 0,
+    """(encoded or uint8 image, seed) -> {'image': uint8 [H, W, C] (eval 10 crops: the square
+    [S, S, C] they are cut from on the device, `preprocess.ten_crops`)} plus, for the ImageNet train transforms with data.pca_lighting > 0,
     'lighting': the float32 [C] PCA offset that `preprocess.normalize_batch` adds on the device."""
     size, small = d.image_size, d.train_augment == 'small'
     if train and small:

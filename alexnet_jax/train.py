@@ -169,13 +169,15 @@ def make_train_step(dropout_key, devices=None, donate_state: bool = False, *, me
                     donate_argnums=(0,) if donate_state else (), devices=devices)
 
 
-def eval_step(state: TrainState, batch, *, mean, std):
+def eval_step(state: TrainState, batch, *, mean, std, crop_size):
     """Sums of loss / top-1 / top-5 over the real (mask=True) examples of all devices.
 
-    Images uint8 [n, H, W, C], or [n, crops, H, W, C] for the paper's 10-crop test: the softmax
-    is averaged over the crops. Normalised on the device (`preprocess.normalize_batch`).
+    Images uint8 [n, H, W, C], or for the paper's 10-crop test the squares [n, S, S, C] (S >
+    crop_size; cut into 10 crops here) or crops [n, crops, H, W, C]: the softmax is averaged
+    over the crops. Normalised on the device (`preprocess.normalize_batch`).
     """
-    images = preprocess.normalize_batch(batch, mean, std)
+    images = preprocess.normalize_batch(
+        {'image': preprocess.eval_images(batch, crop_size)}, mean, std)
     n, crops = images.shape[0], (images.shape[1] if images.ndim == 5 else 1)
     logits = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats},
                             images.reshape((n * crops,) + images.shape[-3:]), train=False)
@@ -191,10 +193,11 @@ def eval_step(state: TrainState, batch, *, mean, std):
     return lax.psum(jax.tree.map(jnp.sum, sums), AXIS)
 
 
-def make_eval_step(mean, std, devices=None):
-    """`eval_step` pmapped over AXIS with the data's normalisation (`preprocess.mean_std`)."""
-    return jax.pmap(functools.partial(eval_step, mean=mean, std=std), axis_name=AXIS,
-                    devices=devices)
+def make_eval_step(mean, std, crop_size, devices=None):
+    """`eval_step` pmapped over AXIS with the data's normalisation (`preprocess.mean_std`) and
+    the net's input size (config.data.image_size: the 10 crops' size)."""
+    return jax.pmap(functools.partial(eval_step, mean=mean, std=std, crop_size=crop_size),
+                    axis_name=AXIS, devices=devices)
 
 
 def evaluate(p_eval_step, state, config, split: str) -> dict:
@@ -269,7 +272,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     mean, std = preprocess.mean_std(config.data, info.image_shape[-1])
     p_train_step = make_train_step(dropout_key, mean=mean, std=std)
-    p_eval_step = make_eval_step(mean, std)
+    p_eval_step = make_eval_step(mean, std, config.data.image_size)
 
     def save(step, val=None):
         meta = {'plateau': plateau.state(), 'elapsed': elapsed + time.time() - t0}

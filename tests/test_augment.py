@@ -153,11 +153,16 @@ def test_ten_crops_geometry(mode, size, crop):
 
 @pytest.mark.parametrize('mode', MODES)
 def test_paper_eval_ten_crops_of_a_256_image(mode):
+    """The host ships the square; the device cuts the crops (preprocess.ten_crops)."""
+    from alexnet_jax import preprocess  # pylint: disable=import-outside-toplevel
     img = image(256, 256)
-    out = run(mode, lambda x: augment.paper_eval(x, crops='ten'), img)
+    square = run(mode, lambda x: augment.paper_eval(x, crops='ten'), img)
+    np.testing.assert_array_equal(square, img)
+    out = np.asarray(preprocess.ten_crops(square[None], 227))[0]
     assert out.shape == (10, 227, 227, 3)
     np.testing.assert_array_equal(out[0], img[14:241, 14:241])
     np.testing.assert_array_equal(out[9], img[29:, 29:, :][:, ::-1])
+    np.testing.assert_array_equal(out, run(mode, lambda x: augment.ten_crops(x, 227), img))
 
 
 @pytest.mark.parametrize('mode', MODES)
@@ -219,5 +224,6 @@ def test_paper_eval_of_a_large_image_is_uint8_of_the_rescaled_square(mode, crops
     square = img[:, 44:556].astype(np.float64)
     halved = square.reshape(256, 2, 256, 2, 3).mean((1, 3))  # Bilinear at exactly 1/2.
     assert out.dtype == np.uint8
-    first = out if crops == 'center' else out[0]
+    first = out if crops == 'center' else out[14:241, 14:241]  # 'ten': the whole square.
+    assert out.shape == ((227, 227, 3) if crops == 'center' else (256, 256, 3))
     assert np.abs(first.astype(float) - np.round(halved[14:241, 14:241])).max() <= 1

@@ -71,7 +71,7 @@ def test_train_batch_shape(digits_dir, ld, batch):
     assert 'lighting' not in b  # Gray digits, 'small' transform: no PCA lighting.
 
 
-@pytest.mark.parametrize('crops,shape', [('center', (67, 67, 1)), ('ten', (10, 67, 67, 1))])
+@pytest.mark.parametrize('crops,shape', [('center', (67, 67, 1)), ('ten', (75, 75, 1))])
 def test_eval_batch_shape(digits_dir, crops, shape):
     c = digits_config(digits_dir)
     c.data.eval_crops = crops
