@@ -135,7 +135,8 @@ def test_nan_stops_with_last_good_checkpoint(tmp_path, monkeypatch):
     def poisoned(config, *, start_step=0, **kw):
         for step, batch in enumerate(real(config, start_step=start_step, **kw), start_step + 1):
             if step == 5:  # Step 5's batch: loss NaN; checkpoint 3 is the last good one.
-                batch = dict(batch, image=np.full_like(batch['image'], np.nan))
+                # Batches are uint8 (no NaN): a float32 NaN image (normalize_batch takes it).
+                batch = dict(batch, image=np.full(batch['image'].shape, np.nan, np.float32))
             yield batch
     monkeypatch.setattr(input_pipeline, 'train_iterator', poisoned)
     config = tiny_config(num_steps=9, log_every_steps=3)
