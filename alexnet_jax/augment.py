@@ -10,6 +10,11 @@ Geometry of the paper's train transform: "rescale the shorter side to 256, take 
 (`paper_window`), decoded with `tf.image.decode_and_crop_jpeg` and resized to 227. The full image
 is never decoded to be thrown away; for a 256x256 source the window is exact and no resampling
 happens. Crop-then-resize differs from resize-then-crop only by interpolation at the edges.
+
+Outputs are uint8 (the input boundary, DESIGN.md Sec. 8): resized pixels are rounded and clipped
+(resize -> round -> crop/flip), so a device-side augmentation of the same uint8 image gives the
+same pixels. Floats happen on the device: `alexnet_jax/preprocess.normalize_batch` adds the PCA
+lighting offset (computed here per example, `random_lighting`) and subtracts the mean.
 """
 
 import numpy as np
@@ -102,15 +107,21 @@ def random_resized_window(shape, seed, area_range=(0.08, 1.0), aspect_range=(3 /
     return tf.stack([begin[0], begin[1], size[0], size[1]])
 
 
+def to_uint8(image):
+    """Rounds and clips float pixels to uint8 (the dtype that crosses to the device)."""
+    return tf.saturate_cast(tf.round(image), tf.uint8)
+
+
 def resize(image, size: int):
-    """Bilinear resize to size x size (skipped when already that size); float32 pixel scale.
+    """Bilinear resize of a uint8 image to size x size, rounded to uint8; the identity (no
+    float round trip) when it is already that size, as for every crop of a 256x256 source.
 
     No anti-aliasing: like Caffe's OpenCV INTER_LINEAR, and 2.5x cheaper; crops shrink by
     less than 2x on ImageNet, where aliasing is negligible.
     """
-    image = tf.cast(image, tf.float32)
     same = tf.reduce_all(tf.equal(tf.shape(image)[:2], size))
-    out = tf.cond(same, lambda: image, lambda: tf.image.resize(image, [size, size]))
+    out = tf.cond(same, lambda: tf.cast(image, tf.uint8),
+                  lambda: to_uint8(tf.image.resize(image, [size, size])))
     return tf.ensure_shape(out, [size, size, image.shape[-1]])
 
 
@@ -125,24 +136,22 @@ def random_flip(image, seed):
     return flip(image, tf.random.stateless_uniform([], seed) < 0.5)
 
 
+def lighting_shift(alpha, eigval=IMAGENET_EIGVAL, eigvec=IMAGENET_EIGVEC):
+    """The RGB offset eigvec @ (alpha * eigval) that PCA lighting adds to every pixel [3]."""
+    return tf.linalg.matvec(tf.constant(eigvec), tf.cast(alpha, tf.float32) * eigval)
+
+
 def pca_lighting(image, alpha, eigval=IMAGENET_EIGVAL, eigvec=IMAGENET_EIGVEC):
-    """Adds eigvec @ (alpha * eigval) to every RGB pixel (Sec. 4.1, "altering intensities")."""
-    shift = tf.linalg.matvec(tf.constant(eigvec), tf.cast(alpha, tf.float32) * eigval)
-    return tf.cast(image, tf.float32) + shift
+    """Adds eigvec @ (alpha * eigval) to every RGB pixel (Sec. 4.1, "altering intensities");
+    float32. The pipeline ships the shift instead (`random_lighting`); this is its reference."""
+    return tf.cast(image, tf.float32) + lighting_shift(alpha, eigval, eigvec)
 
 
-def random_pca_lighting(image, seed, stddev: float):
-    """PCA lighting with alpha ~ N(0, stddev), one draw per image (paper: stddev 0.1)."""
-    return pca_lighting(image, tf.random.stateless_normal([3], seed, stddev=stddev))
-
-
-def normalize(image, mean, stddev):
-    """(image - mean) / stddev per channel; float32. Multiplies by 1/stddev (and skips that
-    when stddev is all ones, as in the paper): a broadcast divide over 3 channels is ~3x slower."""
-    out = tf.cast(image, tf.float32) - tf.constant(mean, tf.float32)
-    if np.any(np.asarray(stddev) != 1):
-        out = out * tf.constant(1 / np.asarray(stddev, np.float32))
-    return out
+def random_lighting(seed, stddev: float):
+    """Example `seed`'s PCA-lighting RGB offset [3], alpha ~ N(0, stddev) (paper: 0.1); added
+    on the device by `preprocess.normalize_batch`."""
+    alpha = tf.random.stateless_normal([3], subseed(seed, LIGHTING), stddev=stddev)
+    return lighting_shift(alpha)
 
 
 # --- small images (digits, CIFAR) ---------------------------------------------------------------
@@ -163,7 +172,8 @@ def random_pad_and_crop(image, seed, pad: int):
 
 def ten_crops(image, crop_size: int):
     """The paper's 10 test crops of `image` [S, S', C]: center, the 4 corners (top-left,
-    top-right, bottom-left, bottom-right), then the same 5 mirrored; [10, crop, crop, C]."""
+    top-right, bottom-left, bottom-right), then the same 5 mirrored; [10, crop, crop, C].
+    The host reference of `preprocess.ten_crops` (which the eval step uses)."""
     h, w = tf.shape(image)[0], tf.shape(image)[1]
     c = crop_size
     corners = [((h - c) // 2, (w - c) // 2), (0, 0), (0, w - c), (h - c, 0), (h - c, w - c)]
@@ -174,34 +184,27 @@ def ten_crops(image, crop_size: int):
 
 # --- whole transforms, as the pipeline uses them ------------------------------------------------
 
-def paper_train(image, seed, *, resize_size=256, crop_size=227, mirror=True, lighting=0.1,
-                channels=3):
-    """Sec. 4.1: random 227 crop of the central 256^2, mirror, PCA lighting; float32 pixels."""
+def paper_train(image, seed, *, resize_size=256, crop_size=227, mirror=True, channels=3):
+    """Sec. 4.1: random 227 crop of the central 256^2, mirror; uint8 (lighting:
+    `random_lighting`)."""
     window = random_paper_window(image_shape(image), subseed(seed, CROP), resize_size, crop_size)
-    return _flip_and_light(resize(decode_and_crop(image, window, channels), crop_size), seed,
-                           mirror, lighting, channels)
+    return _mirror(resize(decode_and_crop(image, window, channels), crop_size), seed, mirror)
 
 
 def inception_train(image, seed, *, crop_size=227, area_range=(0.08, 1.0),
-                    aspect_range=(3 / 4, 4 / 3), mirror=True, lighting=0.1, channels=3):
-    """Random-resized crop (area/aspect jitter) + mirror + PCA lighting; float32 pixels."""
+                    aspect_range=(3 / 4, 4 / 3), mirror=True, channels=3):
+    """Random-resized crop (area/aspect jitter) + mirror; uint8 (lighting: `random_lighting`)."""
     window = random_resized_window(image_shape(image), subseed(seed, CROP), area_range,
                                    aspect_range)
-    return _flip_and_light(resize(decode_and_crop(image, window, channels), crop_size), seed,
-                           mirror, lighting, channels)
+    return _mirror(resize(decode_and_crop(image, window, channels), crop_size), seed, mirror)
 
 
-def _flip_and_light(image, seed, mirror, lighting, channels):
-    """The colour-and-mirror tail both ImageNet train transforms share."""
-    if mirror:
-        image = random_flip(image, subseed(seed, FLIP))
-    if lighting and channels == 3:
-        image = random_pca_lighting(image, subseed(seed, LIGHTING), lighting)
-    return image
+def _mirror(image, seed, mirror):
+    return random_flip(image, subseed(seed, FLIP)) if mirror else image
 
 
 def small_train(image, seed, *, size, pad=4, mirror=True, channels=3):
-    """Small images: resize to the net's input, zero-pad + random crop, optional mirror."""
+    """Small images: resize to the net's input (uint8), zero-pad + random crop, optional mirror."""
     out = resize(_decoded(image, channels), size)
     if pad:
         out = random_pad_and_crop(out, subseed(seed, CROP), pad)
@@ -211,25 +214,24 @@ def small_train(image, seed, *, size, pad=4, mirror=True, channels=3):
 
 
 def paper_eval(image, *, resize_size=256, crop_size=227, crops='center', channels=3):
-    """Center crop of the central square [crop, crop, C], or the 10 crops [10, crop, crop, C]."""
+    """Center crop of the central square [crop, crop, C], or for the 10 crops the square itself
+    [resize, resize, C], from which `preprocess.ten_crops` cuts them on the device (7.7x fewer
+    bytes than the crops); uint8. Only the pixels of the crop (or the square) are decoded."""
     shape = image_shape(image)
     if crops == 'center':
         window = center_window(shape, resize_size, crop_size)
         return resize(decode_and_crop(image, window, channels), crop_size)
     square = paper_window(shape, resize_size, resize_size, 0, 0)
-    # Crops are cut from uint8 pixels: 10 crops are 4x cheaper to copy than in float32.
-    canvas = tf.saturate_cast(tf.round(resize(decode_and_crop(image, square, channels),
-                                              resize_size)), tf.uint8)
-    return ten_crops(canvas, crop_size)
+    return resize(decode_and_crop(image, square, channels), resize_size)
 
 
 def small_eval(image, *, size, pad=4, crops='center', channels=3):
-    """Small images: resized to the net's input; 10 crops are taken from the zero-padded image."""
+    """Small images: resized to the net's input (uint8); for the 10 crops, the zero-padded
+    image, which `preprocess.ten_crops` cuts on the device."""
     out = resize(_decoded(image, channels), size)
     if crops == 'center':
         return out
-    out = tf.saturate_cast(tf.round(out), tf.uint8)
-    return ten_crops(tf.pad(out, [[pad, pad], [pad, pad], [0, 0]]), size)
+    return tf.pad(out, [[pad, pad], [pad, pad], [0, 0]])
 
 
 def _decoded(image, channels):

@@ -35,6 +35,7 @@ from alexnet_jax import convert
 from alexnet_jax import features
 from alexnet_jax import models
 from alexnet_jax import parallel
+from alexnet_jax import preprocess
 from alexnet_jax import train
 from alexnet_jax import validation
 from alexnet_jax.datasets import sources
@@ -90,7 +91,8 @@ def evaluate_checkpoint(checkpoint, run_config=None, *, split: str | None = None
     }
     if config.data.name == 'folder':
         results['folder_root'] = config.data.folder_root
-    p_eval_step = jax.pmap(train.eval_step, axis_name=parallel.AXIS)
+    p_eval_step = train.make_eval_step(*preprocess.mean_std(config.data, source.channels),
+                                       config.data.image_size)
     state = parallel.replicate(state)
     for mode in CROPS[crops]:
         mode_config = config.copy_and_resolve_references()

@@ -24,6 +24,7 @@ from alexnet_jax import cli
 from alexnet_jax import convert
 from alexnet_jax import models
 from alexnet_jax import parallel
+from alexnet_jax import preprocess
 
 PREPROCESSING = ('image_size', 'resize_size', 'mean_rgb', 'stddev_rgb')  # Belong to the weights.
 
@@ -44,21 +45,26 @@ def check_layer(model, layer: str) -> None:
         raise ValueError(f'--layer={layer}: this net has no LRN (model.lrn=False).')
 
 
-def _pmapped(model, layer: str):
+def _pmapped(model, layer: str, mean, std):
     def fn(variables, images):
+        images = preprocess.normalize_batch({'image': images}, mean, std)
         _, state = model.apply(variables, images, train=False, mutable=['intermediates'])
         return state['intermediates'][layer + '_out'][0]
     return jax.pmap(fn, axis_name=parallel.AXIS)
 
 
-def extract(model, variables, batches, layer: str, keep_images: bool = False) -> dict:
+def extract(model, variables, batches, layer: str, keep_images: bool = False, *, mean=0.0,
+            std=1.0) -> dict:
     """Runs `model` over device batches {'image': [devices, per_device, H, W, C], 'label', 'mask'}.
+
+    The images are normalised on the device with `mean`/`std` (`preprocess.mean_std`, as the
+    pipeline's uint8 batches need); the defaults pass images that already are the model input.
 
     Returns {'features', 'labels', 'ids'} (and 'images' when keep_images) for the unmasked
     examples, in order; ids count every example seen (padding excluded).
     """
     check_layer(model, layer)
-    fn = _pmapped(model, layer)
+    fn = _pmapped(model, layer, mean, std)
     replicated = parallel.replicate(variables)
     out = {'features': [], 'labels': [], 'images': []}
     for batch in batches:
@@ -89,7 +95,15 @@ def split_features(config, model, variables, split: str, layer: str, **kw) -> di
     if 'eval_crops' in config.data:
         config = config.copy_and_resolve_references()
         config.data.eval_crops = 'center'
-    return extract(model, variables, input_pipeline.eval_iterator(config, split), layer, **kw)
+    mean, std = mean_std(config)
+    return extract(model, variables, input_pipeline.eval_iterator(config, split), layer,
+                   mean=mean, std=std, **kw)
+
+
+def mean_std(config):
+    """The (mean, std) that the pipeline's uint8 batches of `config.data` are normalised with."""
+    from alexnet_jax.datasets import sources  # pylint: disable=import-outside-toplevel  (TF)
+    return preprocess.mean_std(config.data, sources.get_source(config.data).channels)
 
 
 def output_path(output: str) -> pathlib.Path:

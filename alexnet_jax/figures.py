@@ -182,11 +182,13 @@ def neighbour_figure(config, model, variables, path, num_queries=8, k=5, query_s
         it = input_pipeline.eval_iterator(config, split)
         return it if examples is None else itertools.islice(it, math.ceil(examples / per_batch))
 
-    train = features.extract(model, variables, batches(train_split, max_train), layer)
+    mean, std = features.mean_std(config)  # The pipeline's batches are uint8.
+    train = features.extract(model, variables, batches(train_split, max_train), layer,
+                             mean=mean, std=std)
     if max_train:
         train = {key: v[:max_train] for key, v in train.items()}
     query = features.extract(model, variables, batches(query_split, num_queries), layer,
-                             keep_images=True)
+                             keep_images=True, mean=mean, std=std)
     query = {key: v[:num_queries] for key, v in query.items()}
     exclude = query['ids'] if query_split == train_split else None
     idx, dist = nearest_neighbours(query['features'], train['features'], k, exclude)

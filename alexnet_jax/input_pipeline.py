@@ -23,17 +23,13 @@ topology.
 import dataclasses
 import functools
 import math
-import os
-import sys
-import time
 from typing import Iterator
 
 import jax
-import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from alexnet_jax import augment, parallel
+from alexnet_jax import augment, parallel, preprocess
 from alexnet_jax.datasets import sources
 
 try:  # TF only feeds the host; it must not grab GPU memory that JAX needs.
@@ -115,7 +111,7 @@ def train_dataset(config, start_step, process_index, process_count, local_device
 
     def prepare(i, ex):
         seed = tf.random.experimental.stateless_fold_in(base, i)
-        return {'image': transform(ex['image'], seed), 'label': tf.cast(ex['label'], tf.int32)}
+        return {**transform(ex['image'], seed), 'label': tf.cast(ex['label'], tf.int32)}
 
     ds = ds.map(prepare, num_parallel_calls=d.num_parallel_calls)
     ds = ds.batch(host_batch, drop_remainder=True)
@@ -143,7 +139,7 @@ def _eval_dataset(key, split, process_index, process_count, local_devices):
         raw = raw.cache()
     batches = math.ceil(math.ceil(total / process_count) / host_batch)  # Same on every host.
     transform = _transform(d, src.channels, train=False)
-    ds = raw.map(lambda ex: {'image': transform(ex['image'], None),
+    ds = raw.map(lambda ex: {**transform(ex['image'], None),
                              'label': tf.cast(ex['label'], tf.int32), 'mask': True},
                  num_parallel_calls=d.num_parallel_calls)
     padding = tf.data.Dataset.from_tensors(
@@ -188,17 +184,13 @@ def _check_augment(d, src):
             f'image_size, pad-and-crop, flip).')
 
 
-def _mean_std(d, channels):
-    """Per-channel mean/std; 1-channel data uses the mean of the RGB entries (a gray image)."""
-    mean, std = np.asarray(d.mean_rgb, np.float32), np.asarray(d.stddev_rgb, np.float32)
-    if channels == 1:
-        return mean.mean(keepdims=True), std.mean(keepdims=True)
-    return mean, std
+_mean_std = preprocess.mean_std  # The model's normalisation (applied on the device).
 
 
 def _transform(d, channels, train):
-    """(encoded or uint8 image, seed) -> normalised float32 image(s) for config section `d`."""
-    mean, std = _mean_std(d, channels)
+    """(encoded or uint8 image, seed) -> {'image': uint8 [H, W, C] (eval 10 crops: the square
+    [S, S, C] they are cut from on the device, `preprocess.ten_crops`)} plus, for the ImageNet train transforms with data.pca_lighting > 0,
+    'lighting': the float32 [C] PCA offset that `preprocess.normalize_batch` adds on the device."""
     size, small = d.image_size, d.train_augment == 'small'
     if train and small:
         fn = functools.partial(augment.small_train, size=size, pad=d.pad, mirror=d.random_flip,
@@ -207,109 +199,19 @@ def _transform(d, channels, train):
         fn = functools.partial(augment.inception_train, crop_size=size,
                                area_range=tuple(d.crop_area_range),
                                aspect_range=tuple(d.aspect_ratio_range), mirror=d.random_flip,
-                               lighting=d.pca_lighting, channels=channels)
+                               channels=channels)
     elif train:
         fn = functools.partial(augment.paper_train, resize_size=d.resize_size, crop_size=size,
-                               mirror=d.random_flip, lighting=d.pca_lighting, channels=channels)
+                               mirror=d.random_flip, channels=channels)
     elif small:
         fn = functools.partial(augment.small_eval, size=size, pad=d.pad, crops=d.eval_crops,
                                channels=channels)
     else:
         fn = functools.partial(augment.paper_eval, resize_size=d.resize_size, crop_size=size,
                                crops=d.eval_crops, channels=channels)
-    if train:
-        return lambda image, seed: augment.normalize(fn(image, seed), mean, std)
-    return lambda image, seed: augment.normalize(fn(image), mean, std)
-
-
-# --- benchmark ----------------------------------------------------------------------------------
-
-def write_jpeg_folder(root, num_images, num_classes=10, size=256, seed=0):
-    """num_images 256x256 JPEGs (smooth random colour fields + noise, ~ImageNet-like sizes)."""
-    rng = np.random.default_rng(seed)
-    for i in range(num_images):
-        low = rng.uniform(0, 255, (8, 8, 3)).astype(np.float32)
-        image = tf.image.resize(low[None], [size, size], method='bicubic')[0]
-        image = image + rng.normal(0, 12, (size, size, 3)).astype(np.float32)
-        data = tf.io.encode_jpeg(tf.cast(tf.clip_by_value(image, 0, 255), tf.uint8), quality=90)
-        path = os.path.join(root, 'train', f'class{i % num_classes:03d}', f'{i:06d}.jpg')
-        tf.io.gfile.makedirs(os.path.dirname(path))
-        tf.io.write_file(path, data)
-
-
-def _rate(iterator, examples_per_batch, seconds, warmup=3):
-    for _ in range(warmup):
-        next(iterator)
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        next(iterator)
-        count += examples_per_batch
-    return count / (time.perf_counter() - start)
-
-
-def bench(config, num_images=1024, seconds=20.0):
-    """Prints train (paper transform) and eval 10-crop images/s on 256x256 JPEGs in a temp dir."""
-    import tempfile
-    cores = os.cpu_count()
-    with tempfile.TemporaryDirectory() as root:
-        write_jpeg_folder(root, num_images)
-        config = config.copy_and_resolve_references()
-        config.data.name, config.data.folder_root = 'folder', root
-        config.data.train_split = config.data.eval_split = 'train'
-        config.data.cache = 'never'  # Every image is read and decoded each time.
-        batch = config.train.batch_size
-        train = train_iterator(config, process_index=0, process_count=1, local_devices=1)
-        rate = _rate(train, batch, seconds)
-        print(f'train ({config.data.train_augment} transform, {config.data.image_size}px, '
-              f'batch {batch}): {rate:.0f} images/s = {rate / cores:.0f} images/s/core '
-              f'on {cores} cores')
-        config.data.eval_crops = 'ten'
-        start, count = time.perf_counter(), 0
-        for b in eval_iterator(config, 'train', process_index=0, process_count=1,
-                               local_devices=1):
-            count += int(b['mask'].sum())
-        rate = count / (time.perf_counter() - start)
-        print(f'eval (10 crops, {config.data.image_size}px): {rate:.0f} images/s = '
-              f'{rate / cores:.0f} images/s/core on {cores} cores')
-
-
-def bench_model(config, batch=32, steps=3):
-    """Prints what one forward+backward pass of the configured net consumes (images/s)."""
-    import jax.numpy as jnp
-    from alexnet_jax import models
-    model = models.AlexNet(**config.model)
-    size = config.data.image_size
-    x = jnp.zeros((batch, size, size, 3), jnp.float32)
-    params = model.init(jax.random.key(0), x[:1])
-    rng = {'dropout': jax.random.key(1)}
-
-    @jax.jit
-    def grad(params, x):
-        return jax.grad(lambda p: model.apply(p, x, train=True, rngs=rng).sum())(params)
-    jax.block_until_ready(grad(params, x))
-    start = time.perf_counter()
-    for _ in range(steps):
-        jax.block_until_ready(grad(params, x))
-    rate = batch * steps / (time.perf_counter() - start)
-    print(f'model forward+backward on {jax.devices()[0].platform} ({size}px, batch {batch}): '
-          f'{rate:.1f} images/s')
-
-
-def main(argv):
-    del argv
-    from absl import flags
-    if not flags.FLAGS.bench:
-        sys.exit('Nothing to do: pass --bench (and optionally --config=configs/alexnet.py:...).')
-    bench(flags.FLAGS.config, seconds=flags.FLAGS.bench_seconds)
-    if flags.FLAGS.bench_model:
-        bench_model(flags.FLAGS.config)
-
-
-if __name__ == '__main__':
-    from absl import app, flags
-    from ml_collections import config_flags
-    config_flags.DEFINE_config_file('config', 'configs/alexnet.py', 'Config (data section used).')
-    flags.DEFINE_bool('bench', False, 'Measure the train and eval pipelines on temp JPEGs.')
-    flags.DEFINE_float('bench_seconds', 20.0, 'Seconds to time the train pipeline.')
-    flags.DEFINE_bool('bench_model', True, 'Also time the net\'s forward+backward pass.')
-    app.run(main)
+    if not train:
+        return lambda image, seed: {'image': fn(image)}
+    if small or not d.pca_lighting or channels != 3:
+        return lambda image, seed: {'image': fn(image, seed)}
+    return lambda image, seed: {'image': fn(image, seed),
+                                'lighting': augment.random_lighting(seed, d.pca_lighting)}

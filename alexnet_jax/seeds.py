@@ -15,6 +15,7 @@ seeds_mode='sequential' (or data that is not device-resident with 'auto') trains
 after another as ordinary runs in the same seed<k> directories.
 """
 
+import functools
 import json
 import time
 
@@ -30,6 +31,7 @@ from alexnet_jax import input_pipeline
 from alexnet_jax import metrics as metrics_lib
 from alexnet_jax import optim
 from alexnet_jax import parallel
+from alexnet_jax import preprocess
 from alexnet_jax import train
 from alexnet_jax import validation
 from alexnet_jax.parallel import AXIS
@@ -120,7 +122,10 @@ def _train_together(config, info, workdir, seeds):
     failed = {int(k): v for k, v in meta.get('failed', {}).items()}
     start_step, elapsed = int(state.step[0]), meta.get('elapsed', 0.0)
     state = parallel.replicate(state)
-    p_eval = jax.pmap(jax.vmap(train.eval_step, in_axes=(0, None)), axis_name=AXIS)
+    mean, std = preprocess.mean_std(config.data, info.image_shape[-1])
+    eval_one = functools.partial(train.eval_step, mean=mean, std=std,
+                                 crop_size=config.data.image_size)
+    p_eval = jax.pmap(jax.vmap(eval_one, in_axes=(0, None)), axis_name=AXIS)
     t0 = time.time()
 
     def save(step):

@@ -114,13 +114,18 @@ def dropout_rng(key, step):
     return jax.random.fold_in(jax.random.fold_in(key, step), lax.axis_index(AXIS))
 
 
-def train_step(state: TrainState, batch, *, dropout_key):
-    """One SGD step on this device's slice of the batch; runs under pmap over AXIS."""
+def train_step(state: TrainState, batch, *, dropout_key, mean, std):
+    """One SGD step on this device's slice of the batch; runs under pmap over AXIS.
+
+    batch: uint8 'image' (+ 'lighting'), 'label'; `preprocess.normalize_batch` with the data's
+    per-channel `mean`/`std` makes the model input on the device.
+    """
+    images = preprocess.normalize_batch(batch, mean, std)
     rng = dropout_rng(dropout_key, state.step)
 
     def loss_fn(params):
         logits, updates = state.apply_fn(
-            {'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
+            {'params': params, 'batch_stats': state.batch_stats}, images, train=True,
             rngs={'dropout': rng}, mutable=['batch_stats'])
         return cross_entropy(logits, batch['label']).mean(), (logits, updates)
 
@@ -152,7 +157,7 @@ def train_step(state: TrainState, batch, *, dropout_key):
     return new_state, metrics
 
 
-def make_train_step(dropout_key, devices=None, donate_state: bool = False):
+def make_train_step(dropout_key, devices=None, donate_state: bool = False, *, mean, std):
     """`train_step` pmapped over AXIS, as the loop runs it; the benchmarks time this very function.
 
     The state is not donated by default: with pmap's per-device leading axis, XLA (jax 0.10)
@@ -160,34 +165,32 @@ def make_train_step(dropout_key, devices=None, donate_state: bool = False):
     buffer at the start of the step (see benchmarks/RESULTS.md: ~3 x the state in memory
     traffic per step, no memory saved, since the copies are as large as the state).
     """
-    return jax.pmap(functools.partial(train_step, dropout_key=dropout_key), axis_name=AXIS,
+    step = functools.partial(train_step, dropout_key=dropout_key, mean=mean, std=std)
+    return jax.pmap(step, axis_name=AXIS,
                     donate_argnums=(0,) if donate_state else (), devices=devices)
 
 
-def device_train_step(state: TrainState, keys, data, *, spec, mean, std, dtype):
+def device_train_step(state: TrainState, keys, data, *, spec, mean, std):
     """`train_step` on the batch gathered and augmented on the device (device_data.py).
 
     keys: {'dropout', 'data'}, the run's keys (arguments, not constants: a vectorised run
     passes one per seed); data: the device-resident set (`device_data.place`).
     """
     batch = device_data.train_batch(data, keys['data'], state.step, spec)
-    # The uint8 input boundary: until train_step normalises its batch itself (issue 15's
-    # change), the model input is made here; then pass `batch` through unchanged.
-    batch = {'image': preprocess.normalize_batch(batch, mean, std, dtype), 'label': batch['label']}
-    return train_step(state, batch, dropout_key=keys['dropout'])
+    return train_step(state, batch, dropout_key=keys['dropout'], mean=mean, std=std)
 
 
 SEED_MODES = ('vmap', 'map')
 
 
-def make_device_train_step(spec, mean, std, dtype, seeds: str | None = None, devices=None):
+def make_device_train_step(spec, mean, std, seeds: str | None = None, devices=None):
     """`device_train_step` pmapped: (state, keys, data) -> (state, metrics), one dispatch a step.
 
     seeds='vmap': state, keys and metrics carry a leading seed axis and the seeds train as one
     batched program (jax.vmap); 'map': the same signature, seeds one after another inside the
     step (lax.map: one program, one compile, unbatched convolutions). The data set is shared.
     """
-    fn = functools.partial(device_train_step, spec=spec, mean=mean, std=std, dtype=dtype)
+    fn = functools.partial(device_train_step, spec=spec, mean=mean, std=std)
     if seeds == 'vmap':
         fn = jax.vmap(fn, in_axes=(0, 0, None))
     elif seeds == 'map':
@@ -201,10 +204,10 @@ def make_device_train_step(spec, mean, std, dtype, seeds: str | None = None, dev
 def device_step_inputs(config, info, keys, devices=None):
     """(pmapped device step, replicated keys, placed data) for config; keys as in
     `device_train_step`, with a leading seed axis when config.num_seeds > 1."""
-    mean, std = input_pipeline._mean_std(config.data, info.image_shape[-1])  # pylint: disable=protected-access
+    mean, std = preprocess.mean_std(config.data, info.image_shape[-1])
     seeds = seeds_mode(config) if config.get('num_seeds', 1) > 1 else None
     step = make_device_train_step(device_data.make_spec(config), tuple(mean.tolist()),
-                                  tuple(std.tolist()), jnp.dtype(config.model.dtype), seeds,
+                                  tuple(std.tolist()), seeds,
                                   devices)
     data = device_data.place(device_data.load(config), devices)
     return step, parallel.replicate(keys, devices), data
@@ -231,19 +234,22 @@ def step_runner(config, info, dropout_key, start_step: int):
         step, keys, data = device_step_inputs(config, info, keys)
         logging.info('Training data on the device (%s).', config.data.train_split)
         return lambda state: step(state, keys, data)
-    p_train_step = make_train_step(dropout_key)
+    mean, std = preprocess.mean_std(config.data, info.image_shape[-1])
+    p_train_step = make_train_step(dropout_key, mean=mean, std=std)
     batches = parallel.prefetch_to_device(
         input_pipeline.train_iterator(config, start_step=start_step))
     return lambda state: p_train_step(state, next(batches))
 
 
-def eval_step(state: TrainState, batch):
+def eval_step(state: TrainState, batch, *, mean, std, crop_size):
     """Sums of loss / top-1 / top-5 over the real (mask=True) examples of all devices.
 
-    Images [n, H, W, C], or [n, crops, H, W, C] for the paper's 10-crop test: the softmax is
-    averaged over the crops.
+    Images uint8 [n, H, W, C], or for the paper's 10-crop test the squares [n, S, S, C] (S >
+    crop_size; cut into 10 crops here) or crops [n, crops, H, W, C]: the softmax is averaged
+    over the crops. Normalised on the device (`preprocess.normalize_batch`).
     """
-    images = batch['image']
+    images = preprocess.normalize_batch(
+        {'image': preprocess.eval_images(batch, crop_size)}, mean, std)
     n, crops = images.shape[0], (images.shape[1] if images.ndim == 5 else 1)
     logits = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats},
                             images.reshape((n * crops,) + images.shape[-3:]), train=False)
@@ -257,6 +263,13 @@ def eval_step(state: TrainState, batch):
         'count': mask,
     }
     return lax.psum(jax.tree.map(jnp.sum, sums), AXIS)
+
+
+def make_eval_step(mean, std, crop_size, devices=None):
+    """`eval_step` pmapped over AXIS with the data's normalisation (`preprocess.mean_std`) and
+    the net's input size (config.data.image_size: the 10 crops' size)."""
+    return jax.pmap(functools.partial(eval_step, mean=mean, std=std, crop_size=crop_size),
+                    axis_name=AXIS, devices=devices)
 
 
 def evaluate(p_eval_step, state, config, split: str) -> dict:
@@ -332,7 +345,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     elapsed = meta.get('elapsed', 0.0)
     state = parallel.replicate(state)
 
-    p_eval_step = jax.pmap(eval_step, axis_name=AXIS)
+    mean, std = preprocess.mean_std(config.data, info.image_shape[-1])
+    p_eval_step = make_eval_step(mean, std, config.data.image_size)
 
     def save(step, val=None):
         meta = {'plateau': plateau.state(), 'elapsed': elapsed + time.time() - t0}

@@ -70,14 +70,15 @@ def timed(fn, steps):
 
 def worker(n: int) -> dict:
     import jax  # pylint: disable=import-outside-toplevel
-    from alexnet_jax import input_pipeline, parallel, train  # noqa: E402  pylint: disable=C0415
+    from alexnet_jax import input_pipeline, parallel, preprocess, train  # noqa: E402,C0415
     assert jax.local_device_count() >= n, (jax.local_devices(), n)
     devices = jax.local_devices()[:n]
     config = make_config(n)
     info = input_pipeline.get_info(config)
     state, key = train.initial_state(config, info, 1000, 100_000)
     state = parallel.replicate(state, devices)
-    step = train.make_train_step(key, devices=devices)
+    mean, std = preprocess.mean_std(config.data, info.image_shape[-1])
+    step = train.make_train_step(key, devices=devices, mean=mean, std=std)
     host_batches = input_pipeline.train_iterator(config, process_index=0, process_count=1,
                                                  local_devices=n)
     fixed = next(parallel.prefetch_to_device(iter([next(host_batches)]), 1))  # On device.

@@ -39,6 +39,7 @@ from alexnet_jax import models  # noqa: E402
 from plain_step import plain_step_fn  # noqa: E402
 from alexnet_jax import optim  # noqa: E402
 from alexnet_jax import parallel  # noqa: E402
+from alexnet_jax import preprocess  # noqa: E402
 from alexnet_jax import summary  # noqa: E402
 from alexnet_jax import train  # noqa: E402
 from configs import alexnet  # noqa: E402
@@ -130,7 +131,8 @@ def main(argv):
         raise app.UsageError(f'--devices={FLAGS.devices} but only {len(devices)} local devices '
                              f'(CPU: XLA_FLAGS=--xla_force_host_platform_device_count=N).')
     rng = np.random.default_rng(0)
-    images = rng.normal(size=(FLAGS.batch,) + shape).astype(np.float32)
+    images = rng.integers(0, 256, (FLAGS.batch,) + shape, dtype=np.uint8)  # As the loop's.
+    mean, std = preprocess.mean_std(config.data, 3)
     labels = rng.integers(0, FLAGS.num_classes, FLAGS.batch).astype(np.int32)
 
     # The project's step: the very function the training loop pmaps.
@@ -139,7 +141,8 @@ def main(argv):
     state = train.create_train_state(params_key, model, tx, shape,
                                      train.create_dynamic_scale(config.optim))
     p_state = parallel.replicate(state, devices)
-    p_step = train.make_train_step(dropout_key, devices=devices, donate_state=FLAGS.donate)
+    p_step = train.make_train_step(dropout_key, devices=devices, donate_state=FLAGS.donate,
+                                   mean=mean, std=std)  # Normalises the uint8 batch inside.
     batch = parallel.replicate({'image': images, 'label': labels}, devices)  # On device.
 
     def project():
@@ -152,7 +155,8 @@ def main(argv):
     params = jax.device_put(jax.tree.map(jnp.array, state.params), devices[0])
     opt_state = plain_tx.init(params)
     plain = plain_step_fn(model, plain_tx, donate=FLAGS.donate)
-    x, y = jax.device_put(images, devices[0]), jax.device_put(labels, devices[0])
+    x = jax.device_put((images - mean) / std, devices[0])  # The same input, already float.
+    y = jax.device_put(labels, devices[0])
     key = jax.random.key(1)
 
     def plain_run():

@@ -86,9 +86,9 @@ def test_paper_train_output_is_a_flipped_or_plain_crop(mode):
     """Pixels carry their own coordinates (R = row, G = column), so the output names its crop."""
     rows, cols = np.meshgrid(np.arange(256), np.arange(256), indexing='ij')
     img = np.stack([rows, cols, image(256, 256, 1)[..., 0]], -1).astype(np.uint8)
-    outs = run_seeds(mode, lambda x, sd: augment.paper_train(x, sd, lighting=0.0), img,
+    outs = run_seeds(mode, lambda x, sd: augment.paper_train(x, sd), img,
                      [seed(i) for i in range(8)])
-    assert outs.shape == (8, 227, 227, 3) and outs.dtype == np.float32
+    assert outs.shape == (8, 227, 227, 3) and outs.dtype == np.uint8  # Crosses to the device.
     flips = set()
     for out in outs:
         dy, left, right = int(out[0, 0, 0]), int(out[0, 0, 1]), int(out[0, -1, 1])
@@ -124,9 +124,17 @@ def test_pca_lighting_with_fixed_alpha(mode):
     np.testing.assert_allclose(out, img + np.array(shift), rtol=1e-5, atol=1e-4)
 
 
-def test_random_pca_lighting_draws_alpha_with_the_configured_stddev():
-    shifts = np.stack([augment.random_pca_lighting(tf.zeros([1, 1, 3]), seed(i), 0.1)[0, 0]
-                       for i in range(400)])
+@pytest.mark.parametrize('mode', MODES)
+def test_lighting_shift_is_what_pca_lighting_adds(mode):
+    alpha = np.array([0.3, -1.2, 0.05], np.float32)
+    shift = run(mode, augment.lighting_shift, alpha)
+    img = image(2, 3)
+    np.testing.assert_allclose(run(mode, augment.pca_lighting, img, alpha), img + shift,
+                               rtol=1e-6)
+
+
+def test_random_lighting_draws_alpha_with_the_configured_stddev():
+    shifts = np.stack([augment.random_lighting(seed(i), 0.1) for i in range(400)])
     alphas = np.linalg.solve(augment.IMAGENET_EIGVEC, shifts.T).T / augment.IMAGENET_EIGVAL
     assert np.all(np.abs(alphas.std(0) - 0.1) < 0.015) and np.all(np.abs(alphas.mean(0)) < 0.02)
 
@@ -145,11 +153,16 @@ def test_ten_crops_geometry(mode, size, crop):
 
 @pytest.mark.parametrize('mode', MODES)
 def test_paper_eval_ten_crops_of_a_256_image(mode):
+    """The host ships the square; the device cuts the crops (preprocess.ten_crops)."""
+    from alexnet_jax import preprocess  # pylint: disable=import-outside-toplevel
     img = image(256, 256)
-    out = run(mode, lambda x: augment.paper_eval(x, crops='ten'), img)
+    square = run(mode, lambda x: augment.paper_eval(x, crops='ten'), img)
+    np.testing.assert_array_equal(square, img)
+    out = np.asarray(preprocess.ten_crops(square[None], 227))[0]
     assert out.shape == (10, 227, 227, 3)
     np.testing.assert_array_equal(out[0], img[14:241, 14:241])
     np.testing.assert_array_equal(out[9], img[29:, 29:, :][:, ::-1])
+    np.testing.assert_array_equal(out, run(mode, lambda x: augment.ten_crops(x, 227), img))
 
 
 @pytest.mark.parametrize('mode', MODES)
@@ -181,8 +194,36 @@ def test_random_resized_window_respects_area_and_bounds(mode):
 
 
 @pytest.mark.parametrize('mode', MODES)
-def test_normalize(mode):
-    img = image(3, 3)
-    out = run(mode, lambda x: augment.normalize(x, [1.0, 2.0, 3.0], [2.0, 4.0, 8.0]), img)
-    np.testing.assert_allclose(out, (img - np.array([1, 2, 3])) / np.array([2, 4, 8]),
-                               rtol=1e-6)
+@pytest.mark.parametrize('h,w,size', [(4, 4, 9), (9, 7, 5), (6, 6, 6)])
+def test_resize_rounds_bilinear_to_uint8(mode, h, w, size):
+    """Half-pixel-centre bilinear (numpy transcription), rounded and clipped to uint8."""
+    img = image(h, w)
+    out = run(mode, lambda x: augment.resize(x, size), img)
+
+    def axis(n_in):  # Source coordinate of each output pixel's centre, clamped.
+        t = np.clip((np.arange(size) + 0.5) * n_in / size - 0.5, 0, n_in - 1)
+        lo = np.floor(t).astype(int)
+        return lo, np.minimum(lo + 1, n_in - 1), t - lo
+    (y0, y1, fy), (x0, x1, fx) = axis(h), axis(w)
+    f = img.astype(np.float64)
+    top = f[y0][:, x0] * (1 - fx[None, :, None]) + f[y0][:, x1] * fx[None, :, None]
+    bottom = f[y1][:, x0] * (1 - fx[None, :, None]) + f[y1][:, x1] * fx[None, :, None]
+    expected = top * (1 - fy[:, None, None]) + bottom * fy[:, None, None]
+    assert out.dtype == np.uint8 and out.shape == (size, size, 3)
+    assert np.abs(out.astype(int) - np.round(expected)).max() <= 1  # Float32 vs 64 at .5 ties.
+    if (h, w) == (size, size):
+        np.testing.assert_array_equal(out, img)  # Already that size: untouched.
+
+
+@pytest.mark.parametrize('mode', MODES)
+@pytest.mark.parametrize('crops', ['center', 'ten'])
+def test_paper_eval_of_a_large_image_is_uint8_of_the_rescaled_square(mode, crops):
+    """A 512x600 image: the central 512x512 square halved to 256, then the crops."""
+    img = image(512, 600)
+    out = run(mode, lambda x: augment.paper_eval(x, crops=crops), tf.io.encode_png(img))
+    square = img[:, 44:556].astype(np.float64)
+    halved = square.reshape(256, 2, 256, 2, 3).mean((1, 3))  # Bilinear at exactly 1/2.
+    assert out.dtype == np.uint8
+    first = out if crops == 'center' else out[14:241, 14:241]  # 'ten': the whole square.
+    assert out.shape == ((227, 227, 3) if crops == 'center' else (256, 256, 3))
+    assert np.abs(first.astype(float) - np.round(halved[14:241, 14:241])).max() <= 1

@@ -36,7 +36,7 @@ def initial():
 def test_step_compiles_once_per_device_count(traces, initial, num_devices):
     state, key = initial
     devices = jax.local_devices()[:num_devices]
-    step = train.make_train_step(key, devices=devices)
+    step = train.make_train_step(key, devices=devices, mean=0.0, std=1.0)  # Float batches.
     state = parallel.replicate(state, devices)
     rng = np.random.RandomState(0)
     for _ in range(3):

@@ -66,16 +66,17 @@ def test_digits_info(digits_dir):
 def test_train_batch_shape(digits_dir, ld, batch):
     b = next(ip.train_iterator(digits_config(digits_dir, batch=batch), process_index=0,
                                process_count=1, local_devices=ld))
-    assert b['image'].shape == (ld, batch // ld, 67, 67, 1) and b['image'].dtype == np.float32
+    assert b['image'].shape == (ld, batch // ld, 67, 67, 1) and b['image'].dtype == np.uint8
     assert b['label'].shape == (ld, batch // ld) and b['label'].dtype == np.int32
+    assert 'lighting' not in b  # Gray digits, 'small' transform: no PCA lighting.
 
 
-@pytest.mark.parametrize('crops,shape', [('center', (67, 67, 1)), ('ten', (10, 67, 67, 1))])
+@pytest.mark.parametrize('crops,shape', [('center', (67, 67, 1)), ('ten', (75, 75, 1))])
 def test_eval_batch_shape(digits_dir, crops, shape):
     c = digits_config(digits_dir)
     c.data.eval_crops = crops
     b = next(ip.eval_iterator(c, 'validation', process_index=0, process_count=1, local_devices=2))
-    assert b['image'].shape == (2, 6) + shape
+    assert b['image'].shape == (2, 6) + shape and b['image'].dtype == np.uint8
     assert b['label'].shape == b['mask'].shape == (2, 6) and b['mask'].dtype == bool
 
 

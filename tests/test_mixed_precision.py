@@ -36,7 +36,7 @@ def _setup(config):
     if name not in _CACHE:
         info = input_pipeline.get_info(config)
         state0, key = train.initial_state(config, info, 10, 10)
-        _CACHE[name] = state0, train.make_train_step(key)
+        _CACHE[name] = state0, train.make_train_step(key, mean=0.0, std=1.0)  # Float batches.
     return _CACHE[name]
 
 

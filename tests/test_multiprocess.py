@@ -15,6 +15,7 @@ from test_launch import TINY, launch
 from test_train import assert_trees_close, saved_state, tiny_config
 from alexnet_jax import input_pipeline
 from alexnet_jax import parallel
+from alexnet_jax import preprocess
 from alexnet_jax import train
 
 STEPS = 6
@@ -35,7 +36,8 @@ def reference_params(config):
     state, key = train.initial_state(config, info, *train.num_train_steps(config)[::-1])
     devices = jax.devices()[:2]
     state = parallel.replicate(state, devices)
-    step = jax.pmap(functools.partial(train.train_step, dropout_key=key),
+    mean, std = preprocess.mean_std(config.data, info.image_shape[-1])
+    step = jax.pmap(functools.partial(train.train_step, dropout_key=key, mean=mean, std=std),
                     axis_name=parallel.AXIS, devices=devices)
     hosts = [input_pipeline.train_iterator(config, process_index=p, process_count=2,
                                            local_devices=1) for p in range(2)]

@@ -14,6 +14,7 @@ from alexnet_jax import checkpoints
 from alexnet_jax import input_pipeline
 from alexnet_jax import models
 from alexnet_jax import parallel
+from alexnet_jax import preprocess
 from alexnet_jax import train
 
 
@@ -66,7 +67,8 @@ def _run_steps(config, devices, batches):
     info = input_pipeline.get_info(config)
     state, key = train.initial_state(config, info, 10, 10)
     state = parallel.replicate(state, devices)
-    step = jax.pmap(functools.partial(train.train_step, dropout_key=key),
+    mean, std = preprocess.mean_std(config.data, info.image_shape[-1])
+    step = jax.pmap(functools.partial(train.train_step, dropout_key=key, mean=mean, std=std),
                     axis_name=parallel.AXIS, devices=devices)
     for batch in batches:
         state, metrics = step(state, parallel.shard(batch, len(devices)))
@@ -133,7 +135,8 @@ def test_nan_stops_with_last_good_checkpoint(tmp_path, monkeypatch):
     def poisoned(config, *, start_step=0, **kw):
         for step, batch in enumerate(real(config, start_step=start_step, **kw), start_step + 1):
             if step == 5:  # Step 5's batch: loss NaN; checkpoint 3 is the last good one.
-                batch = dict(batch, image=np.full_like(batch['image'], np.nan))
+                # Batches are uint8 (no NaN): a float32 NaN image (normalize_batch takes it).
+                batch = dict(batch, image=np.full(batch['image'].shape, np.nan, np.float32))
             yield batch
     monkeypatch.setattr(input_pipeline, 'train_iterator', poisoned)
     config = tiny_config(num_steps=9, log_every_steps=3)

@@ -16,6 +16,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import alexnet_jax.datasets  # noqa: F401  (registers 'digits')
+from alexnet_jax.datasets import downsampled
 
 AUTOCACHE_BYTES = 1 << 30  # cache='auto' keeps a TFDS set's raw records in memory below this.
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')  # What TFDS's ImageFolder reads.
@@ -217,12 +218,15 @@ def _cached_source(d):
         return FakeSource(d)
     if d.name == 'folder':
         return FolderSource(d.folder_root, d.strict, d.cache)
+    if d.name == 'downsampled':  # The paper's 256x256 copy; prepared on first use.
+        return TfdsSource(downsampled.prepare(downsampled.get_builder(
+            d.downsample_source, d.data_dir, d.folder_root)), d.cache)
     return TfdsSource(_tfds_builder(d), d.cache)
 
 
 # The fields a source depends on; augmentation fields do not rebuild (or rescan) a source.
-SOURCE_FIELDS = ('name', 'data_dir', 'manual_dir', 'folder_root', 'strict', 'cache',
-                 'train_split', 'fake_shape', 'fake_num_classes', 'fake_train_examples',
+SOURCE_FIELDS = ('name', 'downsample_source', 'data_dir', 'manual_dir', 'folder_root', 'strict',
+                 'cache', 'train_split', 'fake_shape', 'fake_num_classes', 'fake_train_examples',
                  'fake_eval_examples')
 
 
