@@ -100,8 +100,9 @@ def command(sweep, point: Point, root) -> str:
     return f'python launch.py --config={sweep.base} {flags_} --workdir={shlex.quote(str(workdir))}'
 
 
-def run_point(sweep, point: Point, root, *, retry_failed: bool = False) -> dict:
-    """Trains one point unless it already finished (or failed); returns its results row."""
+def run_point(sweep, point: Point, root, *, retry_failed: bool = False) -> dict | None:
+    """Trains one point unless it already finished (or failed); returns its results row, or
+    None when the run was preempted (SIGTERM/SIGINT; its checkpoint resumes it next time)."""
     from alexnet_jax import train  # Heavy; not needed for --print_commands.
     workdir = pathlib.Path(root) / point.dirname
     results, failed = workdir / 'results.json', workdir / 'failed.json'
@@ -115,15 +116,23 @@ def run_point(sweep, point: Point, root, *, retry_failed: bool = False) -> dict:
         logging.info('%s: training.', point.dirname)
         try:
             out = train.train_and_evaluate(point_config(sweep, point), str(workdir))
-        except Exception as e:  # A failing point (e.g. tanh diverging) must not stop the grid.
-            reason = f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'
-            logging.warning('%s failed: %s', point.dirname, reason)
-            workdir.mkdir(parents=True, exist_ok=True)
-            failed.write_text(json.dumps({'reason': reason}) + '\n')
+        except train.NonFiniteLossError as e:  # A diverging point (tanh) must not stop the grid.
+            _record_failure(workdir, e)
+        except cli.UserError:  # The user's to fix (data, workdir in use, disk): stop, one line.
+            raise
+        except Exception as e:  # pylint: disable=broad-except  (recorded, the grid goes on)
+            _record_failure(workdir, e)
         else:
             if 'preempted_at_step' in out:
-                raise KeyboardInterrupt(f'{point.dirname} preempted; rerun the sweep to resume.')
+                return None
     return result_row(sweep, point, workdir)
+
+
+def _record_failure(workdir, e):
+    reason = f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'
+    logging.warning('%s failed: %s', workdir, reason)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / 'failed.json').write_text(json.dumps({'reason': reason}) + '\n')
 
 
 def result_row(sweep, point: Point, workdir) -> dict:
@@ -287,24 +296,41 @@ def plot_figures(sweep, rows, root) -> list:
     return written
 
 
+@cli.one_line_errors
 def main(argv):
     del argv
     sweep = FLAGS.config
     if sweep is None or 'axes' not in sweep:
         cli.fail('--config must be an ablation grid, e.g. --config=configs/ablations.py:pool')
     points = expand(sweep)
+    root = pathlib.Path(cli.local_path(FLAGS.workdir, '--workdir'))
     if FLAGS.print_commands:
-        print('\n'.join(command(sweep, p, FLAGS.workdir) for p in points))
+        print('\n'.join(command(sweep, p, root) for p in points))
         return
     from alexnet_jax import validation
+    base = pathlib.Path(sweep.base.partition(':')[0])
+    if not (base if base.is_absolute() else REPO / base).is_file():
+        cli.fail(f'config.base={sweep.base!r}: no such config file; e.g. '
+                 f'--config.base=configs/alexnet.py:digits')
+    try:  # The base config file's own errors (a bad variant), as cli.parse_flags treats them.
+        load_base_config(sweep.base)
+    except (AttributeError, KeyError, ValueError, TypeError) as e:
+        cli.fail(f'config.base={sweep.base!r} does not load ({type(e).__name__}: '
+                 f'{" ".join(str(e).split())})')
     for p in points:  # Every point's config is checked before any training starts.
         try:
             validation.validate_config(point_config(sweep, p))
         except (validation.ConfigError, KeyError) as e:
             cli.fail(f'grid point {p.name}: {e}')
-    root = pathlib.Path(FLAGS.workdir)
     root.mkdir(parents=True, exist_ok=True)
-    rows = [run_point(sweep, p, root, retry_failed=FLAGS.retry_failed) for p in points]
+    rows = []
+    for p in points:
+        row = run_point(sweep, p, root, retry_failed=FLAGS.retry_failed)
+        if row is None:  # Preempted: exit 0, like launch.py.
+            print(f'Sweep stopped during {p.dirname} (preempted); rerun the same command to '
+                  f'resume it.')
+            return
+        rows.append(row)
     print(write_tables(sweep, rows, root))
     for path in plot_figures(sweep, rows, root):
         print(f'wrote {path}')
