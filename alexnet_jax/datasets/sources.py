@@ -58,10 +58,11 @@ class TfdsSource:
         self.cache = size < AUTOCACHE_BYTES if cache == 'auto' else cache == 'always'
 
     def num_examples(self, split):
-        try:
-            return self.builder.info.splits[split].num_examples
-        except KeyError:  # TFDS: an unknown split name (slices like 'train[:90%]' are fine).
-            raise _unknown_split(self.builder.name, split, self.builder.info.splits) from None
+        known = self.builder.info.splits.keys()
+        for name in split.split('+'):  # TFDS split syntax: 'train[:90%]', 'train+test', ...
+            if name.split('[')[0].strip() not in known:
+                raise _unknown_split(self.builder.name, split, known)
+        return self.builder.info.splits[split].num_examples
 
     def skipped(self, split):
         del split
