@@ -63,7 +63,14 @@ ACTIVATIONS = {
     'leaky_relu': nn.leaky_relu,
 }
 LRN_CONVENTIONS = ('paper', 'caffe')
-INITS = ('paper', 'he', 'xavier')
+INITS = ('paper', 'he', 'xavier', 'cuda_convnet')
+# init_scheme='cuda_convnet' (Fig1Net): the weight stds of Krizhevsky's cuda-convnet CIFAR-10
+# nets, example-layers/layers-18pct.cfg and layers-80sec.cfg (github.com/dnouri/cuda-convnet, a
+# mirror of code.google.com/p/cuda-convnet, commit 9438cba): initW=0.0001 for conv1 and 0.01 for
+# conv2 and conv3 in both; the four-layer net's classifier (layers-18pct.cfg's fc10, Fig1Net's
+# fc4) initW=0.01 (layers-80sec.cfg's extra fc64 and its fc10 use 0.1). cuda-convnet draws
+# weights as initW * randn (layer.py, make_weights) and biases as initB, default 0.
+CUDA_CONVNET_STDDEV = {'conv1': 1e-4, 'conv2': 1e-2, 'conv3': 1e-2, 'fc4': 1e-2}
 
 
 def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
@@ -146,13 +153,18 @@ def min_input_size(pool_window: int = 3, pool_stride: int = 2, architecture: str
 
 
 def _kernel_init(init: str, name: str):
-    del name
     if init == 'paper':
         return nn.initializers.normal(stddev=0.01)
     if init == 'he':
         return nn.initializers.he_normal()
     if init == 'xavier':
         return nn.initializers.xavier_uniform()
+    if init == 'cuda_convnet':
+        if name not in CUDA_CONVNET_STDDEV:
+            raise ValueError(f"init_scheme 'cuda_convnet' is defined for the fig1 net's layers "
+                             f'{sorted(CUDA_CONVNET_STDDEV)}, not {name!r}: use '
+                             f'--config.model.architecture=fig1 or another init_scheme.')
+        return nn.initializers.normal(stddev=CUDA_CONVNET_STDDEV[name])
     raise ValueError(f'Unknown init {init!r}; choose one of {INITS}.')
 
 
@@ -260,9 +272,11 @@ class Fig1Net(nn.Module):
     """The small net of the paper's Fig. 1 (ReLU vs tanh on CIFAR-10).
 
     The paper says only "a four-layer convolutional neural network"; this is cuda-convnet's
-    CIFAR-10 net of that era (layers-80sec.cfg, Krizhevsky's own code): three 5x5 convs with 32,
-    32, 64 kernels, a 3/2 max-pool then two 3/2 average-pools, and one FC layer to the classes
-    (four layers with weights). Input 32x32 (any size >= 8 works).
+    four-layer CIFAR-10 net of that era (Krizhevsky's own code, example-layers/layers-18pct.cfg
+    without its two response-normalisation layers; layers-80sec.cfg is the same plus a 64-unit
+    hidden FC layer): three 5x5 convs with 32, 32, 64 kernels, a 3/2 max-pool then two 3/2
+    average-pools, and one FC layer to the classes. Input 32x32 (any size >= 8 works).
+    init_scheme='cuda_convnet' is that code's initialisation (CUDA_CONVNET_STDDEV).
     """
     num_classes: int = 10
     activation: str = 'relu'

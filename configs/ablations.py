@@ -9,12 +9,21 @@ Grids (the string after the colon):
   pool     overlapping 3/2 vs non-overlapping 2/2 pooling     (Sec. 3.4)
   groups   the two-group net vs one group with half the kernels (Sec. 3.2)
   dropout  0.5 vs 0 in fc6/fc7                                 (Sec. 4.2)
-  fig1     the small CIFAR-style net of Fig. 1, relu vs tanh, steps to 25% training error,
-           on the embedded digits (fig1_cifar10: the same on CIFAR-10, as in the paper)
+  fig1     Fig. 1 as the paper ran it: the four-layer CIFAR net, relu vs tanh, epochs to 25%
+           training error; each activation first gets the learning rate that reaches 25%
+           fastest (a search over `lr_search_rates`, alexnet_jax/lr_search.py), then the seeds
+           run at it; no weight decay, dropout or augmentation; cuda-convnet's initialisation.
+           On the embedded digits (fig1_cifar10: the same on CIFAR-10, as in the paper)
 
 Each axis is a tuple of (label, overrides) values; a point is one value of every axis, times
 `num_seeds` seeds. Overrides are `--config.` paths of the base config, so every point is also
 one `python launch.py` command (`--print_commands`).
+
+Seed s of every point shares the data order and, where parameter shapes agree (relu/tanh, LRN
+on/off), the initial weights and dropout keys (all derive from config.seed), so each effect is
+reported as a paired difference by seed with a 95% t-interval and a verdict, and every point as
+a mean with its 95% t-interval (alexnet_jax/stats.py). More seeds narrow the intervals:
+`--config.num_seeds=10`.
 """
 
 import ml_collections
@@ -33,6 +42,11 @@ PAPER['fig1_cifar10'] = PAPER['fig1']
 # Paper deltas of ImageNet top-1 error (ablated minus baseline, points) for the bar chart,
 # by the ablated value's label.
 PAPER_TOP1_DELTA = {'nolrn': 1.4, 'pool2s2': 0.4, 'half': 1.7}
+# Paper ratios of epochs to 25% training error (ablated / baseline; Fig. 1: tanh / ReLU ~6x).
+PAPER_EPOCHS_RATIO = {'tanh': 6.0}
+# Fig. 1's learning-rate search: a log grid around cuda-convnet's epsW=0.001 for this net
+# (layer-params-18pct.cfg / -80sec.cfg) up to rates where ReLU units die (digits: 0.1 does).
+FIG1_LR_RATES = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
 
 
 def _axis(*values):
@@ -85,5 +99,9 @@ def get_config(arg=None):
     c.axes = GRIDS[grid]
     c.num_seeds = 3             # Seeds 0..num_seeds-1 for every point.
     c.threshold = 0.25          # Training error for "steps to threshold" (Fig. 1: 25%).
+    # Fig. 1's protocol (alexnet_jax/lr_search.py): each point first tries these rates with
+    # lr_search_seeds seeds (1000, 1001, ...) and trains its seeds at the fastest. (): no search.
+    c.lr_search_rates = FIG1_LR_RATES if grid.startswith('fig1') else ()
+    c.lr_search_seeds = 1
     c.paper = PAPER[grid]
     return c

@@ -1,11 +1,16 @@
 """Ablation sweeps: grid expansion, reproducible commands, resume, failures, tables, figures."""
 
+import json
+import math
 import shlex
 
 from absl import flags
 from ml_collections import config_flags
+import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
+from alexnet_jax import lr_search
 from alexnet_jax import sweep
 from alexnet_jax import validation
 from configs import ablations
@@ -118,7 +123,7 @@ def test_sweep_runs_records_failures_resumes_and_reports(tmp_path):
 
     table = sweep.write_tables(config, rows, tmp_path)
     relu_error = 100 * rows[0]['test_top1_error']
-    assert f'| relu | 1 | 0 | {relu_error:.2f} ± 0.00 |' in table
+    assert f'| relu | 1 | 0 | {relu_error:.2f} |' in table  # n=1: a mean, no interval.
     assert '| diverge | 0 | 1 |' in table and 'NonFiniteLossError' in table
     assert (tmp_path / 'results.csv').read_text().count('\n') == 1 + len(points)
     figures = sweep.plot_figures(config, rows, tmp_path)
@@ -126,10 +131,203 @@ def test_sweep_runs_records_failures_resumes_and_reports(tmp_path):
     assert all(f.stat().st_size > 1000 for f in figures)
 
 
-def test_axis_effects_average_over_the_other_axes():
+def grid_rows(errors: dict, epochs: dict = None) -> list:
+    """results rows as result_row writes them, from {point: {seed: error}}."""
+    rows = []
+    for point, by_seed in errors.items():
+        for seed, error in by_seed.items():
+            e = '' if epochs is None else epochs[point].get(seed, '')
+            rows.append({'point': point, 'seed': seed, 'status': 'done', 'reason': '',
+                         'test_top1_error': error, 'test_top5_error': error / 2,
+                         'steps_to_threshold': '' if e == '' else 10 * e,
+                         'epochs_to_threshold': e, 'train_seconds': 1.0})
+    return rows
+
+
+def test_axis_effects_are_paired_by_seed_and_averaged_over_the_other_axes():
     config = ablations.get_config('default')
-    summary = [{'point': n, 'top1': (e, 0.01)} for n, e in [
-        ('relu_lrn', 0.10), ('relu_nolrn', 0.13), ('tanh_lrn', 0.20), ('tanh_nolrn', 0.21)]]
-    effects = {e['key']: e for e in sweep.axis_effects(config, summary)}
-    assert effects['nolrn']['delta'] == pytest.approx(0.02)   # (0.03 + 0.01) / 2
-    assert effects['tanh']['delta'] == pytest.approx(0.09)    # (0.10 + 0.08) / 2
+    rng = np.random.default_rng(0)
+    base = {'relu_lrn': 0.10, 'relu_nolrn': 0.13, 'tanh_lrn': 0.20, 'tanh_nolrn': 0.21}
+    errors = {p: {s: b + rng.normal(0, 0.01) for s in range(4)} for p, b in base.items()}
+    del errors['tanh_nolrn'][2]  # Seed 2 is missing at one point: out of every nolrn pair.
+    effects = sweep.axis_effects(config, sweep.aggregate(grid_rows(errors)))
+    main = {e['key']: e for e in effects if not e['within']}
+    # Hand: per seed, the mean over relu/tanh of (nolrn - lrn), then a t-interval over seeds.
+    diffs = [np.mean([errors[f'{a}_nolrn'][s] - errors[f'{a}_lrn'][s] for a in ('relu', 'tanh')])
+             for s in (0, 1, 3)]
+    expected = scipy_stats.ttest_1samp(diffs, 0.0).confidence_interval(0.95)
+    ci = main['nolrn']['top1']
+    assert ci.n == 3 and ci.mean == pytest.approx(np.mean(diffs))
+    assert (ci.lo, ci.hi) == pytest.approx((expected.low, expected.high))
+    assert main['tanh']['top1'].n == 3
+    # Conditional effects: LRN off within relu keeps all 4 seeds.
+    within = {(e['key'], e['within']): e for e in effects if e['within']}
+    relu = [errors['relu_nolrn'][s] - errors['relu_lrn'][s] for s in range(4)]
+    assert within[('nolrn', 'relu')]['top1'].mean == pytest.approx(np.mean(relu))
+    assert within[('nolrn', 'relu')]['top1'].n == 4
+
+
+def test_tables_show_intervals_verdicts_and_the_speed_ratio(tmp_path):
+    config = ablations.get_config('fig1')
+    config.num_seeds = 3
+    errors = {'relu': {0: 0.10, 1: 0.12, 2: 0.11}, 'tanh': {0: 0.20, 1: 0.23, 2: 0.21}}
+    epochs = {'relu': {0: 2.0, 1: 3.0, 2: 2.5}, 'tanh': {0: 12.0, 1: 15.0, 2: 16.0}}
+    rows = grid_rows(errors, epochs)
+    table = sweep.write_tables(config, rows, tmp_path, notes=['Learning rates: relu 0.01.'])
+    relu = scipy_stats.ttest_1samp([10, 12, 11], 0).confidence_interval(0.95)
+    assert f'| relu | 3 | 0 | 11.00 [{relu.low:.2f}, {relu.high:.2f}] |' in table
+    assert '| 3/3 |' in table and 'Learning rates: relu 0.01.' in table
+    line = next(l for l in table.splitlines() if l.startswith('| tanh vs relu | all | test top-1'))
+    assert '| 3 | +10.33 |' in line and 'ablated worse' in line
+    ratio = next(l for l in table.splitlines() if 'epochs ratio' in l)
+    logs = [math.log(epochs['tanh'][s] / epochs['relu'][s]) for s in range(3)]
+    lo, hi = scipy_stats.ttest_1samp(logs, 0).confidence_interval(0.95)
+    assert f'{math.exp(np.mean(logs)):.2f}x | [{math.exp(lo):.2f}x, {math.exp(hi):.2f}x]' in ratio
+    assert '~6x (CIFAR-10)' in ratio
+
+
+def test_figures_from_rows_without_curves(tmp_path):
+    config = ablations.get_config('default')
+    config.num_seeds = 2
+    errors = {p: {0: 0.1 + 0.01 * k, 1: 0.12 + 0.01 * k}
+              for k, p in enumerate(['relu_lrn', 'relu_nolrn', 'tanh_lrn', 'tanh_nolrn'])}
+    rows = grid_rows(errors)
+    figures = sweep.plot_figures(config, rows, tmp_path)
+    assert [f.name for f in figures] == ['fig1_training_error.png', 'ablation_deltas.png']
+    assert all(f.stat().st_size > 1000 for f in figures)
+
+
+@pytest.mark.parametrize('trials,rate,reached,edge', [
+    # Fewest epochs wins; a rate missing the target for one search seed is not eligible.
+    ([(0.003, [None, None], [0.5, 0.6]), (0.01, [4.0, 5.0], [0.1, 0.1]),
+      (0.03, [3.0, None], [0.1, 0.3]), (0.1, [6.0, 6.0], [0.1, 0.1])], 0.01, True, False),
+    # A tie goes to the smaller rate; at the grid's edge the choice says so.
+    ([(0.01, [3.0], [0.1]), (0.1, [3.0], [0.1])], 0.01, True, True),
+    # Nothing reaches the target: the lowest final training error; failed runs never win.
+    ([(0.01, [None], [0.6]), (0.03, [None], [0.4]), (0.1, [None], [None])], 0.03, False, False),
+    ([(0.01, [None], [None])], None, False, False),
+])
+def test_lr_search_choice(trials, rate, reached, edge):
+    found = [lr_search.Trial(r, e, f, ['done'] * len(e)) for r, e, f in trials]
+    choice = lr_search.choose(found, 0.25)
+    assert (choice['rate'], choice['reached']) == (rate, reached)
+    assert ('edge' in choice['why']) == edge
+
+
+def test_fig1_protocol_configs():
+    """No regularisation, no augmentation, cuda-convnet's init, a rate search, for both grids."""
+    for grid in ('fig1', 'fig1_cifar10'):
+        config = ablations.get_config(grid)
+        assert len(config.lr_search_rates) >= 4 and config.lr_search_seeds >= 1
+        base = sweep.load_base_config(config.base)
+        assert base.optim.weight_decay == 0 and base.model.dropout_rate == 0
+        assert base.data.pad == 0 and not base.data.random_flip and base.data.pca_lighting == 0
+        assert base.model.init_scheme == 'cuda_convnet' and base.model.architecture == 'fig1'
+        assert base.optim.schedule == 'constant'
+    assert not ablations.get_config('default').lr_search_rates
+
+
+def test_cuda_convnet_init_draws_the_table_stddevs():
+    import jax
+    from alexnet_jax import models
+    config = sweep.load_base_config('configs/alexnet.py:digits_fig1')
+    params = jax.jit(models.create_model(config.model).init)(
+        jax.random.key(0), np.zeros((1, 32, 32, 1), np.float32))['params']
+    # cuda-convnet's layers-18pct.cfg: initW 0.0001 (conv1), 0.01 (conv2, conv3, fc10); biases 0.
+    for layer, std in {'conv1': 1e-4, 'conv2': 1e-2, 'conv3': 1e-2, 'fc4': 1e-2}.items():
+        kernel = np.asarray(params[layer]['kernel'])
+        assert np.std(kernel) == pytest.approx(std, rel=0.1), layer
+        assert abs(np.mean(kernel)) < 5 * std / np.sqrt(kernel.size)  # Zero mean, 5 SE.
+        assert not np.any(np.asarray(params[layer]['bias']))
+    alexnet = sweep.load_base_config('configs/alexnet.py:digits').model
+    alexnet.init_scheme, alexnet.width = 'cuda_convnet', 0.05
+    with pytest.raises(ValueError, match='fig1'):  # The table covers only Fig1Net's layers.
+        jax.eval_shape(models.create_model(alexnet).init, jax.random.key(0),
+                       np.zeros((1, 67, 67, 1), np.float32))
+
+
+@pytest.mark.slow  # Builds 5-6 train states (the real path compiles each init): ~1 min busy.
+@pytest.mark.parametrize('grid', ['default', 'fig1'])
+def test_paired_points_share_init_dropout_keys_and_data_order(grid):
+    """Common random numbers: seed s of points that differ in activation or LRN starts from the
+    same weights and dropout key and sees the same batches (the real create-state path and
+    train_iterator, 2 batches). default: relu/tanh x LRN on/off; fig1: relu/tanh."""
+    import jax
+    from alexnet_jax import input_pipeline, train
+    config = ablations.get_config(grid)
+    config.num_seeds = 2
+    configs = {(p.name, p.seed): sweep.point_config(config, p) for p in sweep.expand(config)}
+
+    def start(name, seed):
+        c = configs[(name, seed)]
+        c.model.width = min(c.model.width, 0.1)  # Small and fast; every point alike.
+        state, dropout_key = train.initial_state(c, input_pipeline.get_info(c), 10, 20)
+        it = input_pipeline.train_iterator(c)
+        return state.params, jax.random.key_data(dropout_key), [next(it) for _ in range(2)]
+
+    names = list(dict.fromkeys(name for name, _ in configs))
+    (p0, k0, d0), *others = [start(name, 0) for name in names]
+    for params, key, batches in others:
+        assert jax.tree.structure(params) == jax.tree.structure(p0)
+        jax.tree.map(np.testing.assert_array_equal, params, p0)
+        np.testing.assert_array_equal(key, k0)
+        for x, y in zip(batches, d0):
+            np.testing.assert_array_equal(x['image'], y['image'])
+            np.testing.assert_array_equal(x['label'], y['label'])
+    # Another seed changes both (so the equalities above are not vacuous).
+    p1, k1, d1 = start(names[0], 1)
+    assert not np.array_equal(p0['conv1']['kernel'], p1['conv1']['kernel'])
+    assert not np.array_equal(k0, k1)
+    assert not np.array_equal(d0[0]['label'], d1[0]['label'])
+
+
+def test_fig1_print_commands_search_first_then_the_chosen_rates(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(sweep.REPO)
+    config = ablations.get_config('fig1')
+    config.num_seeds = 2
+    points, search = sweep.expand(config), lr_search.all_search_points(config)
+    sweep.print_commands(config, points, search, tmp_path)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 * len(config.lr_search_rates) * config.lr_search_seeds
+    for line, point in zip(lines, search):
+        parsed, workdir = parse_command(line)
+        assert parsed.to_dict() == sweep.point_config(config, point).to_dict()
+        assert parsed.optim.learning_rate == float(point.labels[-1][2:])
+        assert parsed.seed >= lr_search.SEARCH_SEED0  # Disjoint from the grid's seeds.
+        assert workdir == str(tmp_path / 'lr_search' / point.dirname)
+    # Once the search is recorded, each grid point's seeds run at its chosen rate.
+    found = {name: [lr_search.Trial(float(r), [1.0 if (name, r) in {('relu', 0.03), ('tanh', 0.1)}
+                                               else None], [0.1], ['done'])
+                    for r in config.lr_search_rates] for name in ('relu', 'tanh')}
+    choices = {n: lr_search.choose(t, config.threshold) for n, t in found.items()}
+    md = lr_search.write(config, found, choices, tmp_path)
+    assert '| relu |' in md and '| 0.03 | fewest epochs' in md
+    sweep.print_commands(config, points, search, tmp_path)
+    grid_lines = capsys.readouterr().out.strip().splitlines()[len(lines):]
+    rates = {(parse_command(l)[0].model.activation, parse_command(l)[0].seed):
+             parse_command(l)[0].optim.learning_rate for l in grid_lines}
+    assert rates == {('relu', 0): 0.03, ('relu', 1): 0.03, ('tanh', 0): 0.1, ('tanh', 1): 0.1}
+
+
+@pytest.mark.slow  # Trains three tiny runs.
+def test_lr_search_runs_resumes_and_applies_the_choice(tmp_path):
+    config = tiny_sweep()
+    config.axes = (ablations._axis(('relu', {'model.activation': 'relu'})),)
+    config.lr_search_rates, config.lr_search_seeds = (0.01, 1e30), 1
+    choices = lr_search.run(config, tmp_path, sweep.run_point)
+    search = tmp_path / 'lr_search'
+    assert (search / 'relu_lr0.01' / 'seed1000' / 'results.json').exists()
+    assert 'NonFiniteLossError' in (search / 'relu_lr1e+30' / 'seed1000' / 'failed.json').read_text()
+    assert choices['relu']['rate'] == 0.01 and choices['relu']['reached']
+    saved = json.loads((tmp_path / 'lr_search.json').read_text())
+    assert saved['relu']['chosen']['rate'] == 0.01
+    assert [t['status'] for t in saved['relu']['trials']] == [['done'], ['failed']]
+    stamp = (search / 'relu_lr0.01' / 'seed1000' / 'metrics.jsonl').stat().st_mtime_ns
+    assert lr_search.run(config, tmp_path, sweep.run_point) == choices  # Resumed: nothing ran.
+    assert (search / 'relu_lr0.01' / 'seed1000' / 'metrics.jsonl').stat().st_mtime_ns == stamp
+    (point,) = lr_search.apply(sweep.expand(config), choices)
+    assert dict(point.overrides)['optim.learning_rate'] == 0.01 and point.dirname == 'relu/seed0'
+    row = sweep.run_point(config, point, tmp_path)
+    assert row['status'] == 'done'
+    assert json.loads((tmp_path / 'relu' / 'seed0' / 'config.json').read_text())['optim'][
+        'learning_rate'] == 0.01

@@ -1,0 +1,150 @@
+"""The learning-rate search of Fig. 1's protocol: each grid point gets the rate that trains fastest.
+
+The paper: "The learning rates for each network were chosen independently to make training as
+fast as possible." For every point of the grid (e.g. relu, tanh) and every rate of
+`sweep.lr_search_rates` (a log grid), one run per search seed trains in
+ROOT/lr_search/<point>_lr<rate>/seed<k> (ordinary run dirs: resumable, failures recorded, as the
+sweep's own points). The chosen rate reaches `sweep.threshold` training error in the fewest
+epochs (mean over the search seeds; a rate that fails or misses the threshold for any search
+seed is not eligible); ties go to the smaller rate. If no rate reaches it, the rate with the
+lowest final training error is taken and the choice says so. The search seeds (1000, 1001, ...)
+are disjoint from the grid's seeds (0, 1, ...), so no reported run is the one its rate was
+picked on. The choices go to ROOT/lr_search.json and ROOT/lr_search.md.
+"""
+
+import dataclasses
+import json
+import pathlib
+import statistics
+
+SEARCH_SEED0 = 1000
+LR_FIELD = 'optim.learning_rate'
+
+
+def enabled(sweep) -> bool:
+    return bool(tuple(sweep.get('lr_search_rates', ())))
+
+
+def search_points(sweep) -> dict:
+    """{grid point name: {rate: [Point per search seed]}}; a search Point is named
+    <point>_lr<rate> and runs in root_of(ROOT)/<point>_lr<rate>/seed<k>."""
+    from alexnet_jax import sweep as sweep_lib
+    out = {}
+    for cell in (p for p in sweep_lib.expand(sweep) if p.seed == 0):
+        out[cell.name] = {}
+        for rate in sweep.lr_search_rates:
+            out[cell.name][float(rate)] = [
+                sweep_lib.Point(cell.labels + (f'lr{rate:g}',), seed, tuple(sorted(
+                    {**dict(cell.overrides), 'seed': seed, LR_FIELD: float(rate)}.items())))
+                for seed in range(SEARCH_SEED0, SEARCH_SEED0 + sweep.lr_search_seeds)]
+    return out
+
+
+def all_search_points(sweep) -> list:
+    return [p for rates in search_points(sweep).values() for ps in rates.values() for p in ps]
+
+
+def root_of(root) -> pathlib.Path:
+    return pathlib.Path(root) / 'lr_search'
+
+
+@dataclasses.dataclass(frozen=True)
+class Trial:
+    rate: float
+    epochs: list          # Epochs to the threshold per search seed (None: not reached / failed).
+    final_error: list     # Last training error (epoch average) per search seed (None: failed).
+    status: list
+
+
+def trials(sweep, root) -> dict:
+    """{grid point name: [Trial per rate]}, read from the search runs' directories."""
+    from alexnet_jax import metrics
+    from alexnet_jax import sweep as sweep_lib
+    out = {}
+    for name, rates in search_points(sweep).items():
+        out[name] = []
+        for rate, points in rates.items():
+            epochs, final, status = [], [], []
+            for p in points:
+                workdir = root_of(root) / p.dirname
+                row = sweep_lib.result_row(sweep, p, workdir)
+                curve = sweep_lib.training_error_curve(metrics.read_history(workdir))
+                done = row['status'] == 'done'
+                epochs.append(row['epochs_to_threshold'] if done and row['epochs_to_threshold'] != ''
+                              else None)
+                final.append(curve[-1][2] if done and curve else None)
+                status.append(row['status'])
+            out[name].append(Trial(rate, epochs, final, status))
+    return out
+
+
+def choose(trial_list: list, threshold: float) -> dict:
+    """The fastest rate (module doc): {'rate', 'epochs', 'reached', 'why'}."""
+    reached = [t for t in trial_list if t.epochs and all(e is not None for e in t.epochs)]
+    if reached:
+        best = min(reached, key=lambda t: (statistics.fmean(t.epochs), t.rate))
+        edge = best.rate in (min(t.rate for t in trial_list), max(t.rate for t in trial_list))
+        return {'rate': best.rate, 'epochs': statistics.fmean(best.epochs), 'reached': True,
+                'why': f'fewest epochs to {threshold:.0%} training error'
+                       + (' (at the edge of the grid: extend lr_search_rates)' if edge else '')}
+    finite = [t for t in trial_list if t.final_error and None not in t.final_error]
+    if not finite:
+        return {'rate': None, 'epochs': None, 'reached': False,
+                'why': 'every rate failed: widen config.lr_search_rates'}
+    best = min(finite, key=lambda t: (statistics.fmean(t.final_error), t.rate))
+    return {'rate': best.rate, 'epochs': None, 'reached': False,
+            'why': f'no rate reached {threshold:.0%}: lowest final training error '
+                   f'({statistics.fmean(best.final_error):.1%}); raise train.num_epochs'}
+
+
+def run(sweep, root, run_point) -> dict:
+    """Runs (or resumes) the search with `run_point(sweep, point, root)`; returns the choices
+    {point name: choose(...)} and writes lr_search.json / .md in `root`."""
+    for point in all_search_points(sweep):
+        run_point(sweep, point, root_of(root))
+    found = trials(sweep, root)
+    choices = {name: choose(t, sweep.threshold) for name, t in found.items()}
+    write(sweep, found, choices, root)
+    return choices
+
+
+def apply(points: list, choices: dict) -> list:
+    """The grid's points with each one's chosen rate among its overrides."""
+    from alexnet_jax import sweep as sweep_lib
+    out = []
+    for p in points:
+        rate = choices[p.name]['rate']
+        if rate is None:
+            raise ValueError(f'learning-rate search found no usable rate for {p.name}: '
+                             f'{choices[p.name]["why"]}')
+        overrides = dict(p.overrides)
+        overrides[LR_FIELD] = rate
+        out.append(sweep_lib.Point(p.labels, p.seed, tuple(sorted(overrides.items()))))
+    return out
+
+
+def write(sweep, found: dict, choices: dict, root) -> str:
+    """lr_search.json (every trial and choice) and lr_search.md (the table); returns the table."""
+    root = pathlib.Path(root)
+    record = {name: {'chosen': choices[name],
+                     'trials': [dataclasses.asdict(t) for t in found[name]]} for name in found}
+    (root / 'lr_search.json').write_text(json.dumps(record, indent=2) + '\n')
+    seeds = ', '.join(str(SEARCH_SEED0 + k) for k in range(sweep.lr_search_seeds))
+    lines = [f'# Learning-rate search (`{sweep.grid}`, search seeds {seeds})', '',
+             f'Epochs to {sweep.threshold:.0%} training error per rate (mean over the search '
+             f'seeds; "-": not reached or failed); final training error in brackets.', '',
+             '| point | ' + ' | '.join(f'lr {t.rate:g}' for t in next(iter(found.values())))
+             + ' | chosen | why |',
+             '|---|' + '---|' * (len(sweep.lr_search_rates) + 2)]
+    for name, trial_list in found.items():
+        cells = []
+        for t in trial_list:
+            e = ('-' if any(x is None for x in t.epochs) else f'{statistics.fmean(t.epochs):.2f}')
+            f = ('failed' if None in t.final_error else f'{statistics.fmean(t.final_error):.1%}')
+            cells.append(f'{e} ({f})')
+        rate = choices[name]['rate']
+        lines.append(f'| {name} | ' + ' | '.join(cells) +
+                     f' | {"-" if rate is None else f"{rate:g}"} | {choices[name]["why"]} |')
+    text = '\n'.join(lines) + '\n'
+    (root / 'lr_search.md').write_text(text)
+    return text

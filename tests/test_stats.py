@@ -1,0 +1,87 @@
+"""Seed statistics: t-intervals against scipy's t-tests and a hand-computed case; verdicts."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from alexnet_jax import stats
+
+
+def test_hand_computed_interval():
+    # 1..5: mean 3, s = sqrt(2.5), t_{4, 0.975} = 2.776 (printed t tables), so the half-width
+    # is 2.776 * sqrt(2.5) / sqrt(5) = 2.776 / sqrt(2) = 1.963.
+    ci = stats.mean_ci([1, 2, 3, 4, 5])
+    assert stats.t_quantile(5) == pytest.approx(2.776, abs=5e-4)
+    assert (ci.mean, ci.n) == (3.0, 5)
+    assert ci.lo == pytest.approx(3 - 1.963, abs=1e-3)
+    assert ci.hi == pytest.approx(3 + 1.963, abs=1e-3)
+    assert ci.format() == '3.00 [1.04, 4.96]'
+
+
+@pytest.mark.parametrize('values', [[0.1, 0.3], [0.012, 0.018, 0.015, 0.02],
+                                    list(np.random.default_rng(0).normal(2.0, 0.5, size=10))])
+def test_mean_ci_matches_scipy(values):
+    expected = scipy_stats.ttest_1samp(values, 0.0).confidence_interval(0.95)
+    ci = stats.mean_ci(values)
+    assert ci.mean == pytest.approx(np.mean(values))
+    assert (ci.lo, ci.hi) == pytest.approx((expected.low, expected.high))
+    assert ci.n == len(values)
+
+
+def test_paired_ci_matches_scipy_paired_ttest_on_common_seeds():
+    rng = np.random.default_rng(1)
+    base = {s: 0.1 + rng.normal(0, 0.01) for s in range(8)}
+    ablated = {s: base[s] + 0.004 + rng.normal(0, 0.002) for s in range(8)}
+    del ablated[3]          # Seed 3 of the ablated point did not finish,
+    base[5] = ''            # and seed 5 of the baseline has no value: both are left out.
+    seeds = [s for s in range(8) if s not in (3, 5)]
+    expected = scipy_stats.ttest_rel([ablated[s] for s in seeds],
+                                     [base[s] for s in seeds]).confidence_interval(0.95)
+    ci = stats.paired_ci(base, ablated)
+    assert ci.n == len(seeds)
+    assert (ci.lo, ci.hi) == pytest.approx((expected.low, expected.high))
+    assert ci.mean == pytest.approx(np.mean([ablated[s] - base[s] for s in seeds]))
+
+
+def test_pairing_removes_shared_seed_noise():
+    """Seed noise shared by both points cancels in the paired CI, not in independent means'."""
+    shared = [0.0, 0.05, -0.04, 0.08, -0.06]
+    base = {s: 0.2 + e for s, e in enumerate(shared)}
+    ablated = {s: 0.21 + e + d for s, e, d in zip(range(5), shared, [1e-3, -1e-3, 0, 2e-3, -2e-3])}
+    paired = stats.paired_ci(base, ablated)
+    assert stats.verdict(paired) == 'ablated worse'
+    assert paired.half_width < stats.mean_ci(base.values()).half_width / 10
+
+
+@pytest.mark.parametrize('lo,hi,expected', [
+    (0.001, 0.02, 'ablated worse'),
+    (-0.02, -0.001, 'ablated better'),
+    (-0.005, 0.015, 'not resolved at n=10: |effect| < 1.50 points'),
+    (-0.03, 0.01, 'not resolved at n=10: |effect| < 3.00 points'),
+])
+def test_verdict(lo, hi, expected):
+    ci = stats.Interval((lo + hi) / 2, lo, hi, 10)
+    assert stats.verdict(ci, scale=100) == expected
+
+
+def test_single_seed_has_no_interval():
+    ci = stats.mean_ci([0.25, ''])
+    assert ci.n == 1 and math.isnan(ci.lo) and ci.format(100) == '25.00'
+    assert stats.verdict(ci) == 'no CI at n=1'
+    assert stats.mean_ci([]).format() == '-'
+
+
+def test_ratio_ci_is_the_exponentiated_log_ratio_interval():
+    base = {0: 2.0, 1: 4.0, 2: 3.0, 3: 5.0}
+    ablated = {0: 12.0, 1: 20.0, 2: 21.0, 3: 25.0, 4: 9.0}  # Seed 4 has no baseline.
+    logs = [math.log(ablated[s] / base[s]) for s in range(4)]
+    expected = scipy_stats.ttest_1samp(logs, 0.0).confidence_interval(0.95)
+    r = stats.ratio_ci(base, ablated)
+    assert r.n == 4
+    assert r.mean == pytest.approx(math.exp(np.mean(logs)))  # (6 * 5 * 7 * 5) ** (1 / 4)
+    assert (r.lo, r.hi) == pytest.approx((math.exp(expected.low), math.exp(expected.high)))
+    assert r.lo < r.mean < r.hi
+    constant = stats.ratio_ci({0: 1.0, 1: 2.0}, {0: 3.0, 1: 6.0})
+    assert (constant.mean, constant.lo, constant.hi) == pytest.approx((3.0, 3.0, 3.0))
