@@ -13,13 +13,10 @@ from absl import flags
 from absl import logging
 import jax
 
-from alexnet_jax import checkpoints
 from alexnet_jax import cli
-from alexnet_jax import convert
 from alexnet_jax import finetune
 from alexnet_jax import parallel
 from alexnet_jax import train
-from alexnet_jax import validation
 
 cli.define_config_flag()
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, plots, results.',
@@ -30,19 +27,19 @@ flags.DEFINE_integer('process_id', None, 'This process\'s index in [0, num_proce
 FLAGS = flags.FLAGS
 
 
+@cli.one_line_errors
 def main(argv):
     if len(argv) > 1:
         cli.fail(f'unexpected arguments {argv[1:]}; configure with --config.<field>=<value>.')
     config = cli.validated_config()
+    workdir = cli.local_path(FLAGS.workdir, '--workdir')
+    if config.get('init_from'):
+        config.init_from = cli.local_path(config.init_from, '--config.init_from')
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                     FLAGS.process_id)
-    try:
-        config = finetune.resolve_config(config)  # init_from: its net, logged as used.
-        log_setup(config, FLAGS.workdir)
-        train.train_and_evaluate(config, FLAGS.workdir)
-    except (checkpoints.ConfigMismatchError, train.NonFiniteLossError, validation.ConfigError,
-            convert.ConvertError) as e:
-        cli.fail(str(e), code=1)
+    config = finetune.resolve_config(config)  # init_from: its net, logged as used.
+    log_setup(config, workdir)
+    train.train_and_evaluate(config, workdir)
 
 
 def log_setup(config, workdir: str) -> None:

@@ -27,7 +27,11 @@ leftovers and let orbax delete them (`cleanup_tmp_directories`).
 from __future__ import annotations
 
 import atexit
+import errno
+import fcntl
 import json
+import logging as pylogging
+import os
 import math
 import re
 import signal
@@ -42,6 +46,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from alexnet_jax import errors
+
 FORMAT_VERSION = 1
 CHECKPOINT_SUBDIR = 'checkpoints'
 CORRUPT_SUBDIR = 'checkpoints_corrupt'   # Unreadable steps are moved here, never deleted.
@@ -49,11 +55,11 @@ FINGERPRINT_FILE = 'config_fingerprint.json'
 _INFO = 'checkpoint_info'
 
 
-class ConfigMismatchError(ValueError):
+class ConfigMismatchError(errors.UserError, ValueError):
     """The workdir holds checkpoints of a different model; the message names the fields."""
 
 
-class CorruptCheckpointError(RuntimeError):
+class CorruptCheckpointError(errors.UserError, RuntimeError):
     """A checkpoint (or every checkpoint in a workdir) cannot be restored."""
 
 
@@ -75,6 +81,102 @@ def config_fingerprint(config) -> dict:
     if 'data' in config and 'image_size' in config.data:
         fingerprint['input_shape'] = [config.data.image_size, config.data.image_size, 3]
     return fingerprint
+
+
+# Fields a resumed run may not change: the data stream (which examples, in which order, in
+# which batches) and the random numbers are functions of them and of the step. Everything else
+# (num_steps/num_epochs, learning rate, log/eval/checkpoint intervals, ...) may change.
+RESUME_FIXED = ('seed', 'train.batch_size', 'data.name', 'data.train_split', 'data.folder_root',
+                'data.shuffle_buffer', 'data.fake_train_examples')
+
+
+def resume_fixed(config) -> dict:
+    """The RESUME_FIXED values of `config` (saved in each checkpoint's meta)."""
+    out = {}
+    for field in RESUME_FIXED:
+        node = config
+        for key in field.split('.'):
+            node = node.get(key) if hasattr(node, 'get') else None
+        out[field] = _jsonable(node)
+    return out
+
+
+def check_resume(saved: dict | None, config, workdir) -> None:
+    """Raises ConfigMismatchError naming each RESUME_FIXED field the config changed."""
+    ours = resume_fixed(config)
+    changed = [f'config.{k}={ours[k]!r} (it was trained with {v!r})'
+               for k, v in (saved or {}).items() if k in ours and ours[k] != v]
+    if changed:
+        raise ConfigMismatchError(
+            f'{workdir} cannot resume with {", ".join(changed)}: the data stream and the random '
+            f'numbers depend on it. Set it back to resume, or use a new --workdir.')
+
+
+class WorkdirError(errors.UserError):
+    """The workdir is a file, cannot be created or written, or another run is using it."""
+
+
+class WorkdirLock:
+    """An exclusive `flock` on the workdir directory itself, held by process 0 for the run.
+
+    The kernel drops it when the process exits or is killed (kill -9 included), so it is never
+    left stuck; nothing is written into the workdir for it. Not taken on URLs (gs://...) or on
+    file systems without flock (a warning says so).
+    """
+
+    def __init__(self, fd: int | None):
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # Closing the descriptor releases the flock.
+            self._fd = None
+
+
+def lock_workdir(workdir) -> WorkdirLock:
+    """Creates `workdir` (one-line errors if it is a file or not writable) and locks it."""
+    if jax.process_index() != 0:
+        return WorkdirLock(None)
+    path = epath.Path(workdir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as e:
+        raise WorkdirError(f'--workdir={workdir} is not a directory ({e.strerror}: '
+                           f'{e.filename}); choose a directory path.') from None
+    except PermissionError as e:
+        raise WorkdirError(f'--workdir={workdir} cannot be created ({e.strerror}: '
+                           f'{e.filename}); choose a writable directory.') from None
+    if _is_url(str(workdir)):
+        return WorkdirLock(None)
+    if not os.access(workdir, os.W_OK | os.X_OK):
+        raise WorkdirError(f'--workdir={workdir} is not writable; choose a writable directory '
+                           f'or fix its permissions.')
+    fd = os.open(workdir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise WorkdirError(f'--workdir={workdir} is in use by another run (it holds the lock on '
+                           f'that directory); wait for it to end or stop it, or use another '
+                           f'--workdir.') from None
+    except OSError as e:  # A file system without flock (some NFS setups): run unguarded.
+        os.close(fd)
+        if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EBADF, errno.EINVAL):
+            raise
+        logging.warning('Cannot lock %s (%s): nothing stops a second run on it.', workdir, e)
+        return WorkdirLock(None)
+    return WorkdirLock(fd)
+
+
+class _UnrankedSaveFilter(pylogging.Filter):
+    """Drops orbax's "did not provide metrics" warning: with keep-best, the periodic saves
+    between evaluations are unranked on purpose (each new best is saved at its evaluation)."""
+
+    def filter(self, record):
+        return 'did not provide metrics' not in str(record.msg)
+
+
+pylogging.getLogger('absl').addFilter(_UnrankedSaveFilter())  # orbax logs through absl.
 
 
 class Checkpointer:
@@ -103,6 +205,7 @@ class Checkpointer:
         self._closed = False
         self._barriers = 0
         self._fingerprint_checked = False
+        self._saved_once = False
         _warn_if_local_multihost(str(workdir))
         self._warn_about_unfinished_saves()
 
@@ -161,6 +264,7 @@ class Checkpointer:
             self._check_fingerprint_file()
             self._write_fingerprint_file()
             self._fingerprint_checked = True
+        self._mgr.check_for_errors()  # A failed earlier async save stops the run here.
         meta = _json_copy(meta, 'meta')   # A copy: the caller may change its dict meanwhile.
         info = {'format': FORMAT_VERSION, 'step': step, 'fingerprint': self.fingerprint,
                 'saved_at': time.time(), 'leaves': _describe(state, checksums=True)}
@@ -173,8 +277,11 @@ class Checkpointer:
         if not saved:
             logging.info('Skipped checkpoint for step %d (latest saved step is %s; pass '
                          'force=True to save an older step).', step, self._mgr.latest_step())
-        elif not self._async:
-            self._mgr.wait_until_finished()
+        elif not self._async or not self._saved_once:
+            # The first save is waited for and checked, so a save that cannot work (a bad
+            # path, no permission, no space) stops the run now, not one interval later.
+            self.wait()
+        self._saved_once = self._saved_once or bool(saved)
 
     def _ranking_metrics(self, step, metrics):
         if not self.best_metric or not metrics or self.best_metric not in metrics:
@@ -441,8 +548,12 @@ def _short(e: BaseException, limit: int = 300) -> str:
     return s if len(s) <= limit else s[:limit] + '...'
 
 
+def _is_url(path: str) -> bool:
+    return bool(re.match(r'^[a-zA-Z][a-zA-Z0-9+.-]*://', path))
+
+
 def _warn_if_local_multihost(workdir: str):
-    if jax.process_count() > 1 and not re.match(r'^[a-zA-Z][a-zA-Z0-9+.-]*://', workdir):
+    if jax.process_count() > 1 and not _is_url(workdir):
         logging.warning(
             'Running on %d processes with a local workdir %r: every host must see the same '
             'checkpoint directory. Use a shared file system (NFS) mounted at this path on all '

@@ -1,21 +1,46 @@
-"""Shared command-line plumbing: `--config` flags that fail with one clear line, not a traceback.
+"""Shared command-line plumbing: flags and errors that end in one clear line, not a traceback.
 
 Every entry point (launch.py, summary, sweep, evaluate, ...) does
 
     cli.define_config_flag()
+
+    @cli.one_line_errors
+    def main(argv): ...   # calls cli.validated_config(), cli.local_path(FLAGS.workdir, ...)
+
     app.run(main, flags_parser=cli.parse_flags)
 
-and calls `cli.validated_config()` in main.
+The error policy, in one place (`user_message`): a `UserError` (config, data, checkpoint and
+workdir errors all derive from it) and the machine's refusals the user fixes (no space left,
+no permission, read-only file system) print `error: <one line>` and exit 1; anything else is a
+bug and keeps its traceback.
 """
 
+import errno
+import functools
 import logging
+import os
+import re
 import sys
 
 from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from alexnet_jax import errors
 from alexnet_jax import validation
+
+UserError = errors.UserError
+InputError = errors.InputError
+
+# OS errors that report the machine's state, not a bug; the message names the path.
+_MACHINE_ERRNOS = {
+    errno.ENOSPC: 'no space left on the device',
+    errno.EDQUOT: 'disk quota exceeded',
+    errno.EACCES: 'permission denied',
+    errno.EPERM: 'operation not permitted',
+    errno.EROFS: 'read-only file system',
+}
+_FIX = 'free some space or fix the permissions, or use another directory; then rerun'
 
 
 def define_config_flag(default: str | None = 'configs/alexnet.py') -> None:
@@ -76,3 +101,50 @@ def validated_config():
     except OSError as e:
         fail(f'cannot load --config: {" ".join(str(e).split())}')
     return config
+
+
+def _causes(error: BaseException):
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def user_message(error: BaseException) -> str | None:
+    """The one line to print for an error the user fixes; None for a bug (keep the traceback)."""
+    if isinstance(error, errors.UserError):
+        return ' '.join(str(error).split())
+    for e in _causes(error):
+        if isinstance(e, OSError) and e.errno in _MACHINE_ERRNOS:
+            where = f': {e.filename}' if e.filename else ''
+            return f'{_MACHINE_ERRNOS[e.errno]}{where}; {_FIX}.'
+        if 'No space left on device' in str(e):  # tensorstore (orbax) reports it as text.
+            return f'no space left on the device ({type(e).__name__}); {_FIX}.'
+    return None
+
+
+def one_line_errors(main):
+    """Decorates a CLI's `main(argv)` with the error policy above."""
+    @functools.wraps(main)
+    def wrapped(argv):
+        try:
+            return main(argv)
+        except Exception as e:  # pylint: disable=broad-except  (re-raised unless a user error)
+            message = user_message(e)
+            if message is None:
+                raise
+            fail(message, code=1)
+    return wrapped
+
+
+def local_path(value: str | None, flag: str) -> str | None:
+    """A path flag made absolute, once, at the entry point (orbax needs absolute paths); URLs
+    (gs://...) are kept. An empty value is an error, not the current directory."""
+    if value is None:
+        return None
+    if not value.strip():
+        raise InputError(f'{flag} is empty; give a directory, e.g. {flag}=/tmp/run.')
+    if re.match(r'^[a-zA-Z][a-zA-Z0-9+.-]*://', value):
+        return value
+    return os.path.abspath(os.path.expanduser(value))

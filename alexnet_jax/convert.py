@@ -63,6 +63,7 @@ import orbax.checkpoint as ocp
 
 from alexnet_jax import checkpoints
 from alexnet_jax import cli
+from alexnet_jax import errors
 from alexnet_jax import models
 from alexnet_jax import validation
 
@@ -76,7 +77,7 @@ TORCHVISION_MEAN = (0.485, 0.456, 0.406)   # Its transforms, on pixels scaled to
 TORCHVISION_STD = (0.229, 0.224, 0.225)
 
 
-class ConvertError(ValueError):
+class ConvertError(errors.UserError, ValueError):
     """The input cannot be converted; the one-line message names the file, layer and shapes."""
 
 
@@ -411,6 +412,7 @@ def define_flags() -> None:
                                        / 'alexnet.py'))  # Base config; model/data get overridden.
 
 
+@cli.one_line_errors
 def main(argv):
     del argv
     FLAGS = flags.FLAGS  # pylint: disable=invalid-name
@@ -419,10 +421,8 @@ def main(argv):
             cli.fail(f'--{name} is required: python -m alexnet_jax.convert '
                      '--from=bvlc_npy|torchvision --input=FILE --output=DIR')
     base = cli.validated_config()
-    try:
-        out = convert(FLAGS['from'].value, FLAGS.input, FLAGS.output, base)
-    except (ConvertError, validation.ConfigError) as e:
-        cli.fail(str(e), code=1)
+    out = convert(FLAGS['from'].value, cli.local_path(FLAGS.input, '--input'),
+                  cli.local_path(FLAGS.output, '--output'), base)
     print(f'Wrote {out} (config.json + checkpoints/0); load it with '
           f'alexnet_jax.convert.load_pretrained({str(out)!r}).')
 

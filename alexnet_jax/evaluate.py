@@ -71,14 +71,14 @@ def evaluate_checkpoint(checkpoint, run_config=None, *, split: str | None = None
                         output=None) -> dict:
     """Evaluates DIR on `split` (default: the data's test_split); writes and returns results."""
     if crops not in CROPS:
-        raise ValueError(f'--crops={crops!r} is not one of {list(CROPS)}.')
+        raise cli.InputError(f'--crops={crops!r} is not one of {list(CROPS)}.')
     config, state = load_state(checkpoint)
     config = eval_config(config, run_config, eval_batch_size)
     validation.validate_config(config)
     split = split or config.data.test_split
     source = sources.get_source(config.data)
     if source.num_classes != config.model.num_classes:
-        raise ValueError(
+        raise cli.InputError(
             f'{checkpoint} predicts {config.model.num_classes} classes but {config.data.name!r} '
             f'has {source.num_classes}: evaluate on data with the same classes (fine-tune with '
             f'config.init_from for new ones).')
@@ -155,6 +155,7 @@ def define_flags() -> None:
     cli.define_config_flag(default=None)  # Optional: another data source.
 
 
+@cli.one_line_errors
 def main(argv):
     FLAGS = flags.FLAGS  # pylint: disable=invalid-name
     if len(argv) > 1:
@@ -163,11 +164,10 @@ def main(argv):
         cli.fail('--checkpoint is required: python -m alexnet_jax.evaluate --checkpoint=DIR '
                  '[--config=configs/alexnet.py] [--split=validation] [--crops=center|ten|both]')
     run_config = cli.validated_config() if FLAGS.config is not None else None
-    try:
-        evaluate_checkpoint(FLAGS.checkpoint, run_config, split=FLAGS.split, crops=FLAGS.crops,
-                            eval_batch_size=FLAGS.eval_batch_size, output=FLAGS.output)
-    except (convert.ConvertError, validation.ConfigError, ValueError, OSError) as e:
-        cli.fail(' '.join(str(e).split()), code=1)
+    evaluate_checkpoint(cli.local_path(FLAGS.checkpoint, '--checkpoint'), run_config,
+                        split=FLAGS.split, crops=FLAGS.crops,
+                        eval_batch_size=FLAGS.eval_batch_size,
+                        output=cli.local_path(FLAGS.output, '--output'))
 
 
 if __name__ == '__main__':

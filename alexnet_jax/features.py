@@ -40,9 +40,9 @@ def with_data_from(config, data_config):
 
 def check_layer(model, layer: str) -> None:
     if layer not in models.LAYERS:
-        raise ValueError(f'--layer={layer!r} is not one of {list(models.LAYERS)}.')
+        raise cli.InputError(f'--layer={layer!r} is not one of {list(models.LAYERS)}.')
     if layer.startswith('lrn') and not getattr(model, 'lrn', False):
-        raise ValueError(f'--layer={layer}: this net has no LRN (model.lrn=False).')
+        raise cli.InputError(f'--layer={layer}: this net has no LRN (model.lrn=False).')
 
 
 def _pmapped(model, layer: str, mean, std):
@@ -70,7 +70,7 @@ def extract(model, variables, batches, layer: str, keep_images: bool = False, *,
     for batch in batches:
         images = batch['image']
         if images.ndim == 6:  # [devices, per_device, crops, H, W, C]
-            raise ValueError('features need one crop per image: set --config.data.eval_crops=center.')
+            raise cli.InputError('features need one crop per image: set --config.data.eval_crops=center.')
         feats = np.asarray(fn(replicated, images))
         mask = np.asarray(batch.get('mask', np.ones(images.shape[:2], bool))).reshape(-1).astype(bool)
         out['features'].append(feats.reshape((-1,) + feats.shape[2:])[mask])
@@ -78,7 +78,7 @@ def extract(model, variables, batches, layer: str, keep_images: bool = False, *,
         if keep_images:
             out['images'].append(np.asarray(images).reshape((-1,) + images.shape[2:])[mask])
     if not out['features']:
-        raise ValueError('no batches: the split is empty.')
+        raise cli.InputError('no batches: the split is empty.')
     result = {k: np.concatenate(v) for k, v in out.items() if v}
     result['ids'] = np.arange(len(result['labels']))
     return result
@@ -109,7 +109,7 @@ def mean_std(config):
 def output_path(output: str) -> pathlib.Path:
     path = pathlib.Path(output)
     if path.suffix != '.npz':
-        raise ValueError(f'--output={output} must end in .npz (features, labels and ids).')
+        raise cli.InputError(f'--output={output} must end in .npz (features, labels and ids).')
     if jax.process_count() > 1:
         path = path.with_name(f'{path.stem}.process-{jax.process_index()}-of-{jax.process_count()}.npz')
     return path
@@ -123,22 +123,20 @@ def define_flags() -> None:
     cli.define_config_flag(default=None)  # Optional: another data source.
 
 
+@cli.one_line_errors
 def main(argv):
     del argv
     FLAGS = flags.FLAGS  # pylint: disable=invalid-name
     if not FLAGS.checkpoint or not FLAGS.output:
         cli.fail('--checkpoint and --output are required: python -m alexnet_jax.features '
                  '--checkpoint=DIR --layer=fc7 --split=validation --output=feats.npz')
-    try:
-        path = output_path(FLAGS.output)
-        config, model, variables = load_model(FLAGS.checkpoint)
-        check_layer(model, FLAGS.layer)
-        if FLAGS.config is not None:
-            config = with_data_from(config, cli.validated_config().data)
-        split = FLAGS.split or config.data.test_split
-        result = split_features(config, model, variables, split, FLAGS.layer)
-    except (ValueError, convert.ConvertError) as e:
-        cli.fail(' '.join(str(e).split()), code=1)
+    path = output_path(cli.local_path(FLAGS.output, '--output'))
+    config, model, variables = load_model(cli.local_path(FLAGS.checkpoint, '--checkpoint'))
+    check_layer(model, FLAGS.layer)
+    if FLAGS.config is not None:
+        config = with_data_from(config, cli.validated_config().data)
+    split = FLAGS.split or config.data.test_split
+    result = split_features(config, model, variables, split, FLAGS.layer)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, layer=FLAGS.layer, **result)
     print(f'Wrote {path}: {FLAGS.layer} features {result["features"].shape} of split {split!r}.')

@@ -26,7 +26,6 @@ import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from alexnet_jax import cli  # pylint: disable=wrong-import-position
-from alexnet_jax import convert  # pylint: disable=wrong-import-position
 from alexnet_jax import features  # pylint: disable=wrong-import-position
 
 
@@ -209,28 +208,28 @@ def define_flags() -> None:
     cli.define_config_flag(default=None)  # Optional: another data source.
 
 
+@cli.one_line_errors
 def main(argv):
     del argv
     FLAGS = flags.FLAGS  # pylint: disable=invalid-name
     if not FLAGS.checkpoint:
         cli.fail('--checkpoint is required: python -m alexnet_jax.figures --checkpoint=DIR')
-    out = pathlib.Path(FLAGS.output_dir or pathlib.Path(FLAGS.checkpoint) / 'figures')
-    try:
-        config, model, variables = features.load_model(FLAGS.checkpoint)
-        if 'conv1' not in variables['params']:
-            raise ValueError(f'{FLAGS.checkpoint}: the net has no conv1 layer.')
-        groups = config.model.get('groups', 1)
-        print('Wrote', plot_conv1(np.asarray(variables['params']['conv1']['kernel']),
-                                  out / 'conv1_kernels.png', groups))
-        if FLAGS.neighbours:
-            if FLAGS.config is not None:
-                config = features.with_data_from(config, cli.validated_config().data)
-            print('Wrote', neighbour_figure(
-                config, model, variables, out / 'neighbours_fc7.png', FLAGS.num_queries,
-                query_split=FLAGS.query_split, train_split=FLAGS.train_split,
-                max_train=FLAGS.max_train))
-    except (ValueError, KeyError, convert.ConvertError) as e:
-        cli.fail(' '.join(str(e).split()), code=1)
+    checkpoint = cli.local_path(FLAGS.checkpoint, '--checkpoint')
+    out = pathlib.Path(cli.local_path(FLAGS.output_dir, '--output_dir')
+                       or pathlib.Path(checkpoint) / 'figures')
+    config, model, variables = features.load_model(checkpoint)
+    if 'conv1' not in variables['params']:
+        raise cli.InputError(f'{checkpoint}: the net has no conv1 layer.')
+    groups = config.model.get('groups', 1)
+    print('Wrote', plot_conv1(np.asarray(variables['params']['conv1']['kernel']),
+                              out / 'conv1_kernels.png', groups))
+    if FLAGS.neighbours:
+        if FLAGS.config is not None:
+            config = features.with_data_from(config, cli.validated_config().data)
+        print('Wrote', neighbour_figure(
+            config, model, variables, out / 'neighbours_fc7.png', FLAGS.num_queries,
+            query_split=FLAGS.query_split, train_split=FLAGS.train_split,
+            max_train=FLAGS.max_train))
 
 
 if __name__ == '__main__':

@@ -128,6 +128,7 @@ def format_table(rows) -> str:
     return '\n'.join(lines)
 
 
+@cli.one_line_errors
 def main(argv):
     del argv
     config = cli.validated_config()

@@ -107,8 +107,13 @@ def command(sweep, point: Point, root) -> str:
     return f'python launch.py --config={sweep.base} {flags_} --workdir={shlex.quote(str(workdir))}'
 
 
+class Preempted(Exception):
+    """A point's run stopped on SIGTERM/SIGINT after saving its checkpoint; the sweep stops."""
+
+
 def run_point(sweep, point: Point, root, *, retry_failed: bool = False) -> dict:
-    """Trains one point unless it already finished (or failed); returns its results row."""
+    """Trains one point unless it already finished (or failed); returns its results row.
+    Raises Preempted when the run was stopped (its checkpoint resumes it next time)."""
     from alexnet_jax import train  # Heavy; not needed for --print_commands.
     workdir = pathlib.Path(root) / point.dirname
     results, failed = workdir / 'results.json', workdir / 'failed.json'
@@ -122,15 +127,23 @@ def run_point(sweep, point: Point, root, *, retry_failed: bool = False) -> dict:
         logging.info('%s: training.', point.dirname)
         try:
             out = train.train_and_evaluate(point_config(sweep, point), str(workdir))
-        except Exception as e:  # A failing point (e.g. tanh diverging) must not stop the grid.
-            reason = f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'
-            logging.warning('%s failed: %s', point.dirname, reason)
-            workdir.mkdir(parents=True, exist_ok=True)
-            failed.write_text(json.dumps({'reason': reason}) + '\n')
+        except train.NonFiniteLossError as e:  # A diverging point (tanh) must not stop the grid.
+            _record_failure(workdir, e)
+        except cli.UserError:  # The user's to fix (data, workdir in use, disk): stop, one line.
+            raise
+        except Exception as e:  # pylint: disable=broad-except  (recorded, the grid goes on)
+            _record_failure(workdir, e)
         else:
             if 'preempted_at_step' in out:
-                raise KeyboardInterrupt(f'{point.dirname} preempted; rerun the sweep to resume.')
+                raise Preempted(f'{point.dirname} preempted at step {out["preempted_at_step"]}')
     return result_row(sweep, point, workdir)
+
+
+def _record_failure(workdir, e):
+    reason = f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'
+    logging.warning('%s failed: %s', workdir, reason)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / 'failed.json').write_text(json.dumps({'reason': reason}) + '\n')
 
 
 def run_point_seeds(sweep, points: list, root, *, retry_failed: bool = False) -> list:
@@ -153,17 +166,15 @@ def run_point_seeds(sweep, points: list, root, *, retry_failed: bool = False) ->
         logging.info('%s: training seeds %s together.', points[0].name, [p.seed for p in missing])
         try:
             out = seeds_lib.train_seeds(config, str(group), seeds=[p.seed for p in missing])
-        except Exception as e:  # A failing point must not stop the grid.
-            reason = f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'
-            logging.warning('%s failed: %s', points[0].name, reason)
+        except cli.UserError:  # The user's to fix (data, workdir in use, disk): stop, one line.
+            raise
+        except Exception as e:  # pylint: disable=broad-except  (recorded, the grid goes on)
             for p in missing:
-                (group / f'seed{p.seed}').mkdir(parents=True, exist_ok=True)
-                (group / f'seed{p.seed}' / 'failed.json').write_text(
-                    json.dumps({'reason': reason}) + '\n')
+                _record_failure(group / f'seed{p.seed}', e)
         else:
             if 'preempted_at_step' in out or any('preempted_at_step' in r for r in out.values()
                                                  if isinstance(r, dict)):
-                raise KeyboardInterrupt(f'{points[0].name} preempted; rerun the sweep to resume.')
+                raise Preempted(f'{points[0].name} preempted')
     return [result_row(sweep, p, group / f'seed{p.seed}') for p in points]
 
 
@@ -430,33 +441,47 @@ def print_commands(sweep, points, search, root) -> None:
     print('\n'.join(lines + [command(sweep, p, root) for p in points]))
 
 
+@cli.one_line_errors
 def main(argv):
     del argv
     sweep = FLAGS.config
     if sweep is None or 'axes' not in sweep:
         cli.fail('--config must be an ablation grid, e.g. --config=configs/ablations.py:pool')
     points = expand(sweep)
+    root = pathlib.Path(cli.local_path(FLAGS.workdir, '--workdir'))
     search = lr_search.all_search_points(sweep) if lr_search.enabled(sweep) else []
     if FLAGS.print_commands:
-        print_commands(sweep, points, search, FLAGS.workdir)
+        print_commands(sweep, points, search, root)
         return
     from alexnet_jax import validation
+    base = pathlib.Path(sweep.base.partition(':')[0])
+    if not (base if base.is_absolute() else REPO / base).is_file():
+        cli.fail(f'config.base={sweep.base!r}: no such config file; e.g. '
+                 f'--config.base=configs/alexnet.py:digits')
+    try:  # The base config file's own errors (a bad variant), as cli.parse_flags treats them.
+        load_base_config(sweep.base)
+    except (AttributeError, KeyError, ValueError, TypeError) as e:
+        cli.fail(f'config.base={sweep.base!r} does not load ({type(e).__name__}: '
+                 f'{" ".join(str(e).split())})')
     for p in search + points:  # Every point's config is checked before any training starts.
         try:
             validation.validate_config(point_config(sweep, p))
         except (validation.ConfigError, KeyError) as e:
             cli.fail(f'grid point {p.name}: {e}')
-    root = pathlib.Path(FLAGS.workdir)
     root.mkdir(parents=True, exist_ok=True)
-    notes = []
-    if search:  # Fig. 1's protocol: each point trains at the rate its search found fastest.
-        choices = lr_search.run(sweep, root, functools.partial(
-            run_point, retry_failed=FLAGS.retry_failed))
-        print((root / 'lr_search.md').read_text())
-        points = lr_search.apply(points, choices)
-        notes = ['Learning rates (lr_search.md): ' + ', '.join(
-            f'{name} {c["rate"]:g}' for name, c in choices.items()) + '.']
-    rows = run_grid(sweep, points, root, retry_failed=FLAGS.retry_failed)
+    try:
+        notes = []
+        if search:  # Fig. 1's protocol: each point trains at the rate its search found fastest.
+            choices = lr_search.run(sweep, root, functools.partial(
+                run_point, retry_failed=FLAGS.retry_failed))
+            print((root / 'lr_search.md').read_text())
+            points = lr_search.apply(points, choices)
+            notes = ['Learning rates (lr_search.md): ' + ', '.join(
+                f'{name} {c["rate"]:g}' for name, c in choices.items()) + '.']
+        rows = run_grid(sweep, points, root, retry_failed=FLAGS.retry_failed)
+    except Preempted as e:  # SIGTERM/SIGINT: its checkpoint is saved; exit 0, like launch.py.
+        print(f'Sweep stopped: {e}; rerun the same command to resume.')
+        return
     print(write_tables(sweep, rows, root, notes))
     for path in plot_figures(sweep, rows, root):
         print(f'wrote {path}')

@@ -5,10 +5,11 @@ is replicated, each device takes its slice of the global batch, gradients, batch
 metrics are averaged across devices inside the step. Side jobs (log, eval, checkpoint, plot)
 each run at their own interval; the host waits for the devices only there.
 
-Resuming is exact: the state (params, optimizer state with its learning rate, step) and the
-plateau tracker come from the latest checkpoint, the data iterator restarts at that step, and
-the dropout key of step s on device d is fold_in(fold_in(key(seed), s), d), a function of
-the step alone.
+Resuming is exact: the state (params, optimizer state, step) and the plateau tracker come from
+the latest checkpoint, the data iterator restarts at that step, and the dropout key of step s
+on device d is fold_in(fold_in(key(seed), s), d), a function of the step alone. The learning
+rate is the configured one (`configured_learning_rate`); what else may change on resume is
+checkpoints.RESUME_FIXED's rule. Process 0 locks the workdir for the run.
 """
 
 import functools
@@ -30,6 +31,7 @@ import optax
 
 from alexnet_jax import checkpoints
 from alexnet_jax import device_data
+from alexnet_jax import errors
 from alexnet_jax import finetune
 from alexnet_jax import input_pipeline
 from alexnet_jax import metrics as metrics_lib
@@ -48,7 +50,7 @@ class TrainState(train_state.TrainState):
     dynamic_scale: Any = None
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(errors.UserError, FloatingPointError):
     """The training loss became NaN or inf; the last checkpoint written is the last good one."""
 
 
@@ -322,40 +324,53 @@ def train_and_evaluate(config, workdir: str) -> dict:
     validation.check(config.model.num_classes == info.num_classes, 'model.num_classes',
                      f'{config.model.num_classes} != {info.num_classes} classes in '
                      f'{config.data.name!r}; set --config.model.num_classes={info.num_classes}.')
+    check_batch_fits(config, info)
     num_steps, steps_per_epoch = num_train_steps(config)
     t = config.train
     eval_every = steps_per_epoch if t.eval_every_steps is None else t.eval_every_steps
-    recorder = metrics_lib.Recorder(workdir, num_steps=num_steps, steps_per_epoch=steps_per_epoch,
-                                    batch_size=t.batch_size, plot=t.plot)
 
     state, dropout_key = initial_state(config, info, steps_per_epoch, num_steps)
-    ckpt = checkpoints.Checkpointer(
-        workdir, config_fingerprint=checkpoints.config_fingerprint(config),
-        keep=t.keep_checkpoints, best_metric='val_top1', async_save=t.async_checkpoints)
-    meta = {}
-    restored = ckpt.restore(state)
-    if restored is not None:
-        state, meta = restored
-        logging.info('Resumed from step %d of %s.', int(state.step), workdir)
-    elif config.get('init_from'):  # Only a fresh run: a resumed one has its own weights.
-        state = finetune.load_into(state, config.init_from)
-    write_config(config, workdir)  # After the restore: a mismatched config never replaces it.
-    plateau = optim.Plateau.from_config(config.optim, meta.get('plateau'))
-    start_step = int(state.step)
-    elapsed = meta.get('elapsed', 0.0)
-    state = parallel.replicate(state)
-
-    mean, std = preprocess.mean_std(config.data, info.image_shape[-1])
-    p_eval_step = make_eval_step(mean, std, config.data.image_size)
-
-    def save(step, val=None):
-        meta = {'plateau': plateau.state(), 'elapsed': elapsed + time.time() - t0}
-        ckpt.save(step, parallel.unreplicate(state), meta,
-                  metrics=None if val is None else {'val_top1': val['top1']})
-
-    t0 = time.time()
-    val = None
+    lock = checkpoints.lock_workdir(workdir)  # A second run on this workdir stops here.
+    ckpt = recorder = None
     try:
+        ckpt = checkpoints.Checkpointer(
+            workdir, config_fingerprint=checkpoints.config_fingerprint(config),
+            keep=t.keep_checkpoints, best_metric='val_top1', async_save=t.async_checkpoints)
+        meta = {}
+        restored = ckpt.restore(state)
+        if restored is not None:
+            state, meta = restored
+            checkpoints.check_resume(meta.get('fixed'), config, workdir)
+            logging.info('Resumed from step %d of %s.', int(state.step), workdir)
+        elif config.get('init_from'):  # Only a fresh run: a resumed one has its own weights.
+            state = finetune.load_into(state, config.init_from)
+        plateau = optim.Plateau.from_config(config.optim, meta.get('plateau'))
+        state = configured_learning_rate(state, config.optim, plateau)
+        # Only now, when the workdir is known to fit this config, is anything written to it:
+        # a refused rerun leaves no config.json and no TensorBoard file behind.
+        write_config(config, workdir)
+        recorder = metrics_lib.Recorder(workdir, num_steps=num_steps,
+                                        steps_per_epoch=steps_per_epoch,
+                                        batch_size=t.batch_size, plot=t.plot)
+        start_step = int(state.step)
+        last_saved = start_step if restored is not None else None
+        best_top1 = meta.get('best_val_top1', -math.inf)
+        elapsed = meta.get('elapsed', 0.0)
+        state = parallel.replicate(state)
+
+        mean, std = preprocess.mean_std(config.data, info.image_shape[-1])
+        p_eval_step = make_eval_step(mean, std, config.data.image_size)
+
+        def save(step, val=None):
+            nonlocal last_saved
+            meta = {'plateau': plateau.state(), 'elapsed': elapsed + time.time() - t0,
+                    'best_val_top1': best_top1, 'fixed': checkpoints.resume_fixed(config)}
+            ckpt.save(step, parallel.unreplicate(state), meta,
+                      metrics=None if val is None else {'val_top1': val['top1']})
+            last_saved = step
+
+        t0 = time.time()
+        val = None
         if start_step < num_steps:
             logging.info('Training steps %d..%d (%d per epoch).', start_step + 1, num_steps,
                          steps_per_epoch)
@@ -368,14 +383,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
                     stop = preempted(guard, step, t.log_every_steps)
                     is_eval = _at(step, eval_every, num_steps)
                     is_ckpt = _at(step, t.checkpoint_every_steps, num_steps) or stop
-                    if _at(step, t.log_every_steps, num_steps) or is_ckpt:
-                        log_train(recorder, step, pending)  # Raises on NaN/inf, before a save.
+                    if _at(step, t.log_every_steps, num_steps) or is_ckpt or is_eval:
+                        # Raises on NaN/inf, before an evaluation or a save.
+                        log_train(recorder, step, pending, last_saved=last_saved)
                         pending = []
+                    improved = False
                     if is_eval:
                         val = evaluate(p_eval_step, state, config, config.data.eval_split)
                         recorder.write(step, 'val', val)
                         state = update_plateau(plateau, state, val, config.optim, step)
-                    if is_ckpt:
+                        improved = val['top1'] > best_top1
+                        best_top1 = max(best_top1, val['top1'])
+                    if is_ckpt or improved:  # Every new best is saved: keep-best ranks it.
                         save(step, val if is_eval else None)
                     if stop:
                         logging.warning('Preempted: saved step %d; rerun to resume.', step)
@@ -384,8 +403,39 @@ def train_and_evaluate(config, workdir: str) -> dict:
         elapsed += time.time() - t0
         return final_results(p_eval_step, state, config, val, num_steps, elapsed, recorder)
     finally:
-        ckpt.close()  # Waits for an async save in flight, even when stopping on NaN.
-        recorder.close()
+        if ckpt is not None:
+            ckpt.close()  # Waits for an async save in flight, even when stopping on NaN.
+        if recorder is not None:
+            recorder.close()
+        lock.release()
+
+
+def check_batch_fits(config, info) -> None:
+    """A training batch larger than the training split would train 0 steps: refused up front."""
+    d, batch = config.data, config.train.batch_size
+    n = info.num_examples[d.train_split]
+    validation.check(batch <= n, 'train.batch_size',
+                     f'{batch} is larger than the {n} examples of split {d.train_split!r} of '
+                     f'{d.name!r}; set --config.train.batch_size to at most {n}.')
+
+
+def configured_learning_rate(state, o, plateau):
+    """A restored state's learning rate for 'plateau' and 'constant', whose rate lives in the
+    optimizer state: the configured base rate times the plateau reductions already taken, so
+    a rerun with a new config.optim.learning_rate uses it (logged). Other schedules recompute
+    the rate from the config at every step anyway."""
+    if o.schedule not in ('plateau', 'constant'):
+        return state
+    old = np.asarray(optim.learning_rate(state.opt_state))
+    new = o.learning_rate * (plateau.scale if o.schedule == 'plateau' else 1.0)
+    if np.isclose(old, new, rtol=1e-6, atol=0):
+        return state
+    logging.warning('Learning rate %g in the checkpoint -> %g (config.optim.learning_rate=%g%s).',
+                    float(old), new, o.learning_rate,
+                    f' x {plateau.scale:g} for {plateau.reductions} plateau reduction(s)'
+                    if o.schedule == 'plateau' and plateau.reductions else '')
+    return state.replace(opt_state=optim.set_learning_rate(state.opt_state,
+                                                           np.asarray(new, old.dtype)))
 
 
 def preempted(guard, step: int, every: int) -> bool:
@@ -395,7 +445,7 @@ def preempted(guard, step: int, every: int) -> bool:
     return step % max(every, 1) == 0 and guard.any_requested()
 
 
-def log_train(recorder, step: int, pending: list) -> None:
+def log_train(recorder, step: int, pending: list, last_saved: int | None = None) -> None:
     """Averages the steps' device metrics, stops on a non-finite loss, writes them.
 
     With dynamic loss scaling a step that overflowed was skipped (nothing updated, the scale
@@ -417,10 +467,12 @@ def log_train(recorder, step: int, pending: list) -> None:
         loss = losses[~ok][0]
         what = (f'loss is {loss}' if not np.isfinite(loss) else
                 f'gradient is non-finite at loss scale {MIN_LOSS_SCALE}')
-        raise NonFiniteLossError(
-            f'Training {what} at step {bad}; stopping. The '
-            f'last checkpoint (before step {bad}) is intact: lower config.optim.learning_rate '
-            f'or check the data, then rerun to resume from it.')
+        then = (f'The last checkpoint (step {last_saved}) is intact: lower '
+                'config.optim.learning_rate or check the data, then rerun to resume from it.'
+                if last_saved is not None else
+                'No checkpoint was saved yet: lower config.optim.learning_rate or check the '
+                'data, then rerun (it starts from step 0).')
+        raise NonFiniteLossError(f'Training {what} at step {bad}; stopping. {then}')
     recorder.write(step, 'train', {k: float(np.mean(v)) for k, v in stacked.items()},
                    num_steps_since=len(losses))
 

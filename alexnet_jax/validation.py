@@ -9,10 +9,11 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from alexnet_jax import errors
 from alexnet_jax import models
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.UserError, ValueError):
     """A config field has an impossible value; the message names the field and the fix."""
 
 

@@ -298,3 +298,76 @@ def test_second_sigint_aborts():
             assert guard.requested
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) == before
+
+
+def test_first_async_save_that_fails_raises_in_save(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # A relative directory: orbax's async write refuses it.
+    with Checkpointer('rel', config_fingerprint=FP, async_save=True) as c:
+        with pytest.raises(ValueError, match='absolute'):
+            c.save(1, {'w': np.ones(4, np.float32)}, {})
+
+
+@pytest.mark.parametrize('setup, message', [
+    ('file', 'is not a directory'),
+    ('file_parent', 'is not a directory'),
+    ('held', 'in use by another run'),
+])
+def test_workdir_lock_refuses_files_and_a_second_run(tmp_path, setup, message):
+    workdir = tmp_path / 'run'
+    held = None
+    if setup == 'file':
+        workdir.write_text('x')
+    elif setup == 'file_parent':
+        (tmp_path / 'f').write_text('x')
+        workdir = tmp_path / 'f' / 'run'
+    else:
+        held = checkpoints.lock_workdir(str(workdir))
+    try:
+        with pytest.raises(checkpoints.WorkdirError, match=message):
+            checkpoints.lock_workdir(str(workdir))
+    finally:
+        if held is not None:
+            held.release()
+    if held is not None:  # Released: the next run takes it.
+        checkpoints.lock_workdir(str(workdir)).release()
+
+
+LOCK_AND_SLEEP = textwrap.dedent('''
+    import sys, time
+    from alexnet_jax import checkpoints
+    lock = checkpoints.lock_workdir(sys.argv[1])
+    print('locked', flush=True)
+    time.sleep(600)
+''')
+
+
+@pytest.mark.slow
+def test_a_killed_run_does_not_leave_its_workdir_locked(tmp_path):
+    proc = subprocess.Popen([sys.executable, '-c', LOCK_AND_SLEEP, str(tmp_path)], cwd=REPO,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == 'locked'
+        with pytest.raises(checkpoints.WorkdirError, match='in use'):
+            checkpoints.lock_workdir(str(tmp_path))
+    finally:
+        proc.kill()  # SIGKILL: no cleanup code runs.
+        proc.wait()
+    checkpoints.lock_workdir(str(tmp_path)).release()
+    assert list(tmp_path.iterdir()) == []  # The lock wrote nothing into the workdir.
+
+
+@pytest.mark.parametrize('field, value, allowed', [
+    ('train.batch_size', 16, False), ('seed', 1, False), ('data.train_split', 'test', False),
+    ('train.num_steps', 99, True), ('optim.learning_rate', 0.5, True),
+    ('train.checkpoint_every_steps', 7, True),
+])
+def test_resume_rule_names_the_changed_field(field, value, allowed):
+    saved = checkpoints.resume_fixed(_load_config('digits'))
+    config = _load_config('digits')
+    section, _, name = field.rpartition('.')
+    (config[section] if section else config)[name] = value
+    if allowed:
+        checkpoints.check_resume(saved, config, '/w')
+    else:
+        with pytest.raises(ConfigMismatchError, match=rf'config\.{field}={value!r}'):
+            checkpoints.check_resume(saved, config, '/w')

@@ -1,5 +1,7 @@
-"""launch.py end to end, in subprocesses: clear errors, kill -9 and resume, SIGTERM."""
+"""launch.py end to end (subprocesses: clear errors, kill -9 and resume, SIGTERM) and the run's
+safeguards in-process (relative paths, resume rules, keep-best, the workdir lock)."""
 
+import json
 import os
 import pathlib
 import signal
@@ -11,7 +13,10 @@ import numpy as np
 import pytest
 
 from test_train import assert_trees_close, saved_state, tiny_config
+from alexnet_jax import checkpoints
+from alexnet_jax import input_pipeline
 from alexnet_jax import train
+from alexnet_jax import validation
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TINY = ['--config=configs/alexnet.py:fake', '--config.model.width=0.05',
@@ -85,3 +90,114 @@ def test_sigterm_saves_a_restorable_checkpoint(tmp_path):
     state, meta = saved_state(config, str(tmp_path))
     assert int(state.step) > 0 and 'plateau' in meta
     assert all(np.isfinite(x).all() for x in __import__('jax').tree.leaves(state.params))
+
+
+# --- issue 12: what a user types must not lose the run (in-process unless a CLI is needed) ------
+
+def _records(workdir, split):
+    return [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()
+            if json.loads(l)['split'] == split]
+
+
+def _scripted_evaluate(monkeypatch, top1_at_step):
+    """train.evaluate returning the given val top-1 for the state's step (else 0)."""
+    def evaluate(p_eval_step, state, config, split):
+        top1 = top1_at_step.get(int(np.asarray(state.step)[0]), 0.0)
+        return {'loss': 1.0 - top1, 'top1': top1, 'top5': 1.0}
+    monkeypatch.setattr(train, 'evaluate', evaluate)
+
+
+def test_a_failed_first_save_stops_the_run_at_once(tmp_path, monkeypatch):
+    # A relative workdir given to the library (the CLIs make it absolute): orbax refuses it.
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config(num_steps=12, checkpoint_every_steps=3, eval_every_steps=0)
+    with pytest.raises(ValueError, match='absolute'):
+        train.train_and_evaluate(config, 'runs/rel')
+    assert max(r['step'] for r in _records(tmp_path / 'runs/rel', 'train')) == 3
+
+
+@pytest.mark.parametrize('schedule, top1, scale', [
+    ('constant', {}, 1.0),
+    ('plateau', {2: 0.5, 4: 0.5}, 0.1),   # No improvement at step 4: one reduction (x0.1).
+])
+def test_resume_uses_the_configured_learning_rate(tmp_path, monkeypatch, schedule, top1, scale):
+    _scripted_evaluate(monkeypatch, top1)
+    config = tiny_config(num_steps=4, checkpoint_every_steps=4, eval_every_steps=2,
+                         log_every_steps=1)
+    config.optim.update(schedule=schedule, learning_rate=0.02, plateau_patience=1)
+    train.train_and_evaluate(config, str(tmp_path))
+    config.train.num_steps, config.optim.learning_rate = 6, 0.001
+    train.train_and_evaluate(config, str(tmp_path))
+    lrs = {r['step']: r['lr'] for r in _records(tmp_path, 'train')}
+    assert lrs[4] == pytest.approx(0.02)  # (The plateau reduction comes after step 4's log.)
+    assert lrs[5] == lrs[6] == pytest.approx(0.001 * scale)
+
+
+def test_resume_refuses_a_new_batch_size_and_writes_nothing(tmp_path):
+    config = tiny_config(num_steps=2, checkpoint_every_steps=2, eval_every_steps=0)
+    train.train_and_evaluate(config, str(tmp_path))
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in tmp_path.rglob('*'))
+    config.train.update(batch_size=16, num_steps=4)
+    with pytest.raises(checkpoints.ConfigMismatchError, match=r'config\.train\.batch_size=16'):
+        train.train_and_evaluate(config, str(tmp_path))
+    other = tiny_config(num_steps=4)
+    other.model.width = 0.1  # A different model: refused, and no new TensorBoard file either.
+    with pytest.raises(checkpoints.ConfigMismatchError, match='width'):
+        train.train_and_evaluate(other, str(tmp_path))
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in tmp_path.rglob('*')) == before
+
+
+def test_batch_larger_than_the_training_split_is_refused_up_front(tmp_path):
+    config = tiny_config(batch_size=128)  # The fake train split has 64 examples.
+    with pytest.raises(validation.ConfigError, match='128 is larger than the 64 examples'):
+        train.train_and_evaluate(config, str(tmp_path / 'run'))
+    assert not (tmp_path / 'run').exists()
+
+
+def test_best_checkpoint_on_disk_is_the_validation_peak(tmp_path, monkeypatch):
+    _scripted_evaluate(monkeypatch, {2: 0.3, 4: 0.7, 6: 0.4, 8: 0.2})
+    config = tiny_config(num_steps=8, eval_every_steps=2, checkpoint_every_steps=8,
+                         keep_checkpoints=1)
+    train.train_and_evaluate(config, str(tmp_path))
+    ckpt = checkpoints.Checkpointer(str(tmp_path), config_fingerprint=checkpoints.config_fingerprint(config))
+    try:
+        assert ckpt.best_step() == 4 and sorted(ckpt.all_steps()) == [4, 8]
+    finally:
+        ckpt.close()
+
+
+def test_a_second_run_on_a_workdir_in_use_is_refused(tmp_path):
+    lock = checkpoints.lock_workdir(str(tmp_path))  # As a running launch.py holds it.
+    try:
+        with pytest.raises(checkpoints.WorkdirError, match='in use by another run'):
+            train.train_and_evaluate(tiny_config(num_steps=2), str(tmp_path))
+    finally:
+        lock.release()
+    assert list(tmp_path.iterdir()) == []
+    train.train_and_evaluate(tiny_config(num_steps=1), str(tmp_path))  # Free again.
+
+
+def test_nan_on_a_fresh_workdir_does_not_claim_a_checkpoint(tmp_path, monkeypatch):
+    real = input_pipeline.train_iterator
+
+    def poisoned(config, *, start_step=0, **kw):
+        for batch in real(config, start_step=start_step, **kw):
+            yield dict(batch, image=np.full_like(batch['image'], np.nan))
+    monkeypatch.setattr(input_pipeline, 'train_iterator', poisoned)
+    with pytest.raises(train.NonFiniteLossError, match='No checkpoint was saved yet') as e:
+        train.train_and_evaluate(tiny_config(num_steps=4, log_every_steps=2), str(tmp_path))
+    assert 'intact' not in str(e.value)
+
+
+@pytest.mark.slow
+def test_relative_workdir_trains_and_saves(tmp_path):
+    # From another directory, with a relative --workdir: the run ends with its checkpoint.
+    args = [a.replace('configs/', f'{ROOT}/configs/') for a in TINY]
+    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
+               JAX_PLATFORMS='cpu')
+    p = subprocess.run([sys.executable, str(ROOT / 'launch.py'), *args,
+                        '--config.train.num_steps=2', '--workdir=runs/rel'], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert (tmp_path / 'runs/rel/results.json').exists()
+    assert (tmp_path / 'runs/rel/checkpoints/2').is_dir()

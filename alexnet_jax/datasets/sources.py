@@ -16,11 +16,25 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import alexnet_jax.datasets  # noqa: F401  (registers 'digits')
+from alexnet_jax import errors
 from alexnet_jax.datasets import downsampled
 
 AUTOCACHE_BYTES = 1 << 30  # cache='auto' keeps a TFDS set's raw records in memory below this.
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')  # What TFDS's ImageFolder reads.
 _NO_CACHE_WARNING = tfds.ReadConfig(try_autocache=False)  # We decide about caching ourselves.
+
+
+class DataNotFoundError(errors.UserError, FileNotFoundError):
+    """A data set, folder or split that is not where the config says; the message says how."""
+
+
+class DataError(errors.UserError, ValueError):
+    """Data that is there but unusable (an empty class, an unreadable image with strict=True)."""
+
+
+def _unknown_split(name, split, splits):
+    return DataNotFoundError(f'{name} has no split {split!r} (it has {sorted(splits)}); set '
+                             f'config.data.train_split/eval_split/test_split to one of them.')
 
 
 def host_range(n: int, index: int, count: int, drop_remainder: bool):
@@ -45,6 +59,10 @@ class TfdsSource:
         self.cache = size < AUTOCACHE_BYTES if cache == 'auto' else cache == 'always'
 
     def num_examples(self, split):
+        known = self.builder.info.splits.keys()
+        for name in split.split('+'):  # TFDS split syntax: 'train[:90%]', 'train+test', ...
+            if name.split('[')[0].strip() not in known:
+                raise _unknown_split(self.builder.name, split, known)
         return self.builder.info.splits[split].num_examples
 
     def skipped(self, split):
@@ -70,7 +88,7 @@ class FolderSource:
 
     def __init__(self, root, strict, cache):
         if not root or not tf.io.gfile.isdir(root):
-            raise FileNotFoundError(
+            raise DataNotFoundError(
                 f'config.data.folder_root={root!r} is not a directory; point it at a folder laid '
                 f'out as root/<split>/<class>/*.jpg.')
         self.root, self.strict = root, strict
@@ -84,7 +102,7 @@ class FolderSource:
         """All image files of a split, and clear errors for empty classes or splits."""
         split_dir = os.path.join(self.root, split)
         if not tf.io.gfile.isdir(split_dir):
-            raise FileNotFoundError(
+            raise DataNotFoundError(
                 f'Image folder {self.root} has no split directory {split!r} (found: '
                 f'{sorted(self.builder.info.splits.keys())}); set config.data.*_split accordingly.')
         files = []
@@ -95,11 +113,11 @@ class FolderSource:
             images = [os.path.join(class_dir, f) for f in tf.io.gfile.listdir(class_dir)
                       if f.lower().endswith(IMAGE_EXTENSIONS)]
             if not images:
-                raise ValueError(f'Class directory {class_dir} has no {"/".join(IMAGE_EXTENSIONS)}'
+                raise DataError(f'Class directory {class_dir} has no {"/".join(IMAGE_EXTENSIONS)}'
                                  f' images; remove it or add images.')
             files += images
         if not files:
-            raise ValueError(f'Split directory {split_dir} has no images in class '
+            raise DataError(f'Split directory {split_dir} has no images in class '
                              f'subdirectories (expected {split_dir}/<class>/*.jpg).')
         return files
 
@@ -109,7 +127,7 @@ class FolderSource:
             files = self._files(split)
             bad = sorted(set(files) - _decodable(files))
             if bad and self.strict:
-                raise ValueError(f'Unreadable image {bad[0]} ({len(bad)} in split {split!r}); '
+                raise DataError(f'Unreadable image {bad[0]} ({len(bad)} in split {split!r}); '
                                  f'fix or remove it, or set config.data.strict=False to skip.')
             if bad:
                 logging.warning('Skipping %d unreadable image(s) in %s/%s: %s', len(bad),
@@ -180,7 +198,7 @@ def _tfds_builder(d):
     try:
         builder = tfds.builder(d.name, data_dir=d.data_dir)
     except tfds.core.registered.DatasetNotFoundError as e:
-        raise ValueError(f'config.data.name={d.name!r} is neither a TFDS data set nor one of '
+        raise DataError(f'config.data.name={d.name!r} is neither a TFDS data set nor one of '
                          f"'digits', 'folder', 'fake'.") from e
     if builder.is_prepared():
         return builder
@@ -189,13 +207,13 @@ def _tfds_builder(d):
         try:
             builder.download_and_prepare(download_config=config)
         except AssertionError as e:  # TFDS's "manual directory is missing files".
-            raise FileNotFoundError(_not_prepared(d, builder) + f'\n(TFDS said: {e})') from None
+            raise DataNotFoundError(_not_prepared(d, builder) + f' (TFDS said: {e})') from None
         return builder
-    raise FileNotFoundError(_not_prepared(d, builder))
+    raise DataNotFoundError(_not_prepared(d, builder))
 
 
 def _not_prepared(d, builder):
-    data_dir = d.data_dir or '~/tensorflow_datasets'
+    data_dir = str(builder.data_dir_root)  # config.data.data_dir, else $TFDS_DATA_DIR or ~.
     manual = d.manual_dir or os.path.join(data_dir, 'downloads', 'manual')
     if d.name == 'imagenet2012':
         return (f'imagenet2012 is not prepared in {data_dir}. Download ILSVRC2012_img_train.tar '
