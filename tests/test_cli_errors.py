@@ -105,9 +105,9 @@ def _trained_then_corrupted(tmp_path):
 
 
 def _strict_folder(tmp_path):
-    from alexnet_jax import input_pipeline  # pylint: disable=import-outside-toplevel
+    from test_input_pipeline import write_folder  # pylint: disable=import-outside-toplevel
     root = tmp_path / 'imgs'
-    input_pipeline.write_jpeg_folder(str(root), 4, num_classes=2, size=16)
+    write_folder(str(root), {'train': {'class0': 2, 'class1': 2}})
     next((root / 'train').rglob('*.jpg')).write_bytes(b'not a jpeg')
     return root
 

@@ -182,7 +182,8 @@ def test_nan_on_a_fresh_workdir_does_not_claim_a_checkpoint(tmp_path, monkeypatc
 
     def poisoned(config, *, start_step=0, **kw):
         for batch in real(config, start_step=start_step, **kw):
-            yield dict(batch, image=np.full_like(batch['image'], np.nan))
+            # Batches are uint8 (no NaN): a float32 NaN image (normalize_batch takes it).
+            yield dict(batch, image=np.full(batch['image'].shape, np.nan, np.float32))
     monkeypatch.setattr(input_pipeline, 'train_iterator', poisoned)
     with pytest.raises(train.NonFiniteLossError, match='No checkpoint was saved yet') as e:
         train.train_and_evaluate(tiny_config(num_steps=4, log_every_steps=2), str(tmp_path))
