@@ -146,7 +146,7 @@ def lock_workdir(workdir) -> WorkdirLock:
     except PermissionError as e:
         raise WorkdirError(f'--workdir={workdir} cannot be created ({e.strerror}: '
                            f'{e.filename}); choose a writable directory.') from None
-    if _is_url(str(workdir)):
+    if is_url(str(workdir)):
         return WorkdirLock(None)
     if not os.access(workdir, os.W_OK | os.X_OK):
         raise WorkdirError(f'--workdir={workdir} is not writable; choose a writable directory '
@@ -548,12 +548,13 @@ def _short(e: BaseException, limit: int = 300) -> str:
     return s if len(s) <= limit else s[:limit] + '...'
 
 
-def _is_url(path: str) -> bool:
+def is_url(path: str) -> bool:
+    """gs://bucket/..., s3://...: paths kept as they are (no flock, no abspath)."""
     return bool(re.match(r'^[a-zA-Z][a-zA-Z0-9+.-]*://', path))
 
 
 def _warn_if_local_multihost(workdir: str):
-    if jax.process_count() > 1 and not _is_url(workdir):
+    if jax.process_count() > 1 and not is_url(workdir):
         logging.warning(
             'Running on %d processes with a local workdir %r: every host must see the same '
             'checkpoint directory. Use a shared file system (NFS) mounted at this path on all '

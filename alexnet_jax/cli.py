@@ -19,13 +19,13 @@ import errno
 import functools
 import logging
 import os
-import re
 import sys
 
 from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from alexnet_jax import checkpoints
 from alexnet_jax import errors
 from alexnet_jax import validation
 
@@ -145,6 +145,6 @@ def local_path(value: str | None, flag: str) -> str | None:
         return None
     if not value.strip():
         raise InputError(f'{flag} is empty; give a directory, e.g. {flag}=/tmp/run.')
-    if re.match(r'^[a-zA-Z][a-zA-Z0-9+.-]*://', value):
+    if checkpoints.is_url(value):
         return value
     return os.path.abspath(os.path.expanduser(value))

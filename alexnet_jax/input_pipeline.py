@@ -29,7 +29,7 @@ import jax
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from alexnet_jax import augment, parallel, preprocess
+from alexnet_jax import augment, parallel
 from alexnet_jax.datasets import sources
 
 try:  # TF only feeds the host; it must not grab GPU memory that JAX needs.
@@ -182,9 +182,6 @@ def _check_augment(d, src):
             f'out of {d.resize_size}-pixel rescaled images, but {d.name} images are '
             f"{shape[0]}x{shape[1]}; use --config.data.train_augment=small (resize to "
             f'image_size, pad-and-crop, flip).')
-
-
-_mean_std = preprocess.mean_std  # The model's normalisation (applied on the device).
 
 
 def _transform(d, channels, train):
