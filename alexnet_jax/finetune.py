@@ -1,6 +1,6 @@
 """Fine-tuning: a fresh run that starts from existing weights (`config.init_from=DIR`).
 
-DIR is a converted checkpoint (alexnet_jax.convert) or a training workdir. Two steps, both
+DIR is a converted checkpoint (alexnet_jax.tools.convert) or a training workdir. Two steps, both
 called by `train.train_and_evaluate` (and `resolve_config` by launch.py too, before it writes
 the workdir's config.json):
 
@@ -20,7 +20,7 @@ Freezing layers (`config.freeze`) is the optimizer's job: optim.create_optimizer
 from absl import logging
 import numpy as np
 
-from alexnet_jax import convert
+from alexnet_jax.tools import convert
 from alexnet_jax import validation
 
 # Model fields that are this run's choice (they do not change what the loaded weights mean).

@@ -26,12 +26,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from alexnet_jax import checkpoints
-from alexnet_jax import device_data
-from alexnet_jax import input_pipeline
+from alexnet_jax.data import device_data
+from alexnet_jax.data import input_pipeline
 from alexnet_jax import metrics as metrics_lib
 from alexnet_jax import optim
 from alexnet_jax import parallel
-from alexnet_jax import preprocess
+from alexnet_jax.data import preprocess
 from alexnet_jax import train
 from alexnet_jax import validation
 from alexnet_jax.parallel import AXIS

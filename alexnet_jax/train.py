@@ -30,15 +30,15 @@ import numpy as np
 import optax
 
 from alexnet_jax import checkpoints
-from alexnet_jax import device_data
+from alexnet_jax.data import device_data
 from alexnet_jax import errors
 from alexnet_jax import finetune
-from alexnet_jax import input_pipeline
+from alexnet_jax.data import input_pipeline
 from alexnet_jax import metrics as metrics_lib
 from alexnet_jax import models
 from alexnet_jax import optim
 from alexnet_jax import parallel
-from alexnet_jax import preprocess
+from alexnet_jax.data import preprocess
 from alexnet_jax import validation
 from alexnet_jax.parallel import AXIS
 
@@ -317,7 +317,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         from alexnet_jax import seeds  # pylint: disable=import-outside-toplevel
         return seeds.train_seeds(config, workdir)  # (It imports this module.)
     if config.get('eval_only'):
-        from alexnet_jax import evaluate as evaluate_lib  # pylint: disable=import-outside-toplevel
+        from alexnet_jax.tools import evaluate as evaluate_lib  # pylint: disable=import-outside-toplevel
         return evaluate_lib.eval_only(config, workdir)  # (It imports this module.)
     config = finetune.resolve_config(config)  # init_from: its net and preprocessing.
     info = input_pipeline.get_info(config)

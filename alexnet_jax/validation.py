@@ -66,10 +66,10 @@ def validate_model(m) -> None:
               f'{m[name]!r} is not a float dtype (float32, bfloat16, float16).')
 
 
-TRAIN_AUGMENTS = ('paper', 'inception', 'small')  # See alexnet_jax/augment.py.
+TRAIN_AUGMENTS = ('paper', 'inception', 'small')  # See alexnet_jax/data/augment.py.
 EVAL_CROPS = ('center', 'ten')
 CACHE_MODES = ('auto', 'always', 'never')
-DEVICE_RESIDENT = ('auto', 'always', 'never')  # See alexnet_jax/device_data.py.
+DEVICE_RESIDENT = ('auto', 'always', 'never')  # See alexnet_jax/data/device_data.py.
 SEEDS_MODES = ('auto', 'vmap', 'map', 'sequential')  # See alexnet_jax/seeds.py.
 
 

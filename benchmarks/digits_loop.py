@@ -26,7 +26,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from alexnet_jax import input_pipeline  # noqa: E402
+from alexnet_jax.data import input_pipeline  # noqa: E402
 from alexnet_jax import models  # noqa: E402
 from alexnet_jax import parallel  # noqa: E402
 from alexnet_jax import train  # noqa: E402

@@ -7,7 +7,7 @@ r"""Input pipeline images/s on ImageNet-like JPEGs, both formats, next to a PyTo
 The images are real photo content: random crops of scikit-learn's two sample photos (offline),
 rescaled to ImageNet's typical sizes (500x375, 375x500, 500x333, ...) and saved as JPEG quality
 90 in a temporary root/train/<class>/ folder. The 256x256 format is that folder prepared by
-`alexnet_jax.datasets.downsampled` (timed too). For each format it prints images/s and images/s
+`alexnet_jax.data.downsampled` (timed too). For each format it prints images/s and images/s
 per core of the project's pipeline (`input_pipeline.train_iterator` / `eval_iterator`, uint8
 batches as they cross to the device) for the paper's train transform and the 10-crop eval.
 `--baseline_repo=DIR` also runs DIR's pipeline (another checkout of this project, e.g. before
@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from alexnet_jax import input_pipeline  # noqa: E402
+from alexnet_jax.data import input_pipeline  # noqa: E402
 
 config_flags.DEFINE_config_file('config', 'configs/alexnet.py', 'Config (data section used).')
 flags.DEFINE_integer('num_images', 512, 'JPEGs written (ImageNet-like sizes).')
@@ -124,7 +124,7 @@ import json, os, sys
 repo, bench_dir, root, seconds = sys.argv[1:5]
 sys.path[:0] = [repo, bench_dir]
 from configs import alexnet
-from alexnet_jax import input_pipeline
+from alexnet_jax.data import input_pipeline
 import input_pipeline as bench  # benchmarks/input_pipeline.py; uses the pipeline given to it.
 c = alexnet.get_config()
 d = c.data
@@ -212,7 +212,7 @@ def bench_model(config, batch=32, steps=3):
 
 def main(argv):
     del argv
-    from alexnet_jax.datasets import downsampled  # pylint: disable=import-outside-toplevel
+    from alexnet_jax.data import downsampled  # pylint: disable=import-outside-toplevel
     n_cores, seconds = cores(), FLAGS.seconds
     results = {'cores': n_cores, 'num_images': FLAGS.num_images}
     with tempfile.TemporaryDirectory() as tmp:

@@ -70,7 +70,10 @@ def timed(fn, steps):
 
 def worker(n: int) -> dict:
     import jax  # pylint: disable=import-outside-toplevel
-    from alexnet_jax import input_pipeline, parallel, preprocess, train  # noqa: E402,C0415
+    from alexnet_jax.data import input_pipeline
+    from alexnet_jax import parallel
+    from alexnet_jax.data import preprocess
+    from alexnet_jax import train  # noqa: E402,C0415
     assert jax.local_device_count() >= n, (jax.local_devices(), n)
     devices = jax.local_devices()[:n]
     config = make_config(n)

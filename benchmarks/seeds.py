@@ -22,8 +22,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from alexnet_jax import device_data  # noqa: E402
-from alexnet_jax import input_pipeline  # noqa: E402
+from alexnet_jax.data import device_data  # noqa: E402
+from alexnet_jax.data import input_pipeline  # noqa: E402
 from alexnet_jax import parallel  # noqa: E402
 from alexnet_jax import seeds as seeds_lib  # noqa: E402
 from alexnet_jax import train  # noqa: E402

@@ -39,8 +39,8 @@ from alexnet_jax import models  # noqa: E402
 from plain_step import plain_step_fn  # noqa: E402
 from alexnet_jax import optim  # noqa: E402
 from alexnet_jax import parallel  # noqa: E402
-from alexnet_jax import preprocess  # noqa: E402
-from alexnet_jax import summary  # noqa: E402
+from alexnet_jax.data import preprocess  # noqa: E402
+from alexnet_jax.tools import summary  # noqa: E402
 from alexnet_jax import train  # noqa: E402
 from configs import alexnet  # noqa: E402
 

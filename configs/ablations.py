@@ -1,8 +1,8 @@
 r"""The paper's ablations as grids: a base run plus the axes swept, in one place.
 
-  python -m alexnet_jax.sweep --config=configs/ablations.py --workdir=/tmp/ablations
-  python -m alexnet_jax.sweep --config=configs/ablations.py:pool --config.num_seeds=1 ...
-  python -m alexnet_jax.sweep --config=configs/ablations.py:fig1 --print_commands ...
+  python -m alexnet_jax.tools.sweep --config=configs/ablations.py --workdir=/tmp/ablations
+  python -m alexnet_jax.tools.sweep --config=configs/ablations.py:pool --config.num_seeds=1 ...
+  python -m alexnet_jax.tools.sweep --config=configs/ablations.py:fig1 --print_commands ...
 
 Grids (the string after the colon):
   default  activation relu / tanh  x  LRN on / off            (Sec. 3.1, 3.3)
@@ -11,7 +11,7 @@ Grids (the string after the colon):
   dropout  0.5 vs 0 in fc6/fc7                                 (Sec. 4.2)
   fig1     Fig. 1 as the paper ran it: the four-layer CIFAR net, relu vs tanh, epochs to 25%
            training error; each activation first gets the learning rate that reaches 25%
-           fastest (a search over `lr_search_rates`, alexnet_jax/lr_search.py), then the seeds
+           fastest (a search over `lr_search_rates`, alexnet_jax/tools/lr_search.py), then the seeds
            run at it; no weight decay, dropout or augmentation; cuda-convnet's initialisation.
            On the embedded digits (fig1_cifar10: the same on CIFAR-10, as in the paper)
 
@@ -22,7 +22,7 @@ one `python launch.py` command (`--print_commands`).
 Seed s of every point shares the data order and, where parameter shapes agree (relu/tanh, LRN
 on/off), the initial weights and dropout keys (all derive from config.seed), so each effect is
 reported as a paired difference by seed with a 95% t-interval and a verdict, and every point as
-a mean with its 95% t-interval (alexnet_jax/stats.py). More seeds narrow the intervals:
+a mean with its 95% t-interval (alexnet_jax/tools/stats.py). More seeds narrow the intervals:
 `--config.num_seeds=10`.
 """
 
@@ -99,7 +99,7 @@ def get_config(arg=None):
     c.axes = GRIDS[grid]
     c.num_seeds = 3             # Seeds 0..num_seeds-1 for every point.
     c.threshold = 0.25          # Training error for "steps to threshold" (Fig. 1: 25%).
-    # Fig. 1's protocol (alexnet_jax/lr_search.py): each point first tries these rates with
+    # Fig. 1's protocol (alexnet_jax/tools/lr_search.py): each point first tries these rates with
     # lr_search_seeds seeds (1000, 1001, ...) and trains its seeds at the fastest. (): no search.
     c.lr_search_rates = FIG1_LR_RATES if grid.startswith('fig1') else ()
     c.lr_search_seeds = 1

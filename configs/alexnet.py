@@ -56,7 +56,7 @@ def paper_config():
         name='imagenet2012',  # Any TFDS name, 'digits' (embedded), 'folder', 'downsampled', 'fake'.
         # name='downsampled': the paper's 256x256 copy (shorter side 256, central 256x256, JPEG)
         # of this source ('imagenet2012', another TFDS set, or 'folder' with folder_root),
-        # prepared once in data_dir on first use (resumable; alexnet_jax/datasets/downsampled.py).
+        # prepared once in data_dir on first use (resumable; alexnet_jax/data/downsampled.py).
         # Training then decodes 256x256 images: ~3x the images/s per core of full-size JPEGs.
         downsample_source='imagenet2012',
         data_dir=ml_collections.config_dict.placeholder(str),    # None: ~/tensorflow_datasets.
@@ -77,7 +77,7 @@ def paper_config():
         cache='auto',       # Raw records in memory: 'auto' (TFDS sets < 1 GiB), 'always', 'never'.
         shuffle_buffer=10_000,  # Examples; the order is reshuffled every epoch.
         # Training split held on the device as uint8 at image_size, batches gathered and
-        # augmented inside the step (alexnet_jax/device_data.py; 'small' transform only):
+        # augmented inside the step (alexnet_jax/data/device_data.py; 'small' transform only):
         # 'auto' when it is under device_max_bytes (per device), 'always', 'never' (tf.data).
         device_resident='auto', device_max_bytes=1 << 30,
         num_parallel_calls=-1,  # Decode/augment threads; -1: tf.data AUTOTUNE.
@@ -193,7 +193,7 @@ def _fake(c):
 def _fig1_protocol(c):
     """Fig. 1 as the paper ran it: "No regularization of any kind was employed" and
     cuda-convnet's small-Gaussian initialisation; the rate is searched per activation
-    (configs/ablations.py:fig1, alexnet_jax/lr_search.py)."""
+    (configs/ablations.py:fig1, alexnet_jax/tools/lr_search.py)."""
     c.model.architecture = 'fig1'
     c.model.lrn = False        # Fig. 1 compares activations alone.
     c.model.dropout_rate = 0.0  # (Fig1Net has none; explicit, as the protocol says.)
@@ -210,7 +210,7 @@ def _fig1_protocol(c):
 def _fig1(c):
     """Fig. 1's small net (models.Fig1Net) on CIFAR-10 at 32x32: ReLU vs tanh to 25% error.
 
-      python -m alexnet_jax.sweep --config=configs/ablations.py:fig1_cifar10 --workdir=DIR
+      python -m alexnet_jax.tools.sweep --config=configs/ablations.py:fig1_cifar10 --workdir=DIR
 
     Pixels minus the (ImageNet) channel means in 0-255, as cuda-convnet fed CIFAR-10 (minus
     the data mean): its initial weight scales assume that input scale.

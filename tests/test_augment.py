@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alexnet_jax import augment
+from alexnet_jax.data import augment
 
 MODES = ('eager', 'dataset')
 
@@ -154,7 +154,7 @@ def test_ten_crops_geometry(mode, size, crop):
 @pytest.mark.parametrize('mode', MODES)
 def test_paper_eval_ten_crops_of_a_256_image(mode):
     """The host ships the square; the device cuts the crops (preprocess.ten_crops)."""
-    from alexnet_jax import preprocess  # pylint: disable=import-outside-toplevel
+    from alexnet_jax.data import preprocess  # pylint: disable=import-outside-toplevel
     img = image(256, 256)
     square = run(mode, lambda x: augment.paper_eval(x, crops='ten'), img)
     np.testing.assert_array_equal(square, img)

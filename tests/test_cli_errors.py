@@ -14,7 +14,7 @@ from configs import ablations
 from test_launch import TINY
 from test_train import tiny_config
 from alexnet_jax import cli
-from alexnet_jax import sweep
+from alexnet_jax.tools import sweep
 from alexnet_jax import train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -120,7 +120,7 @@ def _full_disk(tmp_path):
 
 
 LAUNCH = [sys.executable, 'launch.py', *TINY]
-SWEEP = [sys.executable, '-m', 'alexnet_jax.sweep', '--config=configs/ablations.py:pool']
+SWEEP = [sys.executable, '-m', 'alexnet_jax.tools.sweep', '--config=configs/ablations.py:pool']
 FOLDER = ['--config.data.name=folder', '--config.data.train_split=train',
           '--config.data.eval_split=train', '--config.data.test_split=train']
 
@@ -152,10 +152,10 @@ CASES = [
      'no such config file', None),
     ('sweep-bad-base-variant', None, SWEEP + ['--config.base=configs/alexnet.py:bogus',
                                               '--workdir={w}'], 'does not load', None),
-    ('evaluate-missing-checkpoint', None, [sys.executable, '-m', 'alexnet_jax.evaluate',
+    ('evaluate-missing-checkpoint', None, [sys.executable, '-m', 'alexnet_jax.tools.evaluate',
                                            '--checkpoint=no/such/dir', '--output={w}'],
      f'{ROOT}/no/such/dir has no config.json', None),
-    ('features-bad-output', None, [sys.executable, '-m', 'alexnet_jax.features',
+    ('features-bad-output', None, [sys.executable, '-m', 'alexnet_jax.tools.features',
                                    '--checkpoint=/x', '--output={w}/f.txt'],
      'must end in .npz', None),
 ]

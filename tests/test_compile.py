@@ -7,7 +7,7 @@ from jax._src import array as jax_array
 import numpy as np
 import pytest
 
-from alexnet_jax import input_pipeline
+from alexnet_jax.data import input_pipeline
 from alexnet_jax import parallel
 from alexnet_jax import train
 from test_train import tiny_config

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import convert
+from alexnet_jax.tools import convert
 from alexnet_jax import models
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -276,7 +276,7 @@ def test_existing_output_is_left_alone(tmp_path):
 def test_cli_bad_file_is_one_line_and_nonzero(tmp_path):
     (tmp_path / 'in.npy').write_bytes(npy_bytes([1, 2]))
     env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
-    r = subprocess.run([sys.executable, '-m', 'alexnet_jax.convert', '--from=bvlc_npy',
+    r = subprocess.run([sys.executable, '-m', 'alexnet_jax.tools.convert', '--from=bvlc_npy',
                         f'--input={tmp_path / "in.npy"}', f'--output={tmp_path / "out"}'],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode != 0

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alexnet_jax import augment
-from alexnet_jax import device_data
-from alexnet_jax import input_pipeline
+from alexnet_jax.data import augment
+from alexnet_jax.data import device_data
+from alexnet_jax.data import input_pipeline
 from alexnet_jax import parallel
 from alexnet_jax import train
 from tests.test_train import assert_trees_close, saved_state, tiny_config

@@ -7,7 +7,7 @@ import pytest
 import tensorflow_datasets as tfds
 from sklearn import datasets as sk_datasets
 
-import alexnet_jax.datasets  # noqa: F401  (registers 'digits')
+from alexnet_jax.data import digits  # noqa: F401  (registers 'digits')
 
 _BUILT = {}
 

@@ -10,8 +10,8 @@ from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 from configs import alexnet  # noqa: E402
-from alexnet_jax import input_pipeline as ip  # noqa: E402
-from alexnet_jax.datasets import downsampled  # noqa: E402
+from alexnet_jax.data import input_pipeline as ip  # noqa: E402
+from alexnet_jax.data import downsampled  # noqa: E402
 
 # (split, class, name, height, width, format, mode)
 IMAGES = [

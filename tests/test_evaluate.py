@@ -1,4 +1,4 @@
-"""alexnet_jax.evaluate against a direct numpy computation: a folder of PNGs whose pixels the test
+"""alexnet_jax.tools.evaluate against a direct numpy computation: a folder of PNGs whose pixels the test
 knows, the model applied to every image at once, top-1 / top-5 / loss counted by hand, for the
 center crop and the paper's 10 crops (softmax averaged). 13 images over 2 simulated devices:
 the last batch is padded, and every image must count exactly once."""
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alexnet_jax import convert
-from alexnet_jax import evaluate
+from alexnet_jax.tools import convert
+from alexnet_jax.tools import evaluate
 from alexnet_jax import models
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -128,7 +128,7 @@ def test_mismatched_classes_and_bad_crops_are_clear(folder, tmp_path):
 def run_cli(*args):
     env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
                JAX_PLATFORMS='cpu')
-    p = subprocess.run([sys.executable, '-m', 'alexnet_jax.evaluate', *args], cwd=ROOT, env=env,
+    p = subprocess.run([sys.executable, '-m', 'alexnet_jax.tools.evaluate', *args], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=600)
     return p.returncode, p.stdout, p.stderr
 

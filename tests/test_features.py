@@ -12,8 +12,8 @@ import pytest
 from flax.training import train_state
 
 from alexnet_jax import checkpoints
-from alexnet_jax import convert
-from alexnet_jax import features
+from alexnet_jax.tools import convert
+from alexnet_jax.tools import features
 from alexnet_jax import models
 
 SIZE = 67

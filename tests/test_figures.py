@@ -5,7 +5,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from alexnet_jax import figures
+from alexnet_jax.tools import figures
 
 
 def test_kernels_are_min_max_normalised_each():

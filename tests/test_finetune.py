@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from configs import alexnet
-from alexnet_jax import convert
+from alexnet_jax.tools import convert
 from alexnet_jax import finetune
-from alexnet_jax import input_pipeline
+from alexnet_jax.data import input_pipeline
 from alexnet_jax import optim
 from alexnet_jax import train
 from alexnet_jax import validation

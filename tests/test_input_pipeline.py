@@ -16,7 +16,7 @@ import tensorflow as tf
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 from configs import alexnet  # noqa: E402
-from alexnet_jax import input_pipeline as ip  # noqa: E402
+from alexnet_jax.data import input_pipeline as ip  # noqa: E402
 from test_digits import build_digits  # noqa: E402
 
 from sklearn import datasets as sk_datasets  # noqa: E402

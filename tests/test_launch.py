@@ -14,7 +14,7 @@ import pytest
 
 from test_train import assert_trees_close, saved_state, tiny_config
 from alexnet_jax import checkpoints
-from alexnet_jax import input_pipeline
+from alexnet_jax.data import input_pipeline
 from alexnet_jax import train
 from alexnet_jax import validation
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import checkpoints
-from alexnet_jax import input_pipeline
+from alexnet_jax.data import input_pipeline
 from alexnet_jax import parallel
 from alexnet_jax import train
 from test_train import tiny_config

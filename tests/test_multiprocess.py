@@ -13,9 +13,9 @@ import numpy as np
 
 from test_launch import TINY, launch
 from test_train import assert_trees_close, saved_state, tiny_config
-from alexnet_jax import input_pipeline
+from alexnet_jax.data import input_pipeline
 from alexnet_jax import parallel
-from alexnet_jax import preprocess
+from alexnet_jax.data import preprocess
 from alexnet_jax import train
 
 STEPS = 6

@@ -15,8 +15,10 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 from configs import alexnet  # noqa: E402
-from alexnet_jax import input_pipeline as ip  # noqa: E402
-from alexnet_jax import parallel, preprocess, train  # noqa: E402
+from alexnet_jax.data import input_pipeline as ip  # noqa: E402
+from alexnet_jax import parallel
+from alexnet_jax.data import preprocess
+from alexnet_jax import train  # noqa: E402
 
 MEAN, STD = (123.68, 116.78, 103.94), (58.4, 57.1, 57.4)
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from alexnet_jax import checkpoints
-from alexnet_jax import device_data
-from alexnet_jax import input_pipeline
+from alexnet_jax.data import device_data
+from alexnet_jax.data import input_pipeline
 from alexnet_jax import parallel
 from alexnet_jax import seeds as seeds_lib
 from alexnet_jax import train

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from alexnet_jax import stats
+from alexnet_jax.tools import stats
 
 
 def test_hand_computed_interval():

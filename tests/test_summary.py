@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from alexnet_jax import models
-from alexnet_jax import summary
+from alexnet_jax.tools import summary
 from tests.test_models import PAPER_CONVS, PAPER_FCS, expected_params
 
 # Paper's output sides per conv at 227x227 (an independent transcription of the layer table).
@@ -53,7 +53,7 @@ def test_any_width_and_input_size(width, size, groups):
 
 
 def run_summary(*args):
-    return subprocess.run([sys.executable, '-m', 'alexnet_jax.summary', *args],
+    return subprocess.run([sys.executable, '-m', 'alexnet_jax.tools.summary', *args],
                           capture_output=True, text=True, timeout=120)
 
 

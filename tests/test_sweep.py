@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from alexnet_jax import lr_search
-from alexnet_jax import sweep
+from alexnet_jax.tools import lr_search
+from alexnet_jax.tools import sweep
 from alexnet_jax import validation
 from configs import ablations
 
@@ -69,7 +69,7 @@ def test_printed_commands_reproduce_each_point(grid, tmp_path, monkeypatch):
 
 def test_print_commands_cli_runs_nothing(tmp_path):
     import subprocess, sys
-    out = subprocess.run([sys.executable, '-m', 'alexnet_jax.sweep',
+    out = subprocess.run([sys.executable, '-m', 'alexnet_jax.tools.sweep',
                           '--config=configs/ablations.py:pool', f'--workdir={tmp_path}',
                           '--print_commands'], capture_output=True, text=True, cwd=sweep.REPO,
                          timeout=120)
@@ -253,7 +253,8 @@ def test_paired_points_share_init_dropout_keys_and_data_order(grid):
     same weights and dropout key and sees the same batches (the real create-state path and
     train_iterator, 2 batches). default: relu/tanh x LRN on/off; fig1: relu/tanh."""
     import jax
-    from alexnet_jax import input_pipeline, train
+    from alexnet_jax.data import input_pipeline
+    from alexnet_jax import train
     config = ablations.get_config(grid)
     config.num_seeds = 2
     configs = {(p.name, p.seed): sweep.point_config(config, p) for p in sweep.expand(config)}

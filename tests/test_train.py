@@ -11,10 +11,10 @@ import pytest
 
 from configs import alexnet
 from alexnet_jax import checkpoints
-from alexnet_jax import input_pipeline
+from alexnet_jax.data import input_pipeline
 from alexnet_jax import models
 from alexnet_jax import parallel
-from alexnet_jax import preprocess
+from alexnet_jax.data import preprocess
 from alexnet_jax import train
 
 

@@ -1,6 +1,6 @@
 r"""Per-layer table of AlexNet: output shape, weights, biases, MACs, activations.
 
-  python -m alexnet_jax.summary --config=configs/alexnet.py [--config.model.groups=2]
+  python -m alexnet_jax.tools.summary --config=configs/alexnet.py [--config.model.groups=2]
 
 Everything is read off the live module (`jax.eval_shape` of init and apply, so nothing is
 computed and no memory is allocated), never from a table of constants. Two conventions are

@@ -1,8 +1,8 @@
 r"""Trained AlexNets that already exist, as checkpoints of this codebase.
 
-  python -m alexnet_jax.convert --from=bvlc_npy --input=bvlc_alexnet.npy --output=/tmp/bvlc
-  python -m alexnet_jax.convert --from=torchvision --input=alexnet-owt-7be5be79.pth --output=/tmp/tv
-  python -m alexnet_jax.convert --from=torchvision --input=alexnet.npz --output=/tmp/tv  # no torch
+  python -m alexnet_jax.tools.convert --from=bvlc_npy --input=bvlc_alexnet.npy --output=/tmp/bvlc
+  python -m alexnet_jax.tools.convert --from=torchvision --input=alexnet-owt-7be5be79.pth --output=/tmp/tv
+  python -m alexnet_jax.tools.convert --from=torchvision --input=alexnet.npz --output=/tmp/tv  # no torch
 
 What DIR holds (the layout of a training workdir, so every tool reads both):
 
@@ -418,13 +418,13 @@ def main(argv):
     FLAGS = flags.FLAGS  # pylint: disable=invalid-name
     for name in ('from', 'input', 'output'):
         if not FLAGS[name].value:
-            cli.fail(f'--{name} is required: python -m alexnet_jax.convert '
+            cli.fail(f'--{name} is required: python -m alexnet_jax.tools.convert '
                      '--from=bvlc_npy|torchvision --input=FILE --output=DIR')
     base = cli.validated_config()
     out = convert(FLAGS['from'].value, cli.local_path(FLAGS.input, '--input'),
                   cli.local_path(FLAGS.output, '--output'), base)
     print(f'Wrote {out} (config.json + checkpoints/0); load it with '
-          f'alexnet_jax.convert.load_pretrained({str(out)!r}).')
+          f'alexnet_jax.tools.convert.load_pretrained({str(out)!r}).')
 
 
 if __name__ == '__main__':

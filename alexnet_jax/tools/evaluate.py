@@ -1,10 +1,10 @@
 r"""Evaluates a converted checkpoint or a training workdir the paper's way: center crop and
 the 10 crops (4 corners + center, and their mirror images; softmax averaged), top-1 / top-5.
 
-  python -m alexnet_jax.evaluate --checkpoint=/tmp/digits                    # its test split
-  python -m alexnet_jax.evaluate --checkpoint=/tmp/bvlc --config=configs/alexnet.py \
+  python -m alexnet_jax.tools.evaluate --checkpoint=/tmp/digits                    # its test split
+  python -m alexnet_jax.tools.evaluate --checkpoint=/tmp/bvlc --config=configs/alexnet.py \
       --split=validation --crops=both                                         # ImageNet val
-  python -m alexnet_jax.evaluate --checkpoint=/tmp/bvlc --config=configs/alexnet.py \
+  python -m alexnet_jax.tools.evaluate --checkpoint=/tmp/bvlc --config=configs/alexnet.py \
       --config.data.name=folder --config.data.folder_root=/data/imgs --split=val
 
 --checkpoint: the net and its preprocessing (image_size, resize_size, mean_rgb, stddev_rgb) come
@@ -31,14 +31,14 @@ import numpy as np
 
 from alexnet_jax import checkpoints
 from alexnet_jax import cli
-from alexnet_jax import convert
-from alexnet_jax import features
+from alexnet_jax.tools import convert
+from alexnet_jax.tools import features
 from alexnet_jax import models
 from alexnet_jax import parallel
-from alexnet_jax import preprocess
+from alexnet_jax.data import preprocess
 from alexnet_jax import train
 from alexnet_jax import validation
-from alexnet_jax.datasets import sources
+from alexnet_jax.data import sources
 
 CROPS = {'center': ('center',), 'ten': ('ten',), 'both': ('center', 'ten')}
 
@@ -161,7 +161,7 @@ def main(argv):
     if len(argv) > 1:
         cli.fail(f'unexpected arguments {argv[1:]}.')
     if not FLAGS.checkpoint:
-        cli.fail('--checkpoint is required: python -m alexnet_jax.evaluate --checkpoint=DIR '
+        cli.fail('--checkpoint is required: python -m alexnet_jax.tools.evaluate --checkpoint=DIR '
                  '[--config=configs/alexnet.py] [--split=validation] [--crops=center|ten|both]')
     run_config = cli.validated_config() if FLAGS.config is not None else None
     evaluate_checkpoint(cli.local_path(FLAGS.checkpoint, '--checkpoint'), run_config,

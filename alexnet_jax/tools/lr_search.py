@@ -28,7 +28,7 @@ def enabled(sweep) -> bool:
 def search_points(sweep) -> dict:
     """{grid point name: {rate: [Point per search seed]}}; a search Point is named
     <point>_lr<rate> and runs in root_of(ROOT)/<point>_lr<rate>/seed<k>."""
-    from alexnet_jax import sweep as sweep_lib
+    from alexnet_jax.tools import sweep as sweep_lib
     out = {}
     for cell in (p for p in sweep_lib.expand(sweep) if p.seed == 0):
         out[cell.name] = {}
@@ -59,7 +59,7 @@ class Trial:
 def trials(sweep, root) -> dict:
     """{grid point name: [Trial per rate]}, read from the search runs' directories."""
     from alexnet_jax import metrics
-    from alexnet_jax import sweep as sweep_lib
+    from alexnet_jax.tools import sweep as sweep_lib
     out = {}
     for name, rates in search_points(sweep).items():
         out[name] = []
@@ -110,7 +110,7 @@ def run(sweep, root, run_point) -> dict:
 
 def apply(points: list, choices: dict) -> list:
     """The grid's points with each one's chosen rate among its overrides."""
-    from alexnet_jax import sweep as sweep_lib
+    from alexnet_jax.tools import sweep as sweep_lib
     out = []
     for p in points:
         rate = choices[p.name]['rate']

@@ -1,6 +1,6 @@
 r"""Any layer's activations for a data split, batched and pmapped like evaluation.
 
-  python -m alexnet_jax.features --checkpoint=/tmp/bvlc --layer=fc7 --split=validation \
+  python -m alexnet_jax.tools.features --checkpoint=/tmp/bvlc --layer=fc7 --split=validation \
       --output=/tmp/fc7.npz [--config=configs/alexnet.py:digits]
 
 --checkpoint is a converted checkpoint or a training workdir (convert.load_variables); the net
@@ -21,10 +21,10 @@ import jax
 import numpy as np
 
 from alexnet_jax import cli
-from alexnet_jax import convert
+from alexnet_jax.tools import convert
 from alexnet_jax import models
 from alexnet_jax import parallel
-from alexnet_jax import preprocess
+from alexnet_jax.data import preprocess
 
 PREPROCESSING = ('image_size', 'resize_size', 'mean_rgb', 'stddev_rgb')  # Belong to the weights.
 
@@ -91,7 +91,7 @@ def load_model(checkpoint: str):
 
 
 def split_features(config, model, variables, split: str, layer: str, **kw) -> dict:
-    from alexnet_jax import input_pipeline  # pylint: disable=import-outside-toplevel  (TF: slow)
+    from alexnet_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel  (TF: slow)
     if 'eval_crops' in config.data:
         config = config.copy_and_resolve_references()
         config.data.eval_crops = 'center'
@@ -102,7 +102,7 @@ def split_features(config, model, variables, split: str, layer: str, **kw) -> di
 
 def mean_std(config):
     """The (mean, std) that the pipeline's uint8 batches of `config.data` are normalised with."""
-    from alexnet_jax.datasets import sources  # pylint: disable=import-outside-toplevel  (TF)
+    from alexnet_jax.data import sources  # pylint: disable=import-outside-toplevel  (TF)
     return preprocess.mean_std(config.data, sources.get_source(config.data).channels)
 
 
@@ -128,7 +128,7 @@ def main(argv):
     del argv
     FLAGS = flags.FLAGS  # pylint: disable=invalid-name
     if not FLAGS.checkpoint or not FLAGS.output:
-        cli.fail('--checkpoint and --output are required: python -m alexnet_jax.features '
+        cli.fail('--checkpoint and --output are required: python -m alexnet_jax.tools.features '
                  '--checkpoint=DIR --layer=fc7 --split=validation --output=feats.npz')
     path = output_path(cli.local_path(FLAGS.output, '--output'))
     config, model, variables = load_model(cli.local_path(FLAGS.checkpoint, '--checkpoint'))

@@ -1,7 +1,7 @@
 r"""The paper's pictures of what the net learned, as PNGs.
 
-  python -m alexnet_jax.figures --checkpoint=/tmp/digits --output_dir=/tmp/digits/figures
-  python -m alexnet_jax.figures --checkpoint=/tmp/bvlc --config=configs/alexnet.py \
+  python -m alexnet_jax.tools.figures --checkpoint=/tmp/digits --output_dir=/tmp/digits/figures
+  python -m alexnet_jax.tools.figures --checkpoint=/tmp/bvlc --config=configs/alexnet.py \
       --max_train=50000 --output_dir=/tmp/bvlc_figures     # ImageNet from its config's data
 
   conv1_kernels.png   Fig. 3: every conv1 kernel, each min-max normalised on its own, as colour
@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from alexnet_jax import cli  # pylint: disable=wrong-import-position
-from alexnet_jax import features  # pylint: disable=wrong-import-position
+from alexnet_jax.tools import features  # pylint: disable=wrong-import-position
 
 
 # --- Fig. 3: conv1 kernels ---------------------------------------------------------------------
@@ -169,7 +169,7 @@ def gather_images(batches, indices) -> dict:
 
 def neighbour_figure(config, model, variables, path, num_queries=8, k=5, query_split=None,
                      train_split=None, max_train=None, layer='fc7'):
-    from alexnet_jax import input_pipeline  # pylint: disable=import-outside-toplevel  (TF: slow)
+    from alexnet_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel  (TF: slow)
     config = config.copy_and_resolve_references()
     if 'eval_crops' in config.data:
         config.data.eval_crops = 'center'
@@ -213,7 +213,7 @@ def main(argv):
     del argv
     FLAGS = flags.FLAGS  # pylint: disable=invalid-name
     if not FLAGS.checkpoint:
-        cli.fail('--checkpoint is required: python -m alexnet_jax.figures --checkpoint=DIR')
+        cli.fail('--checkpoint is required: python -m alexnet_jax.tools.figures --checkpoint=DIR')
     checkpoint = cli.local_path(FLAGS.checkpoint, '--checkpoint')
     out = pathlib.Path(cli.local_path(FLAGS.output_dir, '--output_dir')
                        or pathlib.Path(checkpoint) / 'figures')

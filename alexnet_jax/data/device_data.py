@@ -31,9 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
 
-from alexnet_jax import augment
+from alexnet_jax.data import augment
 from alexnet_jax import parallel
-from alexnet_jax.datasets import sources
+from alexnet_jax.data import sources
 
 MODES = ('auto', 'always', 'never')
 ORDER, AUGMENT = 1, 2        # Sub-key tags of a run's data key.

@@ -1,7 +1,7 @@
 r"""Ablation sweeps: every grid point x seed through the same `train_and_evaluate` as launch.py.
 
-  python -m alexnet_jax.sweep --config=configs/ablations.py[:grid] --workdir=DIR
-  python -m alexnet_jax.sweep --config=configs/ablations.py:fig1 --workdir=DIR --print_commands
+  python -m alexnet_jax.tools.sweep --config=configs/ablations.py[:grid] --workdir=DIR
+  python -m alexnet_jax.tools.sweep --config=configs/ablations.py:fig1 --workdir=DIR --print_commands
 
 One workdir per point (`DIR/<labels>/seed<k>`); a point's seeds train together in one program
 (`run_point_seeds`, alexnet_jax/seeds.py; its stacked checkpoint in `DIR/<labels>/checkpoints`).
@@ -9,9 +9,9 @@ The sweep is resumable for free: a point
 with results.json is skipped, an interrupted one resumes from its checkpoint, a failed one is
 recorded (failed.json, with the reason) and skipped on the next run unless --retry_failed.
 At the end: DIR/results.csv, DIR/results.md (per point the mean and 95% CI over seeds, per
-effect the difference paired by seed, its CI and a verdict: alexnet_jax/stats.py) and the
+effect the difference paired by seed, its CI and a verdict: alexnet_jax/tools/stats.py) and the
 figures DIR/fig1_training_error.png and DIR/ablation_deltas.png. A grid with
-`lr_search_rates` (Fig. 1) first searches each point's learning rate (alexnet_jax/lr_search.py).
+`lr_search_rates` (Fig. 1) first searches each point's learning rate (alexnet_jax/tools/lr_search.py).
 """
 
 import csv
@@ -31,8 +31,8 @@ from absl import flags
 from absl import logging
 
 from alexnet_jax import cli
-from alexnet_jax import lr_search
-from alexnet_jax import stats
+from alexnet_jax.tools import lr_search
+from alexnet_jax.tools import stats
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
@@ -315,7 +315,7 @@ def write_tables(sweep, rows, root, notes=()) -> str:
         lines += ['', 'Effects, paired by seed: Δ = ablated − baseline per seed (averaged over '
                   'the other axes for "all"), mean and 95% t-interval over seeds; verdict: '
                   '"worse"/"better" when the CI excludes 0, else the largest |effect| the CI '
-                  'admits (alexnet_jax/stats.py).', '',
+                  'admits (alexnet_jax/tools/stats.py).', '',
                   '| effect | at | metric | n | Δ mean | 95% CI | verdict | paper |',
                   '|---|---|---|---|---|---|---|---|']
         for e in effects:

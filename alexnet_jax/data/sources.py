@@ -15,9 +15,9 @@ import os
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-import alexnet_jax.datasets  # noqa: F401  (registers 'digits')
 from alexnet_jax import errors
-from alexnet_jax.datasets import downsampled
+from alexnet_jax.data import digits  # noqa: F401  (registers 'digits' with TFDS)
+from alexnet_jax.data import downsampled  # (registers 'downsampled')
 
 AUTOCACHE_BYTES = 1 << 30  # cache='auto' keeps a TFDS set's raw records in memory below this.
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')  # What TFDS's ImageFolder reads.

@@ -1,6 +1,6 @@
 """From `config.data` to sharded numpy batches: [local_devices, per_device, ...].
 
-Sources (`datasets/sources.py`): any TFDS set, 'digits' (embedded, built offline on first use),
+Sources (`sources.py`): any TFDS set, 'digits' (embedded, built offline on first use),
 'folder' (root/<split>/<class>/*.jpg through TFDS's ImageFolder), 'fake'.
 
 Per host: train reads `tfds.even_splits(split, process_count, drop_remainder=True)[index]`, so
@@ -29,8 +29,9 @@ import jax
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from alexnet_jax import augment, parallel
-from alexnet_jax.datasets import sources
+from alexnet_jax.data import augment
+from alexnet_jax import parallel
+from alexnet_jax.data import sources
 
 try:  # TF only feeds the host; it must not grab GPU memory that JAX needs.
     tf.config.set_visible_devices([], 'GPU')

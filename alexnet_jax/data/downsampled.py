@@ -11,8 +11,8 @@ instead of ImageNet's ~500x375 originals. Select it with
 The first run prepares it in data_dir (all cores, through a parallel tf.data map; ~1 hour per
 million images per 16 cores); or prepare it beforehand:
 
-  python -m alexnet_jax.datasets.downsampled --source=imagenet2012 --data_dir=DIR
-  python -m alexnet_jax.datasets.downsampled --source=folder --folder_root=/data/imgs --data_dir=DIR
+  python -m alexnet_jax.data.downsampled --source=imagenet2012 --data_dir=DIR
+  python -m alexnet_jax.data.downsampled --source=folder --folder_root=/data/imgs --data_dir=DIR
 
 Resumable: the work (decode, resize, encode) is done in chunks of CHUNK_SIZE examples, each
 written atomically to data_dir/downloads/downsampled/...; an interrupted preparation, rerun,
@@ -32,7 +32,7 @@ import os
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from alexnet_jax import augment
+from alexnet_jax.data import augment
 
 SIZE = 256          # The paper's fixed resolution.
 JPEG_QUALITY = 90   # Re-encoding quality: ~20 KB per image, visually lossless at 256x256.
