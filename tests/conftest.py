@@ -1,7 +1,40 @@
-"""Test setup: two simulated CPU devices (set before jax is imported), TF kept off accelerators."""
+"""Test setup: two simulated CPU devices (set before jax is imported), TF kept off accelerators,
+and one persistent XLA compilation cache for the whole session.
 
+The cache is why the suite is quick: tiny CPU tests spend most of their time compiling the same
+few programs (the tiny AlexNet's init, train and eval steps), in this process, in the other xdist
+worker and in every launch.py / tool subprocess a test starts. The variables below are set before
+jax is imported and inherited by subprocesses (`dict(os.environ, ...)`), so each program compiles
+once per session. Set JAX_ENABLE_COMPILATION_CACHE=false to run without it.
+"""
+
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+    # Made by the first process that loads this file (the xdist controller, or plain pytest);
+    # xdist workers and subprocesses inherit it. Removed when that process exits.
+    _cache_dir = tempfile.mkdtemp(prefix='alexnet-jax-test-xla-cache-')
+    os.environ['JAX_COMPILATION_CACHE_DIR'] = _cache_dir
+    atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+# Cache every program, however quick to compile or small (the defaults skip those under 1 s).
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '-1')
+
+import pytest  # noqa: E402  (after the environment above, as everything that imports jax)
+
+
+@pytest.fixture(scope='session')
+def digits_dir(tmp_path_factory):
+    """The embedded `digits` TFDS set, built once per session (per xdist worker) offline."""
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    from alexnet_jax.data import digits  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    data_dir = str(tmp_path_factory.mktemp('tfds'))
+    tfds.builder('digits', data_dir=data_dir).download_and_prepare()
+    return data_dir

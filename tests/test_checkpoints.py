@@ -215,6 +215,7 @@ KILLED_SAVE = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow  # kill -9 of a subprocess mid-save.
 def test_killed_save_leaves_tmp_dir_that_is_ignored(tmp_path, caplog):
     proc = subprocess.run([sys.executable, '-c', KILLED_SAVE.format(fp=FP), str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -11,11 +11,10 @@ import types
 import pytest
 
 from configs import ablations
-from test_launch import TINY
-from test_train import tiny_config
 from alexnet_jax import cli
 from alexnet_jax.tools import sweep
 from alexnet_jax import train
+from tests.helpers import TINY, tiny_config, write_folder
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -105,7 +104,6 @@ def _trained_then_corrupted(tmp_path):
 
 
 def _strict_folder(tmp_path):
-    from test_input_pipeline import write_folder  # pylint: disable=import-outside-toplevel
     root = tmp_path / 'imgs'
     write_folder(str(root), {'train': {'class0': 2, 'class1': 2}})
     next((root / 'train').rglob('*.jpg')).write_bytes(b'not a jpeg')

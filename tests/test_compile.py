@@ -10,7 +10,7 @@ import pytest
 from alexnet_jax.data import input_pipeline
 from alexnet_jax import parallel
 from alexnet_jax import train
-from test_train import tiny_config
+from tests.helpers import tiny_config
 
 
 @pytest.fixture

@@ -273,6 +273,7 @@ def test_existing_output_is_left_alone(tmp_path):
     assert [p.name for p in out.iterdir()] == ['keep.txt'] and (out / 'keep.txt').read_text() == 'mine'
 
 
+@pytest.mark.slow  # The CLI in a subprocess.
 def test_cli_bad_file_is_one_line_and_nonzero(tmp_path):
     (tmp_path / 'in.npy').write_bytes(npy_bytes([1, 2]))
     env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')

@@ -14,14 +14,7 @@ from alexnet_jax.data import device_data
 from alexnet_jax.data import input_pipeline
 from alexnet_jax import parallel
 from alexnet_jax import train
-from tests.test_train import assert_trees_close, saved_state, tiny_config
-
-
-def device_config(**train_overrides):
-    c = tiny_config(**train_overrides)
-    c.data.update(train_augment='small', device_resident='always', fake_shape=(67, 67, 3),
-                  fake_train_examples=40, pad=4)
-    return c
+from tests.helpers import assert_trees_close, device_config, saved_state
 
 
 @pytest.mark.parametrize('dy,dx,flip', [(0, 0, False), (8, 3, True), (4, 4, False), (2, 7, True)])

@@ -9,22 +9,6 @@ from sklearn import datasets as sk_datasets
 
 from alexnet_jax.data import digits  # noqa: F401  (registers 'digits')
 
-_BUILT = {}
-
-
-def build_digits(tmp_path_factory):
-    """Builds digits once per test session into a temp data_dir (shared by the test files)."""
-    if 'dir' not in _BUILT:
-        data_dir = str(tmp_path_factory.mktemp('tfds'))
-        tfds.builder('digits', data_dir=data_dir).download_and_prepare()
-        _BUILT['dir'] = data_dir
-    return _BUILT['dir']
-
-
-@pytest.fixture(scope='session')
-def digits_dir(tmp_path_factory):
-    return build_digits(tmp_path_factory)
-
 
 @pytest.fixture(scope='module')
 def splits(digits_dir):

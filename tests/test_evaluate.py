@@ -133,6 +133,7 @@ def run_cli(*args):
     return p.returncode, p.stdout, p.stderr
 
 
+@pytest.mark.slow  # Two CLI subprocesses.
 def test_cli_writes_results_and_bad_path_is_one_line(folder, tmp_path):
     root, images, labels = folder
     model, variables = write_checkpoint(tmp_path / 'ckpt', checkpoint_config())

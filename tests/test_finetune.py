@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from configs import alexnet
+from tests import helpers
 from alexnet_jax.tools import convert
 from alexnet_jax import finetune
 from alexnet_jax.data import input_pipeline
@@ -19,14 +20,11 @@ CONVS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
 
 
 def tiny_config(num_classes=10, **top_level):
-    """AlexNet at 1/16 width on 67x67 fake images (as tests/test_train.py)."""
-    c = alexnet.get_config('fake')
-    c.model.update(width=0.0625, num_classes=num_classes)
-    c.data.update(fake_shape=(70, 70, 3), fake_num_classes=num_classes, fake_train_examples=32,
-                  fake_eval_examples=11, resize_size=70, image_size=67)
-    c.train.update(batch_size=8, eval_batch_size=4, num_steps=2, log_every_steps=2,
-                   eval_every_steps=0, checkpoint_every_steps=0, plot=False,
-                   async_checkpoints=False)
+    """The shared tiny run (tests/helpers.py), 2 steps, `num_classes`, top-level fields set."""
+    c = helpers.tiny_config(num_steps=2, log_every_steps=2, eval_every_steps=0,
+                            checkpoint_every_steps=0, async_checkpoints=False)
+    c.model.num_classes = num_classes
+    c.data.update(fake_num_classes=num_classes, fake_train_examples=32, fake_eval_examples=11)
     c.update(top_level)
     return c
 
@@ -57,13 +55,13 @@ def test_init_from_loads_matching_layers_and_reinitialises_the_head(source, capl
     with caplog.at_level(logging.INFO):
         config, fresh = fresh_state(finetune_config(src))
         state = finetune.load_into(fresh, src)
-    assert config.model.width == 0.0625 and config.model.num_classes == 5
+    assert config.model.width == 0.05 and config.model.num_classes == 5
     assert config.model.dropout_rate == 0.0  # The run's own choice survives.
     for layer in CONVS + ('fc6', 'fc7'):
         jax.tree.map(np.testing.assert_array_equal, state.params[layer], want['params'][layer])
     assert state.params['fc8']['kernel'].shape == (want['params']['fc8']['kernel'].shape[0], 5)
     jax.tree.map(np.testing.assert_array_equal, state.params['fc8'], fresh.params['fc8'])
-    assert 're-initialising fc8' in caplog.text and 'width: 0.25 -> 0.0625' in caplog.text
+    assert 're-initialising fc8' in caplog.text and 'width: 0.25 -> 0.05' in caplog.text
 
 
 def test_frozen_layers_keep_no_optimizer_state():

@@ -12,19 +12,13 @@ import sys
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 from configs import alexnet  # noqa: E402
 from alexnet_jax.data import input_pipeline as ip  # noqa: E402
-from test_digits import build_digits  # noqa: E402
+from tests.helpers import write_folder  # noqa: E402
 
 from sklearn import datasets as sk_datasets  # noqa: E402
-
-
-@pytest.fixture(scope='session')
-def digits_dir(tmp_path_factory):
-    return build_digits(tmp_path_factory)
 
 
 def digits_config(data_dir, batch=8, eval_batch=12):
@@ -171,17 +165,6 @@ def test_indivisible_batch_is_a_clear_error(batch, pc, ld):
 
 
 # --- image folders ------------------------------------------------------------------------------
-
-def write_folder(root, layout):
-    """layout: {split: {class: number of good JPEGs}}; returns the written paths."""
-    rng = np.random.default_rng(0)
-    for split, classes in layout.items():
-        for label, count in classes.items():
-            os.makedirs(os.path.join(root, split, label), exist_ok=True)
-            for i in range(count):
-                jpeg = tf.io.encode_jpeg(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8))
-                tf.io.write_file(os.path.join(root, split, label, f'{i}.jpg'), jpeg)
-
 
 def folder_config(root, strict=False):
     c = alexnet.get_config()

@@ -89,6 +89,7 @@ POD_RUN = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow  # A subprocess with 8 devices, two runs.
 def test_pod_variants_run_two_steps_on_8_devices(tmp_path):
     env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
                CUDA_VISIBLE_DEVICES='', TF_CPP_MIN_LOG_LEVEL='2')

@@ -12,30 +12,13 @@ import time
 import numpy as np
 import pytest
 
-from test_train import assert_trees_close, saved_state, tiny_config
 from alexnet_jax import checkpoints
 from alexnet_jax.data import input_pipeline
 from alexnet_jax import train
 from alexnet_jax import validation
+from tests.helpers import TINY, assert_trees_close, launch, saved_state, tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-TINY = ['--config=configs/alexnet.py:fake', '--config.model.width=0.05',
-        '--config.model.num_classes=10', '--config.data.fake_shape=(70,70,3)',
-        '--config.data.fake_num_classes=10', '--config.data.fake_train_examples=64',
-        '--config.data.fake_eval_examples=20', '--config.data.resize_size=70',
-        '--config.data.image_size=67', '--config.train.batch_size=8',
-        '--config.train.eval_batch_size=8', '--config.train.plot=False']
-
-
-def launch(*args, devices=2, wait=True):
-    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-               JAX_PLATFORMS='cpu')
-    p = subprocess.Popen([sys.executable, 'launch.py', *args], cwd=ROOT, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if not wait:
-        return p
-    out, err = p.communicate(timeout=600)
-    return p.returncode, out, err
 
 
 @pytest.mark.parametrize('flag, expected', [
@@ -43,6 +26,7 @@ def launch(*args, devices=2, wait=True):
     ('--config.train.batch_size=7', 'batch_size=7 does not divide'),
     ('--config.optim.schedule=cos', 'config.optim.schedule'),
 ])
+@pytest.mark.slow  # Three launch.py subprocesses.
 def test_clear_one_line_errors(tmp_path, flag, expected):
     rc, _, err = launch(*TINY, flag, f'--workdir={tmp_path}')
     assert rc != 0
@@ -58,6 +42,7 @@ def _wait_for_checkpoint(workdir, proc, timeout=300):
         time.sleep(0.05)
 
 
+@pytest.mark.slow  # kill -9 of a launch.py subprocess, then two runs.
 def test_kill9_and_resume_equals_uninterrupted(tmp_path):
     steps = ['--config.train.num_steps=400', '--config.train.checkpoint_every_steps=20',
              '--config.train.log_every_steps=20', '--config.train.eval_every_steps=100']
@@ -78,6 +63,7 @@ def test_kill9_and_resume_equals_uninterrupted(tmp_path):
     assert_trees_close(resumed.params, clean.params, atol=1e-6)
 
 
+@pytest.mark.slow  # SIGTERM to a launch.py subprocess.
 def test_sigterm_saves_a_restorable_checkpoint(tmp_path):
     steps = ['--config.train.num_steps=100000', '--config.train.checkpoint_every_steps=50',
              '--config.train.log_every_steps=50']

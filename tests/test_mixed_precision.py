@@ -8,7 +8,7 @@ from alexnet_jax import checkpoints
 from alexnet_jax.data import input_pipeline
 from alexnet_jax import parallel
 from alexnet_jax import train
-from test_train import tiny_config
+from tests.helpers import tiny_config
 
 STEPS = 3
 

@@ -8,19 +8,7 @@ import pytest
 import tensorflow as tf
 
 from alexnet_jax import models
-
-# The paper's layer table, written out independently of models.CONV_SPECS.
-PAPER_CONVS = [  # (k, c_in, c_out, grouped)
-    (11, 3, 96, False), (5, 96, 256, True), (3, 256, 384, False), (3, 384, 384, True),
-    (3, 384, 256, True)]
-PAPER_FCS = [(6 * 6 * 256, 4096), (4096, 4096), (4096, 1000)]
-
-
-def expected_params(groups: int) -> int:
-    convs = sum(k * k * (cin // (groups if g else 1)) * cout + cout
-                for k, cin, cout, g in PAPER_CONVS)
-    return convs + sum(i * o + o for i, o in PAPER_FCS)
-
+from tests.helpers import expected_params
 
 def abstract_variables(model, shape):
     return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape)))

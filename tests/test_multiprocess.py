@@ -10,13 +10,13 @@ import socket
 
 import jax
 import numpy as np
+import pytest
 
-from test_launch import TINY, launch
-from test_train import assert_trees_close, saved_state, tiny_config
 from alexnet_jax.data import input_pipeline
 from alexnet_jax import parallel
 from alexnet_jax.data import preprocess
 from alexnet_jax import train
+from tests.helpers import TINY, assert_trees_close, launch, saved_state, tiny_config
 
 STEPS = 6
 FLAGS = [f'--config.train.num_steps={STEPS}', '--config.train.log_every_steps=3',
@@ -48,6 +48,7 @@ def reference_params(config):
     return parallel.unreplicate(state).params
 
 
+@pytest.mark.slow  # Two launch.py processes (jax.distributed).
 def test_two_processes_equal_one_process_with_same_global_batch(tmp_path):
     address = f'127.0.0.1:{free_port()}'
     procs = [launch(*TINY, *FLAGS, f'--workdir={tmp_path}', f'--coordinator_address={address}',

@@ -13,8 +13,7 @@ from alexnet_jax.data import input_pipeline
 from alexnet_jax import parallel
 from alexnet_jax import seeds as seeds_lib
 from alexnet_jax import train
-from tests.test_device_data import device_config
-from tests.test_train import assert_trees_close
+from tests.helpers import assert_trees_close, device_config
 
 
 

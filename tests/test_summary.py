@@ -7,7 +7,7 @@ import pytest
 
 from alexnet_jax import models
 from alexnet_jax.tools import summary
-from tests.test_models import PAPER_CONVS, PAPER_FCS, expected_params
+from tests.helpers import PAPER_CONVS, PAPER_FCS, expected_params
 
 # Paper's output sides per conv at 227x227 (an independent transcription of the layer table).
 CONV_SIDES = [55, 27, 13, 13, 13]
@@ -57,6 +57,7 @@ def run_summary(*args):
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow  # Two CLI subprocesses.
 def test_cli_prints_the_seed_numbers():
     out = run_summary('--config=configs/alexnet.py')
     assert out.returncode == 0, out.stderr
@@ -66,6 +67,7 @@ def test_cli_prints_the_seed_numbers():
     assert '60,965,224' in grouped.stdout
 
 
+@pytest.mark.slow  # One CLI subprocess per case.
 @pytest.mark.parametrize('override,message', [
     ('--config.model.activaton=tanh', 'Did you mean "activation"'),
     ('--config.model.groups=3', 'config.model.groups'),

@@ -67,6 +67,7 @@ def test_printed_commands_reproduce_each_point(grid, tmp_path, monkeypatch):
         assert workdir == str(tmp_path / point.dirname)
 
 
+@pytest.mark.slow  # The CLI in a subprocess.
 def test_print_commands_cli_runs_nothing(tmp_path):
     import subprocess, sys
     out = subprocess.run([sys.executable, '-m', 'alexnet_jax.tools.sweep',

@@ -9,43 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import alexnet
 from alexnet_jax import checkpoints
 from alexnet_jax.data import input_pipeline
 from alexnet_jax import models
 from alexnet_jax import parallel
 from alexnet_jax.data import preprocess
 from alexnet_jax import train
-
-
-def tiny_config(**train_overrides):
-    """AlexNet at 5% width on 67x67 fake images: a step takes milliseconds."""
-    c = alexnet.get_config('fake')
-    c.model.update(width=0.05, num_classes=10)
-    c.data.update(fake_shape=(70, 70, 3), fake_num_classes=10, fake_train_examples=64,
-                  fake_eval_examples=20, resize_size=70, image_size=67)
-    c.train.update(batch_size=8, eval_batch_size=8, num_steps=6, log_every_steps=2,
-                   eval_every_steps=3, checkpoint_every_steps=3, plot=False)
-    c.train.update(train_overrides)
-    return c
-
-
-def saved_state(config, workdir):
-    """(state, meta) of the latest checkpoint in `workdir`."""
-    info = input_pipeline.get_info(config)
-    num_steps, steps_per_epoch = train.num_train_steps(config)
-    target, _ = train.initial_state(config, info, steps_per_epoch, num_steps)
-    ckpt = checkpoints.Checkpointer(
-        workdir, config_fingerprint=checkpoints.config_fingerprint(config))
-    try:
-        return ckpt.restore(target)
-    finally:
-        ckpt.close()
-
-
-def assert_trees_close(a, b, atol=1e-6):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=1e-6)
+from tests.helpers import assert_trees_close, saved_state, tiny_config
 
 
 def test_one_real_step_writes_everything(tmp_path):
