@@ -38,3 +38,15 @@ def digits_dir(tmp_path_factory):
     data_dir = str(tmp_path_factory.mktemp('tfds'))
     tfds.builder('digits', data_dir=data_dir).download_and_prepare()
     return data_dir
+
+
+@pytest.fixture(scope='session')
+def tiny_run(tmp_path_factory):
+    """(workdir, results) of helpers.tiny_config() trained once: 6 steps, checkpoints at 3 and 6.
+
+    Read it, or copy it (shutil.copytree) before a test changes it: other tests share it."""
+    from alexnet_jax import train  # pylint: disable=import-outside-toplevel
+    from tests import helpers  # pylint: disable=import-outside-toplevel
+    workdir = tmp_path_factory.mktemp('tiny_run') / 'run'
+    results = train.train_and_evaluate(helpers.tiny_config(), str(workdir))
+    return workdir, results

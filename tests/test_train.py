@@ -2,7 +2,7 @@
 
 import functools
 import json
-import logging
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -86,9 +86,10 @@ def test_step_compiles_once(tmp_path, monkeypatch):
     assert len(traces) == 1
 
 
-def test_resume_finished_run_only_reevaluates_and_mismatch_is_clear(tmp_path):
+def test_resume_finished_run_only_reevaluates_and_mismatch_is_clear(tiny_run, tmp_path):
     config = tiny_config()
-    first = train.train_and_evaluate(config, str(tmp_path))
+    shutil.copytree(tiny_run[0], tmp_path, dirs_exist_ok=True)  # A finished run of `config`.
+    first = tiny_run[1]
     lines = (tmp_path / 'metrics.jsonl').read_text().count('"split": "train"')
     again = train.train_and_evaluate(config, str(tmp_path))
     assert again['test_top1'] == first['test_top1'] and again['steps'] == first['steps']
@@ -117,10 +118,10 @@ def test_nan_stops_with_last_good_checkpoint(tmp_path, monkeypatch):
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
 
 
-def test_corrupt_latest_checkpoint_falls_back(tmp_path):
+def test_corrupt_latest_checkpoint_falls_back(tiny_run, tmp_path):
     config = tiny_config(num_steps=6, checkpoint_every_steps=3)
-    expected = train.train_and_evaluate(config, str(tmp_path / 'clean'))
-    train.train_and_evaluate(config, str(tmp_path / 'run'))
+    clean, expected = tiny_run  # The uninterrupted run of `config`.
+    shutil.copytree(clean, tmp_path / 'run')
     latest = tmp_path / 'run' / 'checkpoints' / '6' / 'state'
     for f in latest.rglob('*'):
         if f.is_file() and f.stat().st_size > 64:
@@ -129,4 +130,4 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path):
     again = train.train_and_evaluate(config, str(tmp_path / 'run'))  # Resumes from step 3.
     assert again['test_loss'] == pytest.approx(expected['test_loss'], abs=1e-6)
     assert_trees_close(saved_state(config, str(tmp_path / 'run'))[0].params,
-                       saved_state(config, str(tmp_path / 'clean'))[0].params)
+                       saved_state(config, str(clean))[0].params)
