@@ -31,6 +31,7 @@ from alexnet_jax.data import input_pipeline
 from alexnet_jax import metrics as metrics_lib
 from alexnet_jax import optim
 from alexnet_jax import parallel
+from alexnet_jax import preemption
 from alexnet_jax.data import preprocess
 from alexnet_jax import train
 from alexnet_jax import validation
@@ -116,7 +117,7 @@ def _train_together(config, info, workdir, seeds):
         logging.info('Resumed %d seeds from step %d of %s.', len(seeds), int(state.step[0]),
                      workdir)
     for c, s in zip(configs, seeds):
-        train.write_config(c, str(seed_dir(workdir, s)))
+        checkpoints.write_config(c, str(seed_dir(workdir, s)))
     plateaus = [optim.Plateau.from_config(config.optim, p)
                 for p in meta.get('plateau', [None] * len(seeds))]
     failed = {int(k): v for k, v in meta.get('failed', {}).items()}
@@ -138,11 +139,11 @@ def _train_together(config, info, workdir, seeds):
         if start_step < num_steps:
             step_fn, p_keys, data = train.device_step_inputs(config, info, keys)
             pending = []
-            with checkpoints.PreemptionGuard() as guard:
+            with preemption.PreemptionGuard() as guard:
                 for step in range(start_step + 1, num_steps + 1):
                     state, step_metrics = step_fn(state, p_keys, data)
                     pending.append(step_metrics)
-                    stop = train.preempted(guard, step, t.log_every_steps)
+                    stop = guard.should_stop(step, t.log_every_steps)
                     is_eval = train._at(step, eval_every, num_steps)  # pylint: disable=protected-access
                     is_ckpt = train._at(step, t.checkpoint_every_steps, num_steps) or stop  # pylint: disable=protected-access
                     if train._at(step, t.log_every_steps, num_steps) or is_ckpt:  # pylint: disable=protected-access

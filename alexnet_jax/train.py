@@ -13,13 +13,11 @@ checkpoints.RESUME_FIXED's rule. Process 0 locks the workdir for the run.
 """
 
 import functools
-import json
 import math
 import time
 from typing import Any
 
 from absl import logging
-from etils import epath
 import flax.linen as nn
 from flax.training import dynamic_scale as dynamic_scale_lib
 from flax.training import train_state
@@ -38,6 +36,7 @@ from alexnet_jax import metrics as metrics_lib
 from alexnet_jax import models
 from alexnet_jax import optim
 from alexnet_jax import parallel
+from alexnet_jax import preemption
 from alexnet_jax.data import preprocess
 from alexnet_jax import validation
 from alexnet_jax.parallel import AXIS
@@ -285,15 +284,6 @@ def evaluate(p_eval_step, state, config, split: str) -> dict:
     return {k: float(totals[k]) / count for k in ('loss', 'top1', 'top5')}
 
 
-def write_config(config, workdir: str) -> None:
-    """workdir/config.json: the net and preprocessing of its checkpoints, as evaluate, features
-    and init_from read them (convert.load_config)."""
-    if jax.process_index() == 0:
-        path = epath.Path(workdir)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / 'config.json').write_text(json.dumps(config.to_dict(), indent=2, default=str))
-
-
 def num_train_steps(config) -> tuple[int, int]:
     """(total steps, steps per epoch)."""
     steps_per_epoch = input_pipeline.steps_per_epoch(config)
@@ -348,7 +338,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         state = configured_learning_rate(state, config.optim, plateau)
         # Only now, when the workdir is known to fit this config, is anything written to it:
         # a refused rerun leaves no config.json and no TensorBoard file behind.
-        write_config(config, workdir)
+        checkpoints.write_config(config, workdir)
         recorder = metrics_lib.Recorder(workdir, num_steps=num_steps,
                                         steps_per_epoch=steps_per_epoch,
                                         batch_size=t.batch_size, plot=t.plot)
@@ -376,11 +366,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
                          steps_per_epoch)
             run_step = step_runner(config, info, dropout_key, start_step)
             pending = []  # Device metrics since the last log; fetched only at log time.
-            with checkpoints.PreemptionGuard() as guard:
+            with preemption.PreemptionGuard() as guard:
                 for step in range(start_step + 1, num_steps + 1):
                     state, step_metrics = run_step(state)
                     pending.append(step_metrics)
-                    stop = preempted(guard, step, t.log_every_steps)
+                    stop = guard.should_stop(step, t.log_every_steps)
                     is_eval = _at(step, eval_every, num_steps)
                     is_ckpt = _at(step, t.checkpoint_every_steps, num_steps) or stop
                     if _at(step, t.log_every_steps, num_steps) or is_ckpt or is_eval:
@@ -436,13 +426,6 @@ def configured_learning_rate(state, o, plateau):
                     if o.schedule == 'plateau' and plateau.reductions else '')
     return state.replace(opt_state=optim.set_learning_rate(state.opt_state,
                                                            np.asarray(new, old.dtype)))
-
-
-def preempted(guard, step: int, every: int) -> bool:
-    """SIGTERM/SIGINT seen (on any host; hosts agree only at log steps, to stay in step)."""
-    if jax.process_count() == 1:
-        return guard.requested
-    return step % max(every, 1) == 0 and guard.any_requested()
 
 
 def log_train(recorder, step: int, pending: list, last_saved: int | None = None) -> None:

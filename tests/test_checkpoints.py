@@ -22,7 +22,8 @@ from flax.training import train_state
 
 from alexnet_jax import checkpoints
 from alexnet_jax.checkpoints import (Checkpointer, ConfigMismatchError, CorruptCheckpointError,
-                                     PreemptionGuard, config_fingerprint)
+                                     config_fingerprint)
+from alexnet_jax.preemption import PreemptionGuard
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FP = {'model': {'num_classes': 3, 'width': 1.0}, 'input_shape': [5, 5, 3]}

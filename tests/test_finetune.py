@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import alexnet
-from alexnet_jax.tools import convert
+from alexnet_jax import checkpoints
 from alexnet_jax import finetune
 from alexnet_jax.data import input_pipeline
 from alexnet_jax import optim
@@ -36,7 +36,7 @@ def source(tmp_path_factory):
     """A trained 10-class workdir: (directory, its results, its variables)."""
     workdir = tmp_path_factory.mktemp('source')
     results = train.train_and_evaluate(tiny_config(), str(workdir))
-    return str(workdir), results, convert.load_variables(workdir)[1]
+    return str(workdir), results, checkpoints.load_variables(workdir)[1]
 
 
 def finetune_config(src, **top_level):
@@ -84,7 +84,7 @@ def test_finetune_run_keeps_frozen_layers_bit_identical(source, tmp_path, monkey
     assert config.optim.weight_decay > 0  # Decay would move the frozen kernels too.
     results = train.train_and_evaluate(config, str(tmp_path))
     assert results['steps'] == 2
-    _, after = convert.load_variables(tmp_path)  # The run's own checkpoint and config.json.
+    _, after = checkpoints.load_variables(tmp_path)  # The run's own checkpoint and config.json.
     for layer in CONVS:
         jax.tree.map(np.testing.assert_array_equal, after['params'][layer],
                      before['params'][layer])

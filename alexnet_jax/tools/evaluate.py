@@ -8,7 +8,7 @@ the 10 crops (4 corners + center, and their mirror images; softmax averaged), to
       --config.data.name=folder --config.data.folder_root=/data/imgs --split=val
 
 --checkpoint: the net and its preprocessing (image_size, resize_size, mean_rgb, stddev_rgb) come
-from DIR/config.json (convert.load_variables). --config, if given, supplies the data *source*
+from DIR/config.json (checkpoints.load_variables). --config, if given, supplies the data *source*
 (its data section minus those preprocessing fields, as in features.py) and
 train.eval_batch_size; without it, the checkpoint's own data section is used.
 
@@ -31,7 +31,6 @@ import numpy as np
 
 from alexnet_jax import checkpoints
 from alexnet_jax import cli
-from alexnet_jax.tools import convert
 from alexnet_jax.tools import features
 from alexnet_jax import models
 from alexnet_jax import parallel
@@ -45,7 +44,7 @@ CROPS = {'center': ('center',), 'ten': ('ten',), 'both': ('center', 'ten')}
 
 def load_state(checkpoint):
     """(config, host TrainState holding only what eval_step reads) of a checkpoint DIR."""
-    config, variables = convert.load_variables(checkpoint)
+    config, variables = checkpoints.load_variables(checkpoint)
     model = models.create_model(config.model)
     state = train.TrainState(step=np.zeros((), np.int32), apply_fn=model.apply,
                              params=variables['params'], tx=None, opt_state=None,
