@@ -482,12 +482,12 @@ def load_variables(directory, step: int | None = None):
     """(config, {'params': ..., ['batch_stats': ...]}) from DIR's latest (or given) step.
 
     Reads only params/batch_stats of whatever state was saved (a conversion's {'params'} or a
-    training run's TrainState), checked against their crc32s; never changes DIR.
+    training run's TrainState), checked against their crc32s.
     """
     config = load_config(directory)
     ckpt_dir = epath.Path(directory) / CHECKPOINT_SUBDIR
-    mgr = ocp.CheckpointManager(ckpt_dir, item_names=_ITEMS, options=ocp.CheckpointManagerOptions(
-        read_only=True, create=False))
+    mgr = ocp.CheckpointManager(ckpt_dir, item_names=_ITEMS,  # Reads only: no create, no cleanup.
+                                options=ocp.CheckpointManagerOptions(create=False))
     try:
         step = mgr.latest_step() if step is None else step
         if step is None:
@@ -496,7 +496,8 @@ def load_variables(directory, step: int | None = None):
         wanted = {p: v for p, v in _read_info(mgr, step)['leaves'].items()
                   if p.split('/')[0] in ('params', 'batch_stats')}
         if not wanted:
-            raise CorruptCheckpointError(f'step {step} in {ckpt_dir} holds no params.')
+            raise WorkdirError(f'step {step} in {ckpt_dir} holds no params: not the checkpoint '
+                               'of a model; pass a training workdir or a converted checkpoint.')
         target = traverse_util.unflatten_dict(
             {p: jax.ShapeDtypeStruct(tuple(v['shape']), np.dtype(v['dtype']))
              for p, v in wanted.items()}, sep='/')
