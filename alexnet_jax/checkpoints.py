@@ -510,7 +510,7 @@ def load_variables(directory, step: int | None = None):
         raise
     except Exception as e:  # pylint: disable=broad-except  (any failure: an unreadable step)
         raise CorruptCheckpointError(f'cannot read a checkpoint from {ckpt_dir}: '
-                                     f'{type(e).__name__}: {" ".join(str(e).split())[:300]}') from None
+                                     f'{type(e).__name__}: {" ".join(_short(e).split())}') from None
     finally:
         mgr.close()
     return config, jax.tree.map(np.asarray, state)
