@@ -74,7 +74,6 @@ TORCHVISION_KEYS = {  # Our layer -> its module in torchvision's alexnet.
 CAFFE_MEAN_BGR = (104.0069879317889, 116.66876761696767, 122.6789143406786)  # ilsvrc_2012_mean.
 TORCHVISION_MEAN = (0.485, 0.456, 0.406)   # Its transforms, on pixels scaled to [0, 1].
 TORCHVISION_STD = (0.229, 0.224, 0.225)
-_REPO = pathlib.Path(__file__).resolve().parents[2]  # alexnet_jax/tools/convert.py
 
 
 class ConvertError(errors.UserError, ValueError):
@@ -328,7 +327,7 @@ def convert(source: str, input_path, output_dir, base_config=None) -> pathlib.Pa
 
 def default_config():
     """configs/alexnet.py's paper config (the base a conversion overrides)."""
-    path = _REPO / 'configs' / 'alexnet.py'
+    path = pathlib.Path(__file__).resolve().parents[2] / 'configs' / 'alexnet.py'
     spec = importlib.util.spec_from_file_location('_alexnet_config', path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -339,8 +338,8 @@ def define_flags() -> None:
     flags.DEFINE_enum('from', None, list(SOURCES), 'Format of --input.')
     flags.DEFINE_string('input', None, 'bvlc_alexnet.npy, or a torchvision alexnet .pth / .npz.')
     flags.DEFINE_string('output', None, 'Directory to create (must not exist, or be empty).')
-    # Base config; model/data get overridden.
-    cli.define_config_flag(default=str(_REPO / 'configs' / 'alexnet.py'))
+    cli.define_config_flag(default=str(pathlib.Path(__file__).resolve().parents[2] / 'configs'
+                                       / 'alexnet.py'))  # Base config; model/data get overridden.
 
 
 @cli.one_line_errors
