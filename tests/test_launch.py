@@ -15,6 +15,7 @@ import pytest
 from test_train import assert_trees_close, saved_state, tiny_config
 from alexnet_jax import checkpoints
 from alexnet_jax.data import input_pipeline
+from alexnet_jax import evaluation
 from alexnet_jax import train
 from alexnet_jax import validation
 
@@ -100,11 +101,11 @@ def _records(workdir, split):
 
 
 def _scripted_evaluate(monkeypatch, top1_at_step):
-    """train.evaluate returning the given val top-1 for the state's step (else 0)."""
+    """evaluation.evaluate (as the loop calls it) returning the given val top-1 for the state's step (else 0)."""
     def evaluate(p_eval_step, state, config, split):
         top1 = top1_at_step.get(int(np.asarray(state.step)[0]), 0.0)
         return {'loss': 1.0 - top1, 'top1': top1, 'top5': 1.0}
-    monkeypatch.setattr(train, 'evaluate', evaluate)
+    monkeypatch.setattr(evaluation, 'evaluate', evaluate)
 
 
 def test_a_failed_first_save_stops_the_run_at_once(tmp_path, monkeypatch):
