@@ -397,7 +397,7 @@ def convert(source: str, input_path, output_dir, base_config=None) -> pathlib.Pa
 
 def default_config():
     """configs/alexnet.py's paper config (the base a conversion overrides)."""
-    path = pathlib.Path(__file__).resolve().parents[1] / 'configs' / 'alexnet.py'
+    path = pathlib.Path(__file__).resolve().parents[2] / 'configs' / 'alexnet.py'
     spec = importlib.util.spec_from_file_location('_alexnet_config', path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -408,7 +408,7 @@ def define_flags() -> None:
     flags.DEFINE_enum('from', None, list(SOURCES), 'Format of --input.')
     flags.DEFINE_string('input', None, 'bvlc_alexnet.npy, or a torchvision alexnet .pth / .npz.')
     flags.DEFINE_string('output', None, 'Directory to create (must not exist, or be empty).')
-    cli.define_config_flag(default=str(pathlib.Path(__file__).resolve().parents[1] / 'configs'
+    cli.define_config_flag(default=str(pathlib.Path(__file__).resolve().parents[2] / 'configs'
                                        / 'alexnet.py'))  # Base config; model/data get overridden.
 
 
