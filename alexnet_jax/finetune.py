@@ -2,12 +2,14 @@
 
 DIR is a converted checkpoint (alexnet_jax.tools.convert) or a training workdir, read with
 checkpoints.load_config / load_variables. Two steps, both called by `train.train_and_evaluate`
-(and `resolve_config` by launch.py too, before it writes the workdir's config.json):
+(once per run, before it writes the workdir's config.json):
 
   resolve_config(config)  the run's config with DIR's net and preprocessing: every model field
                           except RUN_MODEL_FIELDS, and data.{image_size, resize_size, mean_rgb,
                           stddev_rgb}, come from DIR/config.json (each change is logged). So
-                          fine-tuning bvlc_alexnet needs no groups/LRN/BGR-mean flags.
+                          fine-tuning bvlc_alexnet needs no groups/LRN/BGR-mean flags. Not
+                          validated again: DIR's fields come from a validated config, the
+                          rest was validated at the entry point.
   load_into(state, DIR)   the fresh state with DIR's params (and batch_stats): every layer whose
                           shapes match is loaded; the classifier head (fc8) is re-initialised when
                           its shape differs (another num_classes); any other difference is an
@@ -64,7 +66,6 @@ def resolve_config(config):
     if changes:
         logging.info('init_from=%s defines the net and its preprocessing:\n  %s',
                      config.init_from, '\n  '.join(changes))
-    validation.validate_config(config)
     return config
 
 

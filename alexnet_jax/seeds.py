@@ -27,6 +27,7 @@ import numpy as np
 
 from alexnet_jax import checkpoints
 from alexnet_jax.data import device_data
+from alexnet_jax import evaluation
 from alexnet_jax.data import input_pipeline
 from alexnet_jax import metrics as metrics_lib
 from alexnet_jax import optim
@@ -55,8 +56,8 @@ def seed_dir(workdir, seed: int) -> epath.Path:
 
 def train_seeds(config, workdir: str, seeds=None) -> dict:
     """Trains `seeds` (default: config's) of config; returns {seed: results dict or
-    {'failed': reason}}; {'preempted_at_step': s} when stopped by a signal."""
-    validation.validate_config(config)
+    {'failed': reason}}; {'preempted_at_step': s} when stopped by a signal. `config` must be
+    validated (launch.py and tools/sweep.py do it at the entry point)."""
     seeds = seed_list(config) if seeds is None else list(seeds)
     info = input_pipeline.get_info(config)
     mode = train.seeds_mode(config)
@@ -124,7 +125,7 @@ def _train_together(config, info, workdir, seeds):
     start_step, elapsed = int(state.step[0]), meta.get('elapsed', 0.0)
     state = parallel.replicate(state)
     mean, std = preprocess.mean_std(config.data, info.image_shape[-1])
-    eval_one = functools.partial(train.eval_step, mean=mean, std=std,
+    eval_one = functools.partial(evaluation.eval_step, mean=mean, std=std,
                                  crop_size=config.data.image_size)
     p_eval = jax.pmap(jax.vmap(eval_one, in_axes=(0, None)), axis_name=AXIS)
     t0 = time.time()
