@@ -6,6 +6,7 @@ r"""Trains and evaluates AlexNet: one command on a laptop, a GPU box or a TPU po
 Several processes (each with its own devices) join with --coordinator_address=HOST:PORT
 --num_processes=N --process_id=I; on TPU pods and SLURM they are detected automatically. Their
 --workdir must be one directory every host sees (GCS, NFS). Rerunning on a workdir resumes it.
+The config is validated once, here; `run` routes it (evaluation only, several seeds, one run).
 """
 
 from absl import app
@@ -14,9 +15,10 @@ from absl import logging
 import jax
 
 from alexnet_jax import cli
-from alexnet_jax import finetune
 from alexnet_jax import parallel
+from alexnet_jax import seeds
 from alexnet_jax import train
+from alexnet_jax.tools import evaluate
 
 cli.define_config_flag()
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, plots, results.',
@@ -37,23 +39,37 @@ def main(argv):
         config.init_from = cli.local_path(config.init_from, '--config.init_from')
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                     FLAGS.process_id)
-    config = finetune.resolve_config(config)  # init_from: its net, logged as used.
     log_setup(config, workdir)
-    train.train_and_evaluate(config, workdir)
+    run(config, workdir)
+
+
+def run(config, workdir: str) -> dict:
+    """A validated config's job: evaluate only (config.eval_only), several seeds in one program
+    (config.num_seeds > 1), or one training run."""
+    if config.get('eval_only'):
+        return evaluate.eval_only(config, workdir)
+    if config.get('num_seeds', 1) > 1:
+        return seeds.train_seeds(config, workdir)
+    return train.train_and_evaluate(config, workdir)
 
 
 def log_setup(config, workdir: str) -> None:
-    """Checks the batch splits over the devices; logs hosts, devices and the config (the run
-    writes it to workdir/config.json once its checkpoint, if any, is known to fit it)."""
+    """Checks the batch splits over the devices; logs what runs where: the config file and the
+    fields that differ from it, the processes and devices, the workdir (the run writes the whole
+    config to workdir/config.json once its checkpoint, if any, is known to fit it)."""
     for name in ('batch_size', 'eval_batch_size'):
         try:
             parallel.per_device_batch_size(config.train[name])
         except ValueError as e:
             cli.fail(str(e).replace('config.train.batch_size', f'config.train.{name}'))
+    changes = cli.config_changes(config, cli.default_config())
+    logging.info('%s %s in %s%s%s', 'Evaluating' if config.get('eval_only') else 'Training',
+                 cli.config_file(), workdir, '' if config.get('eval_only') else
+                 ' (the full config goes to config.json there)',
+                 ''.join(f'\n  {c}' for c in changes) if changes else '; no overrides.')
     logging.info('Process %d of %d; %d local / %d global devices: %s', jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count(),
                  jax.local_devices())
-    logging.info('Config of %s:\n%s', workdir, config)
 
 
 if __name__ == '__main__':

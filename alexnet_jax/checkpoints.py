@@ -1,10 +1,12 @@
-"""Checkpoints: an orbax CheckpointManager under `workdir/checkpoints`, resume, preemption.
+"""Workdirs, read and written here only: checkpoints (orbax), config.json, lock, resume rule.
 
     ckpt = Checkpointer(workdir, config_fingerprint=config_fingerprint(config))
     restored = ckpt.restore(host_state)            # None on a fresh workdir
     ...
     ckpt.save(step, host_state, meta, metrics={'val_top1': acc})  # async; returns at once
     ckpt.close()                                    # waits for the save in flight
+
+    config, variables = load_variables(workdir)     # tools: params (+ batch_stats) only
 
 State goes in and comes out unreplicated (`parallel.unreplicate` before `save`,
 `parallel.replicate` after `restore`): orbax cannot save pmap-replicated arrays as such.
@@ -13,9 +15,8 @@ What a step directory holds (orbax `Composite`):
   state/            the pytree (StandardSave: OCDBT + zarr)
   meta/             the caller's JSON dict (data position, schedule state, wall time, ...)
   checkpoint_info/  ours: format version, config fingerprint, and per leaf shape, dtype and
-                    crc32 of the saved bytes. orbax does not checksum array data (a flipped
-                    byte in a chunk restores silently, checked with orbax-checkpoint 0.12.8),
-                    so restore recomputes the crc32s and treats a mismatch as corruption.
+                    crc32 of the saved bytes (integrity.py: orbax does not checksum array data);
+                    every restore recomputes the crc32s and treats a mismatch as corruption.
   metrics/          written by orbax when metrics are given; drives keep-best.
 
 Atomicity is orbax's: a step is written into `<step>.orbax-checkpoint-tmp` and renamed to
@@ -34,25 +35,27 @@ import logging as pylogging
 import os
 import math
 import re
-import signal
 import time
 import weakref
-import zlib
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+from flax import traverse_util
 
 from alexnet_jax import errors
+from alexnet_jax import integrity
 
 FORMAT_VERSION = 1
 CHECKPOINT_SUBDIR = 'checkpoints'
 CORRUPT_SUBDIR = 'checkpoints_corrupt'   # Unreadable steps are moved here, never deleted.
 FINGERPRINT_FILE = 'config_fingerprint.json'
 _INFO = 'checkpoint_info'
+_ITEMS = ('state', 'meta', _INFO)
 
 
 class ConfigMismatchError(errors.UserError, ValueError):
@@ -113,7 +116,8 @@ def check_resume(saved: dict | None, config, workdir) -> None:
 
 
 class WorkdirError(errors.UserError):
-    """The workdir is a file, cannot be created or written, or another run is using it."""
+    """The workdir is a file, cannot be created or written, another run is using it, or it has
+    no config.json or checkpoint to read."""
 
 
 class WorkdirLock:
@@ -226,7 +230,7 @@ class Checkpointer:
             create=True,
         )
         self._mgr = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=('state', 'meta', _INFO))
+                                          item_names=_ITEMS)
         # Exit waits for a save in flight even if the caller forgets close().
         ref = weakref.ref(self)
         atexit.register(lambda: ref() is not None and ref().close())
@@ -267,7 +271,7 @@ class Checkpointer:
         self._mgr.check_for_errors()  # A failed earlier async save stops the run here.
         meta = _json_copy(meta, 'meta')   # A copy: the caller may change its dict meanwhile.
         info = {'format': FORMAT_VERSION, 'step': step, 'fingerprint': self.fingerprint,
-                'saved_at': time.time(), 'leaves': _describe(state, checksums=True)}
+                'saved_at': time.time(), 'leaves': integrity.describe(state, checksums=True)}
         saved = self._mgr.save(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardSave(state),
@@ -327,7 +331,7 @@ class Checkpointer:
         steps = sorted(self._mgr.all_steps(), reverse=True)
         if not steps:
             return None
-        target = _describe(target_state, checksums=False)
+        target = integrity.describe(target_state, checksums=False)
         failures = []
         for step in steps:
             try:
@@ -353,22 +357,18 @@ class Checkpointer:
             + '\nMove that directory aside to start over, or use a new --workdir.')
 
     def _restore_step(self, step, target_state, target):
-        info = self._mgr.restore(
-            step, args=ocp.args.Composite(**{_INFO: ocp.args.JsonRestore()}))[_INFO]
-        if info.get('format') != FORMAT_VERSION:
-            raise CorruptCheckpointError(f'unknown checkpoint format {info.get("format")!r}')
+        info = _read_info(self._mgr, step)
         self._compare_fingerprint(info['fingerprint'], f'checkpoint {self._step_dir(step)}')
-        saved = info['leaves']
-        _compare_leaves(saved, target, self._step_dir(step))
+        problems = integrity.differences(info['leaves'], target)
+        if problems:
+            more = f'\n  ... and {len(problems) - 10} more' if len(problems) > 10 else ''
+            raise ConfigMismatchError(
+                f'{self._step_dir(step)} does not fit the model/optimizer being trained '
+                f'({len(problems)} difference(s)):\n  ' + '\n  '.join(problems[:10]) + more
+                + '\nUse a new --workdir for this config.')
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_state)
-        restored = self._mgr.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-        bad = [path for path, leaf in _leaves(restored['state'])
-               if _crc32(leaf, saved[path]['dtype']) != saved[path]['crc32']]
-        if bad:
-            raise CorruptCheckpointError(
-                f'checksum mismatch in {len(bad)} array(s): {", ".join(bad[:5])}')
-        return restored['state'], restored['meta']
+        return _restore_checked(self._mgr, step, ocp.args.StandardRestore(abstract),
+                                info['leaves'], meta=True)
 
     def _quarantine(self, steps):
         """Moves unreadable steps (all newer than the restored one) out of orbax's sight."""
@@ -424,7 +424,7 @@ class Checkpointer:
             tmp.rename(path)
 
     def _compare_fingerprint(self, saved: dict, where: str):
-        ours, theirs = _flatten(self.fingerprint), _flatten(saved)
+        ours, theirs = (traverse_util.flatten_dict(d, sep='.') for d in (self.fingerprint, saved))
         differing = [f'{k}: workdir has {theirs[k]!r}, config has {ours[k]!r}'
                      for k in sorted(ours.keys() & theirs.keys()) if ours[k] != theirs[k]]
         one_sided = sorted(ours.keys() ^ theirs.keys())
@@ -438,74 +438,88 @@ class Checkpointer:
                 + f'\nUse a new --workdir for this config (or restore those values to resume).')
 
 
-# -- pytree helpers ------------------------------------------------------------------------------
+# -- reading a step: Checkpointer.restore and the tools' load_variables --------------------------
 
-def _key_str(k) -> str:
-    for attr in ('key', 'name', 'idx'):
-        if hasattr(k, attr):
-            return str(getattr(k, attr))
-    return str(k)
-
-
-def _leaves(tree):
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return [('/'.join(_key_str(k) for k in path), leaf) for path, leaf in flat]
+def _read_info(mgr, step) -> dict:
+    info = mgr.restore(step, args=ocp.args.Composite(**{_INFO: ocp.args.JsonRestore()}))[_INFO]
+    if info.get('format') != FORMAT_VERSION:
+        raise CorruptCheckpointError(f'unknown checkpoint format {info.get("format")!r}')
+    return info
 
 
-def _is_typed_key(leaf) -> bool:
-    return isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+def _restore_checked(mgr, step, state_args, saved: dict, meta: bool):
+    """(state, meta or None) of `step`, every array checked against its crc32 in `saved`."""
+    items = {'state': state_args, **({'meta': ocp.args.JsonRestore()} if meta else {})}
+    restored = mgr.restore(step, args=ocp.args.Composite(**items))
+    bad = integrity.mismatches(restored['state'], saved)
+    if bad:
+        raise CorruptCheckpointError(
+            f'checksum mismatch in {len(bad)} array(s): {", ".join(bad[:5])}')
+    return restored['state'], restored['meta'] if meta else None
 
 
-def _host_array(leaf) -> np.ndarray:
-    return np.asarray(jax.random.key_data(leaf) if _is_typed_key(leaf) else leaf)
+# -- what tools read: a training workdir or a converted checkpoint (tools/convert.py) ----------
+
+def write_config(config, workdir) -> None:
+    """workdir/config.json: the net and preprocessing of its checkpoints (`load_config`)."""
+    if jax.process_index() == 0:
+        path = epath.Path(workdir)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / 'config.json').write_text(json.dumps(config.to_dict(), indent=2, default=str))
 
 
-def _crc32(leaf, dtype: str) -> int:
-    a = _host_array(leaf)
-    if str(a.dtype) != dtype:
-        a = a.astype(dtype)
-    return zlib.crc32(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+def load_config(directory) -> ml_collections.ConfigDict:
+    """DIR/config.json (of a training workdir or a conversion) as a ConfigDict."""
+    path = epath.Path(directory) / 'config.json'
+    if not path.is_file():
+        raise WorkdirError(f'{directory} has no config.json: not a converted checkpoint or a '
+                           'training workdir; pass a directory that launch.py or '
+                           'alexnet_jax.tools.convert wrote.')
+    return ml_collections.ConfigDict(_tuples(json.loads(path.read_text())))
 
 
-def _describe(tree, checksums: bool) -> dict:
-    out = {}
-    for path, leaf in _leaves(tree):
-        # The target may be abstract (jax.ShapeDtypeStruct); python scalars have neither.
-        if _is_typed_key(leaf):  # New-style keys (jax.random.key) are saved as their key data.
-            leaf = jax.random.key_data(leaf)
-        a = _host_array(leaf) if checksums else None
-        shape = a.shape if a is not None else getattr(leaf, 'shape', None)
-        dtype = a.dtype if a is not None else getattr(leaf, 'dtype', None)
-        entry = {'shape': list(shape if shape is not None else np.shape(leaf)),
-                 'dtype': str(dtype if dtype is not None else np.asarray(leaf).dtype)}
-        if checksums:
-            entry['crc32'] = zlib.crc32(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
-        out[path] = entry
-    return out
+def load_variables(directory, step: int | None = None):
+    """(config, {'params': ..., ['batch_stats': ...]}) from DIR's latest (or given) step.
 
-
-def _compare_leaves(saved: dict, target: dict, where):
-    problems = [f'{p}: missing from the checkpoint' for p in sorted(target.keys() - saved.keys())]
-    problems += [f'{p}: in the checkpoint, not in the model' for p in sorted(saved.keys() - target.keys())]
-    for p in sorted(saved.keys() & target.keys()):
-        s, t = saved[p], target[p]
-        if s['shape'] != t['shape']:
-            problems.append(f'{p}: shape {tuple(s["shape"])} in the checkpoint, {tuple(t["shape"])} in the model')
-        elif _floatish(s['dtype']) != _floatish(t['dtype']) or (_floatish(t['dtype']) and s['dtype'] != t['dtype']):
-            problems.append(f'{p}: dtype {s["dtype"]} in the checkpoint, {t["dtype"]} in the model')
-    if problems:
-        more = f'\n  ... and {len(problems) - 10} more' if len(problems) > 10 else ''
-        raise ConfigMismatchError(
-            f'{where} does not fit the model/optimizer being trained '
-            f'({len(problems)} difference(s)):\n  ' + '\n  '.join(problems[:10]) + more
-            + '\nUse a new --workdir for this config.')
-
-
-def _floatish(dtype: str) -> bool:
+    Reads only params/batch_stats of whatever state was saved (a conversion's {'params'} or a
+    training run's TrainState), checked against their crc32s.
+    """
+    config = load_config(directory)
+    ckpt_dir = epath.Path(directory) / CHECKPOINT_SUBDIR
+    mgr = ocp.CheckpointManager(ckpt_dir, item_names=_ITEMS,  # Reads only: no create, no cleanup.
+                                options=ocp.CheckpointManagerOptions(create=False))
     try:
-        return bool(jax.dtypes.issubdtype(np.dtype(dtype), np.inexact))
-    except TypeError:
-        return 'float' in dtype
+        step = mgr.latest_step() if step is None else step
+        if step is None:
+            raise WorkdirError(f'{directory} has no checkpoint in {ckpt_dir}; train there first '
+                               'or pass another directory.')
+        wanted = {p: v for p, v in _read_info(mgr, step)['leaves'].items()
+                  if p.split('/')[0] in ('params', 'batch_stats')}
+        if not wanted:
+            raise WorkdirError(f'step {step} in {ckpt_dir} holds no params: not the checkpoint '
+                               'of a model; pass a training workdir or a converted checkpoint.')
+        target = traverse_util.unflatten_dict(
+            {p: jax.ShapeDtypeStruct(tuple(v['shape']), np.dtype(v['dtype']))
+             for p, v in wanted.items()}, sep='/')
+        state, _ = _restore_checked(mgr, step, ocp.args.PyTreeRestore(
+            item=target, partial_restore=True), wanted, meta=False)
+    except CorruptCheckpointError as e:
+        raise CorruptCheckpointError(f'checkpoint step {step} in {ckpt_dir} is corrupt ({e}); '
+                                     'pass an intact step or directory.') from None
+    except errors.UserError:
+        raise
+    except Exception as e:  # pylint: disable=broad-except  (any failure: an unreadable step)
+        raise CorruptCheckpointError(f'cannot read a checkpoint from {ckpt_dir}: '
+                                     f'{type(e).__name__}: {" ".join(_short(e).split())}') from None
+    finally:
+        mgr.close()
+    return config, jax.tree.map(np.asarray, state)
+
+
+def load_params(directory, step: int | None = None):
+    """(config, params) of a converted checkpoint or a training workdir's latest (or given) step."""
+    config, variables = load_variables(directory, step)
+    return config, variables['params']
 
 
 # -- small helpers ---------------------------------------------------------------------------------
@@ -529,18 +543,14 @@ def _json_copy(obj, name):
         raise TypeError(f'Checkpoint {name} must be JSON-serializable: {e}') from e
 
 
+def _tuples(x):  # JSON lists back to the tuples a config holds.
+    if isinstance(x, dict):
+        return {k: _tuples(v) for k, v in x.items()}
+    return tuple(_tuples(v) for v in x) if isinstance(x, list) else x
+
+
 def _jsonable(obj):
     return json.loads(json.dumps(obj, default=str, sort_keys=True))
-
-
-def _flatten(d: dict, prefix: str = '') -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f'{prefix}{k}.'))
-        else:
-            out[f'{prefix}{k}'] = v
-    return out
 
 
 def _short(e: BaseException, limit: int = 300) -> str:
@@ -559,70 +569,3 @@ def _warn_if_local_multihost(workdir: str):
             'Running on %d processes with a local workdir %r: every host must see the same '
             'checkpoint directory. Use a shared file system (NFS) mounted at this path on all '
             'hosts, or a bucket (e.g. --workdir=gs://bucket/run).', jax.process_count(), workdir)
-
-
-# -- preemption ------------------------------------------------------------------------------------
-
-class PreemptionGuard:
-    """On SIGTERM/SIGINT sets `.requested = True`; the loop checks it every step, then saves
-    and exits cleanly. A second SIGINT while one is pending aborts at once (KeyboardInterrupt).
-    The previous handlers come back on exit.
-
-        with PreemptionGuard() as guard:
-            for step in ...:
-                ...
-                if guard.requested:   # plain bool: no device sync
-                    ckpt.save(step, ...); break
-
-    Several hosts: a signal may reach only some processes, and every process must take part
-    in the save. Call `any_requested()` (a collective; all processes, same step) at an interval
-    instead of reading `.requested` there.
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self):
-        self.requested = False
-        self.signal_name: str | None = None
-        self._previous: dict = {}
-
-    def __enter__(self):
-        try:
-            for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        except ValueError:  # Not the main thread: signals cannot be caught here.
-            self._restore_handlers()
-            logging.warning('PreemptionGuard outside the main thread: SIGTERM/SIGINT not caught.')
-        return self
-
-    def __exit__(self, *exc):
-        self._restore_handlers()
-        return False
-
-    def _restore_handlers(self):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-        self._previous = {}
-
-    def _handle(self, signum, frame):
-        name = signal.Signals(signum).name
-        if self.requested and signum == signal.SIGINT:
-            previous = self._previous.get(signal.SIGINT, signal.default_int_handler)
-            self._restore_handlers()
-            logging.warning('Second SIGINT: aborting without a checkpoint.')
-            if callable(previous):
-                previous(signum, frame)
-            raise KeyboardInterrupt
-        if not self.requested:
-            self.requested = True
-            self.signal_name = name
-            logging.warning('Received %s: will save a checkpoint and stop after this step%s.',
-                            name, ' (Ctrl-C again to abort at once)' if signum == signal.SIGINT else '')
-
-    def any_requested(self) -> bool:
-        """True on every process if any process was signalled (a collective on >1 process)."""
-        if jax.process_count() == 1:
-            return self.requested
-        from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-        flags = multihost_utils.process_allgather(np.asarray([self.requested], np.int32))
-        return bool(np.asarray(flags).any())

@@ -17,12 +17,14 @@ bug and keeps its traceback.
 
 import errno
 import functools
+import importlib.util
 import logging
 import os
 import sys
 
 from absl import flags
 from absl import logging as absl_logging
+from flax import traverse_util
 from ml_collections import config_flags
 
 from alexnet_jax import checkpoints
@@ -66,9 +68,11 @@ def _one_line(error: BaseException) -> str:
 
 
 class _QuietLibraries(logging.Filter):
-    """Drops the INFO chatter of orbax, TFDS and XLA's backend probing from the console (their
-    warnings and errors still show), so the run's own progress lines are readable."""
-    NOISY = ('/orbax/', '/tensorflow_datasets/', 'xla_bridge.py', '/clu/metric_writers/')
+    """Drops the INFO chatter of orbax, TFDS, XLA's backend probing and clu (its writers echo
+    every scalar; ReportProgress's work-unit notes) from the console (their warnings and errors
+    still show), so the run's own progress lines are readable."""
+    NOISY = ('/orbax/', '/tensorflow_datasets/', 'xla_bridge.py', '/clu/metric_writers/',
+             '/clu/platform/')
 
     def filter(self, record):
         return record.levelno >= logging.WARNING or not any(
@@ -101,6 +105,29 @@ def validated_config():
     except OSError as e:
         fail(f'cannot load --config: {" ".join(str(e).split())}')
     return config
+
+
+def config_file() -> str:
+    """The --config value as given: 'configs/alexnet.py:digits'."""
+    return config_flags.get_config_filename(flags.FLAGS['config'])
+
+
+def default_config():
+    """The --config file's own `get_config(variant)`: the config before the overrides."""
+    path, _, arg = config_file().partition(':')
+    spec = importlib.util.spec_from_file_location('_config_defaults', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def config_changes(config, defaults) -> list:
+    """'field: default -> value' for every field of `config` that differs from `defaults`
+    (command-line overrides and the values derived from them)."""
+    flat = lambda c: traverse_util.flatten_dict(c.to_dict(), sep='.')  # noqa: E731
+    new, old = flat(config), flat(defaults)
+    return [f'{k}: {old.get(k, "(none)")!r} -> {v!r}' for k, v in new.items()
+            if k not in old or old[k] != v]
 
 
 def _causes(error: BaseException):

@@ -12,3 +12,14 @@ class UserError(Exception):
 
 class InputError(UserError, ValueError):
     """A bad value the user gave (a flag, a file's contents); a ValueError for old callers."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config field has an impossible value; the message names the field and the fix."""
+
+
+def check(condition: bool, field: str, message: str) -> None:
+    """Raises `ConfigError('config.<field>: <message>')` unless `condition`; whoever reads the
+    field checks it (the model its layers' fields, the optimizer its names, ...)."""
+    if not condition:
+        raise ConfigError(f'config.{field}: {message}')

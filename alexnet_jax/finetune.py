@@ -1,13 +1,15 @@
 """Fine-tuning: a fresh run that starts from existing weights (`config.init_from=DIR`).
 
-DIR is a converted checkpoint (alexnet_jax.tools.convert) or a training workdir. Two steps, both
-called by `train.train_and_evaluate` (and `resolve_config` by launch.py too, before it writes
-the workdir's config.json):
+DIR is a converted checkpoint (alexnet_jax.tools.convert) or a training workdir, read with
+checkpoints.load_config / load_variables. Two steps, both called by `train.train_and_evaluate`
+(once per run, before it writes the workdir's config.json):
 
   resolve_config(config)  the run's config with DIR's net and preprocessing: every model field
                           except RUN_MODEL_FIELDS, and data.{image_size, resize_size, mean_rgb,
                           stddev_rgb}, come from DIR/config.json (each change is logged). So
-                          fine-tuning bvlc_alexnet needs no groups/LRN/BGR-mean flags.
+                          fine-tuning bvlc_alexnet needs no groups/LRN/BGR-mean flags. Not
+                          validated again: DIR's fields come from a validated config, the
+                          rest was validated at the entry point.
   load_into(state, DIR)   the fresh state with DIR's params (and batch_stats): every layer whose
                           shapes match is loaded; the classifier head (fc8) is re-initialised when
                           its shape differs (another num_classes); any other difference is an
@@ -18,9 +20,10 @@ Freezing layers (`config.freeze`) is the optimizer's job: optim.create_optimizer
 """
 
 from absl import logging
+from flax import traverse_util
 import numpy as np
 
-from alexnet_jax.tools import convert
+from alexnet_jax import checkpoints
 from alexnet_jax import validation
 
 # Model fields that are this run's choice (they do not change what the loaded weights mean).
@@ -34,10 +37,13 @@ def _fail(message: str):
     raise validation.ConfigError(f'config.init_from: {message}')
 
 
+_UNREADABLE = (checkpoints.WorkdirError, checkpoints.CorruptCheckpointError)
+
+
 def _source_config(directory):
     try:
-        return convert.load_config(directory)
-    except convert.ConvertError as e:
+        return checkpoints.load_config(directory)
+    except _UNREADABLE as e:
         _fail(str(e))
 
 
@@ -60,7 +66,6 @@ def resolve_config(config):
     if changes:
         logging.info('init_from=%s defines the net and its preprocessing:\n  %s',
                      config.init_from, '\n  '.join(changes))
-    validation.validate_config(config)
     return config
 
 
@@ -69,13 +74,8 @@ def head_layer(params) -> str:
     return 'fc8' if 'fc8' in params else list(params)[-1]
 
 
-def _flat(tree, prefix=''):
-    if not isinstance(tree, dict) and not hasattr(tree, 'items'):
-        return {prefix: tree}
-    out = {}
-    for k, v in tree.items():
-        out.update(_flat(v, f'{prefix}/{k}' if prefix else str(k)))
-    return out
+def _flat(tree) -> dict:
+    return traverse_util.flatten_dict(tree, sep='/')
 
 
 def _shapes(tree) -> dict:
@@ -100,8 +100,9 @@ def merge(target: dict, source: dict, head: str, where: str = 'params', director
         want, got = _shapes(tree), _shapes(source[layer])
         if want == got:
             flat_src = _flat(source[layer])
-            merged[layer] = _map_flat(  # In this run's param_dtype.
-                tree, lambda path, t: np.asarray(flat_src[path], dtype=t.dtype))
+            merged[layer] = traverse_util.unflatten_dict(  # In this run's param_dtype.
+                {k: np.asarray(flat_src[k], dtype=t.dtype) for k, t in _flat(tree).items()},
+                sep='/')
             loaded.append(layer)
             continue
         diff = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
@@ -117,17 +118,11 @@ def merge(target: dict, source: dict, head: str, where: str = 'params', director
     return merged, loaded, reinit
 
 
-def _map_flat(tree, fn, prefix=''):
-    if not isinstance(tree, dict) and not hasattr(tree, 'items'):
-        return fn(prefix, tree)
-    return {k: _map_flat(v, fn, f'{prefix}/{k}' if prefix else str(k)) for k, v in tree.items()}
-
-
 def load_into(state, directory):
     """`state` (fresh, on the host) with DIR's params and batch_stats merged in; logs the layers."""
     try:
-        _, variables = convert.load_variables(directory)
-    except convert.ConvertError as e:
+        _, variables = checkpoints.load_variables(directory)
+    except _UNREADABLE as e:
         _fail(str(e))
     head = head_layer(state.params)
     params, loaded, reinit = merge(state.params, variables['params'], head, 'params', directory)

@@ -1,11 +1,15 @@
 """Where the loop's numbers go: clu writers (TensorBoard + log), metrics.jsonl, the console
-line with ETA, learning_curves.png and results.json, all in the workdir (process 0 writes)."""
+line with ETA, learning_curves.png and results.json, all in the workdir (process 0 writes).
+
+Steps/s come from clu's `periodic_actions.ReportProgress` (also the work unit's progress note),
+measured between two logged steps."""
 
 import json
 import time
 
 from absl import logging
 from clu import metric_writers
+from clu import periodic_actions
 from etils import epath
 import jax
 
@@ -29,6 +33,18 @@ def read_history(workdir) -> list:
     return sorted(latest.values(), key=lambda r: r['step'])
 
 
+class _Kept:
+    """The writer ReportProgress reports to: keeps its last scalars (steps_per_sec) for the
+    console line and metrics.jsonl, which write them under their own names."""
+
+    def __init__(self):
+        self.scalars = {}
+
+    def write_scalars(self, step, scalars):
+        del step
+        self.scalars.update(scalars)
+
+
 class Recorder:
     def __init__(self, workdir, *, num_steps: int, steps_per_epoch: int, batch_size: int,
                  plot: bool = True):
@@ -41,14 +57,19 @@ class Recorder:
         self.writer = metric_writers.create_default_writer(
             str(self.workdir), just_logging=not self.lead)
         self.history = read_history(self.workdir) if self.lead else []
-        self.last_time = time.time()
+        self.kept = _Kept()  # every_secs=0: reports at each logged step (it is called at those).
+        self.progress = periodic_actions.ReportProgress(
+            num_train_steps=num_steps, writer=self.kept, every_secs=0.0)
+        self.started = time.monotonic()  # Until the first log, the steps since count from here.
 
     def write(self, step: int, split: str, scalars: dict, num_steps_since: int = 0) -> None:
         scalars = dict(scalars)
         if split == 'train':
-            now = time.time()
-            rate = num_steps_since / max(now - self.last_time, 1e-9)
-            self.last_time = now
+            if self.started is not None:  # A first call only starts ReportProgress's clock.
+                self.progress(step - num_steps_since, self.started)
+                self.started = None
+            self.progress(step)
+            rate = self.kept.scalars.get('steps_per_sec', 0.0)
             scalars.update(steps_per_second=rate, images_per_second=rate * self.batch_size)
             eta = (self.num_steps - step) / max(rate, 1e-9)
             logging.info('step %d/%d (%.0f%%)  loss %.4f  top1 %.2f%%  lr %.3g  %.1f steps/s  '

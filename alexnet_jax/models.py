@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from alexnet_jax import errors
+
 # Layer widths of the paper's net; `width` scales them.
 CONV_SPECS = (  # name, features, kernel, stride, padding, grouped
     ('conv1', 96, 11, 4, 0, False),
@@ -91,8 +93,8 @@ def local_response_norm(x: jax.Array, k: float = 2.0, n: int = 5, alpha: float =
     """
     if convention not in LRN_CONVENTIONS:
         raise ValueError(f'Unknown lrn_convention {convention!r}; choose one of {LRN_CONVENTIONS}.')
-    if n < 1 or n % 2 == 0:
-        raise ValueError(f'LRN size n must be a positive odd number, got {n}.')
+    errors.check(n >= 1 and n % 2 == 1, 'model.lrn_n',  # The one check of config.model.lrn_n.
+                 f'must be a positive odd number of channels, got {n!r}.')
     scale = alpha if convention == 'paper' else alpha / n
     # Square and sum in float32 at least: bf16 sums of squares lose the small alpha term.
     acc_dtype = jnp.promote_types(x.dtype, jnp.float32)

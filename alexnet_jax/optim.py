@@ -23,6 +23,8 @@ import jax
 import optax
 from flax import traverse_util
 
+from alexnet_jax import errors
+
 SCHEDULES = ('plateau', 'step', 'warmup_cosine', 'warmup_poly', 'constant')
 
 
@@ -53,7 +55,8 @@ def create_schedule(o, steps_per_epoch: int, num_steps: int) -> Callable | float
         if not warmup:
             return decay
         return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
-    raise ValueError(f'config.optim.schedule: {o.schedule!r} is not one of {SCHEDULES}.')
+    raise errors.ConfigError(f'config.optim.schedule: {o.schedule!r} is not one of '
+                             f'{list(SCHEDULES)}.')
 
 
 def decay_mask(pattern: str):
@@ -110,9 +113,8 @@ def create_optimizer(o, steps_per_epoch: int, num_steps: int,
     `optax.multi_transform` + `set_to_zero`: the optimizer (weight decay, clipping, momentum)
     sees only the other layers and keeps no state for frozen ones.
     """
-    if o.optimizer not in OPTIMIZERS:
-        raise ValueError(f'config.optim.optimizer: {o.optimizer!r} is not one of '
-                         f'{sorted(OPTIMIZERS)}.')
+    errors.check(o.optimizer in OPTIMIZERS, 'optim.optimizer',
+                 f'{o.optimizer!r} is not one of {list(OPTIMIZERS)}.')
     build = OPTIMIZERS[o.optimizer]
     tx = optax.inject_hyperparams(lambda learning_rate, weight_decay: build(
         o, learning_rate, weight_decay))(
@@ -138,40 +140,30 @@ def freeze_labels(frozen):
     """params -> the same tree of 'frozen' / 'trainable' labels, by top-level layer name."""
     frozen = frozen_layers(frozen)
 
-    def labels(params):
-        unknown = sorted(set(frozen) - set(params))
-        if unknown:
-            raise ValueError(f'config.freeze: {unknown} are not layers of this model; choose '
-                             f'from {list(params)}.')
+    def labels(params):  # The one check of config.freeze's names: against the real params.
+        unknown = [name for name in frozen if name not in params]
+        errors.check(not unknown, 'freeze', f'{unknown} {"is" if len(unknown) == 1 else "are"} '
+                     f'not a layer of this model; choose from {list(params)} '
+                     '(e.g. --config.freeze=conv1,conv2).')
         return {layer: jax.tree.map(lambda _, f=layer in frozen: 'frozen' if f else 'trainable',
                                     tree) for layer, tree in params.items()}
     return labels
 
 
-def _hyperparams(opt_state):
-    """The `inject_hyperparams` state inside `opt_state` (possibly behind a clip or a freeze)."""
-    if hasattr(opt_state, 'hyperparams'):
-        return opt_state
-    if hasattr(opt_state, 'inner_states'):  # multi_transform (config.freeze).
-        children = list(opt_state.inner_states.values())
-    elif hasattr(opt_state, 'inner_state'):  # masked.
-        children = [opt_state.inner_state]
-    elif isinstance(opt_state, tuple):  # chain.
-        children = list(opt_state)
-    else:
-        return None
-    return next((h for h in map(_hyperparams, children) if h is not None), None)
+def _rate(_, value) -> bool:
+    """The rate itself, not a schedule's step counter (a WrappedScheduleState named alike)."""
+    return not isinstance(value, tuple)
 
 
 def learning_rate(opt_state) -> jax.Array:
-    return _hyperparams(opt_state).hyperparams['learning_rate']
+    """The `inject_hyperparams` learning rate inside `opt_state` (behind a clip or a freeze)."""
+    return optax.tree_utils.tree_get(opt_state, 'learning_rate', filtering=_rate)
 
 
 def set_learning_rate(opt_state, value):
     """`opt_state` with the learning rate replaced by `value` (a float32 scalar, placed as the
     old one was: the caller replicates it for a replicated state)."""
-    _hyperparams(opt_state).hyperparams['learning_rate'] = value
-    return opt_state
+    return optax.tree_utils.tree_set(opt_state, _rate, learning_rate=value)
 
 
 @dataclasses.dataclass

@@ -27,10 +27,12 @@ import numpy as np
 
 from alexnet_jax import checkpoints
 from alexnet_jax.data import device_data
+from alexnet_jax import evaluation
 from alexnet_jax.data import input_pipeline
 from alexnet_jax import metrics as metrics_lib
 from alexnet_jax import optim
 from alexnet_jax import parallel
+from alexnet_jax import preemption
 from alexnet_jax.data import preprocess
 from alexnet_jax import train
 from alexnet_jax import validation
@@ -54,8 +56,8 @@ def seed_dir(workdir, seed: int) -> epath.Path:
 
 def train_seeds(config, workdir: str, seeds=None) -> dict:
     """Trains `seeds` (default: config's) of config; returns {seed: results dict or
-    {'failed': reason}}; {'preempted_at_step': s} when stopped by a signal."""
-    validation.validate_config(config)
+    {'failed': reason}}; {'preempted_at_step': s} when stopped by a signal. `config` must be
+    validated (launch.py and tools/sweep.py do it at the entry point)."""
     seeds = seed_list(config) if seeds is None else list(seeds)
     info = input_pipeline.get_info(config)
     mode = train.seeds_mode(config)
@@ -116,14 +118,14 @@ def _train_together(config, info, workdir, seeds):
         logging.info('Resumed %d seeds from step %d of %s.', len(seeds), int(state.step[0]),
                      workdir)
     for c, s in zip(configs, seeds):
-        train.write_config(c, str(seed_dir(workdir, s)))
+        checkpoints.write_config(c, str(seed_dir(workdir, s)))
     plateaus = [optim.Plateau.from_config(config.optim, p)
                 for p in meta.get('plateau', [None] * len(seeds))]
     failed = {int(k): v for k, v in meta.get('failed', {}).items()}
     start_step, elapsed = int(state.step[0]), meta.get('elapsed', 0.0)
     state = parallel.replicate(state)
     mean, std = preprocess.mean_std(config.data, info.image_shape[-1])
-    eval_one = functools.partial(train.eval_step, mean=mean, std=std,
+    eval_one = functools.partial(evaluation.eval_step, mean=mean, std=std,
                                  crop_size=config.data.image_size)
     p_eval = jax.pmap(jax.vmap(eval_one, in_axes=(0, None)), axis_name=AXIS)
     t0 = time.time()
@@ -138,11 +140,11 @@ def _train_together(config, info, workdir, seeds):
         if start_step < num_steps:
             step_fn, p_keys, data = train.device_step_inputs(config, info, keys)
             pending = []
-            with checkpoints.PreemptionGuard() as guard:
+            with preemption.PreemptionGuard() as guard:
                 for step in range(start_step + 1, num_steps + 1):
                     state, step_metrics = step_fn(state, p_keys, data)
                     pending.append(step_metrics)
-                    stop = train.preempted(guard, step, t.log_every_steps)
+                    stop = guard.should_stop(step, t.log_every_steps)
                     is_eval = train._at(step, eval_every, num_steps)  # pylint: disable=protected-access
                     is_ckpt = train._at(step, t.checkpoint_every_steps, num_steps) or stop  # pylint: disable=protected-access
                     if train._at(step, t.log_every_steps, num_steps) or is_ckpt:  # pylint: disable=protected-access

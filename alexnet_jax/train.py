@@ -13,13 +13,11 @@ checkpoints.RESUME_FIXED's rule. Process 0 locks the workdir for the run.
 """
 
 import functools
-import json
 import math
 import time
 from typing import Any
 
 from absl import logging
-from etils import epath
 import flax.linen as nn
 from flax.training import dynamic_scale as dynamic_scale_lib
 from flax.training import train_state
@@ -32,12 +30,14 @@ import optax
 from alexnet_jax import checkpoints
 from alexnet_jax.data import device_data
 from alexnet_jax import errors
+from alexnet_jax import evaluation
 from alexnet_jax import finetune
 from alexnet_jax.data import input_pipeline
 from alexnet_jax import metrics as metrics_lib
 from alexnet_jax import models
 from alexnet_jax import optim
 from alexnet_jax import parallel
+from alexnet_jax import preemption
 from alexnet_jax.data import preprocess
 from alexnet_jax import validation
 from alexnet_jax.parallel import AXIS
@@ -104,13 +104,6 @@ def cross_entropy(logits, labels):
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def topk_correct(scores, labels, k: int):
-    """1.0 where `labels` is among the k highest `scores` (k clipped to the number of classes)."""
-    k = min(k, scores.shape[-1])
-    _, top = lax.top_k(scores, k)
-    return jnp.any(top == labels[..., None], axis=-1).astype(jnp.float32)
-
-
 def dropout_rng(key, step):
     """This device's dropout key for `step`: every device and every step draws its own masks."""
     return jax.random.fold_in(jax.random.fold_in(key, step), lax.axis_index(AXIS))
@@ -143,8 +136,8 @@ def train_step(state: TrainState, batch, *, dropout_key, mean, std):
         grads=grads, batch_stats=lax.pmean(updates.get('batch_stats', {}), AXIS))
     metrics = {
         'loss': loss,
-        'top1': topk_correct(logits, batch['label'], 1).mean(),
-        'top5': topk_correct(logits, batch['label'], 5).mean(),
+        'top1': evaluation.topk_correct(logits, batch['label'], 1).mean(),
+        'top5': evaluation.topk_correct(logits, batch['label'], 5).mean(),
     }
     metrics = lax.pmean(metrics, AXIS)
     if scaler is not None:  # Overflow: keep the old params, optimizer state and statistics.
@@ -243,55 +236,6 @@ def step_runner(config, info, dropout_key, start_step: int):
     return lambda state: p_train_step(state, next(batches))
 
 
-def eval_step(state: TrainState, batch, *, mean, std, crop_size):
-    """Sums of loss / top-1 / top-5 over the real (mask=True) examples of all devices.
-
-    Images uint8 [n, H, W, C], or for the paper's 10-crop test the squares [n, S, S, C] (S >
-    crop_size; cut into 10 crops here) or crops [n, crops, H, W, C]: the softmax is averaged
-    over the crops. Normalised on the device (`preprocess.normalize_batch`).
-    """
-    images = preprocess.normalize_batch(
-        {'image': preprocess.eval_images(batch, crop_size)}, mean, std)
-    n, crops = images.shape[0], (images.shape[1] if images.ndim == 5 else 1)
-    logits = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats},
-                            images.reshape((n * crops,) + images.shape[-3:]), train=False)
-    probs = jax.nn.softmax(logits).reshape(n, crops, -1).mean(axis=1)
-    labels, mask = batch['label'], batch['mask'].astype(jnp.float32)
-    nll = -jnp.log(jnp.take_along_axis(probs, labels[:, None], axis=-1)[:, 0] + 1e-12)
-    sums = {
-        'loss': nll * mask,
-        'top1': topk_correct(probs, labels, 1) * mask,
-        'top5': topk_correct(probs, labels, 5) * mask,
-        'count': mask,
-    }
-    return lax.psum(jax.tree.map(jnp.sum, sums), AXIS)
-
-
-def make_eval_step(mean, std, crop_size, devices=None):
-    """`eval_step` pmapped over AXIS with the data's normalisation (`preprocess.mean_std`) and
-    the net's input size (config.data.image_size: the 10 crops' size)."""
-    return jax.pmap(functools.partial(eval_step, mean=mean, std=std, crop_size=crop_size),
-                    axis_name=AXIS, devices=devices)
-
-
-def evaluate(p_eval_step, state, config, split: str) -> dict:
-    """Loss, top-1 and top-5 over every example of `split` (all hosts, padding masked)."""
-    totals = None
-    for batch in input_pipeline.eval_iterator(config, split):
-        sums = p_eval_step(state, batch)
-        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    totals = parallel.unreplicate(totals)
-    count = max(float(totals['count']), 1.0)
-    return {k: float(totals[k]) / count for k in ('loss', 'top1', 'top5')}
-
-
-def write_config(config, workdir: str) -> None:
-    """workdir/config.json: the net and preprocessing of its checkpoints, as evaluate, features
-    and init_from read them (convert.load_config)."""
-    if jax.process_index() == 0:
-        path = epath.Path(workdir)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / 'config.json').write_text(json.dumps(config.to_dict(), indent=2, default=str))
 
 
 def num_train_steps(config) -> tuple[int, int]:
@@ -307,18 +251,18 @@ def _at(step: int, every: int, last: int) -> bool:
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-    """Trains (or resumes) in `workdir`, evaluates on the test split; returns results.json's dict.
+    """Trains (or resumes) one seed in `workdir`, evaluates on the test split; returns
+    results.json's dict.
 
-    config.init_from: a fresh run starts from those weights (finetune.py); config.freeze: those
-    layers stay fixed (optim.py); config.eval_only: only evaluates (evaluate.eval_only).
+    `config` must be validated (validation.validate_config): launch.py and tools/sweep.py do
+    it once, at the entry point. config.init_from: a fresh run starts from those weights
+    (finetune.py); config.freeze: those layers stay fixed (optim.py). Several seeds
+    (config.num_seeds > 1) train through seeds.train_seeds, evaluation alone
+    (config.eval_only) through tools/evaluate.eval_only: launch.py routes both.
     """
-    validation.validate_config(config)
-    if config.get('num_seeds', 1) > 1:  # {seed: results}, each in workdir/seed<k>.
-        from alexnet_jax import seeds  # pylint: disable=import-outside-toplevel
-        return seeds.train_seeds(config, workdir)  # (It imports this module.)
-    if config.get('eval_only'):
-        from alexnet_jax.tools import evaluate as evaluate_lib  # pylint: disable=import-outside-toplevel
-        return evaluate_lib.eval_only(config, workdir)  # (It imports this module.)
+    validation.check(config.get('num_seeds', 1) == 1, 'num_seeds',
+                     f'{config.num_seeds} seeds train through seeds.train_seeds '
+                     '(launch.py routes them); train_and_evaluate trains one.')
     config = finetune.resolve_config(config)  # init_from: its net and preprocessing.
     info = input_pipeline.get_info(config)
     validation.check(config.model.num_classes == info.num_classes, 'model.num_classes',
@@ -348,7 +292,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         state = configured_learning_rate(state, config.optim, plateau)
         # Only now, when the workdir is known to fit this config, is anything written to it:
         # a refused rerun leaves no config.json and no TensorBoard file behind.
-        write_config(config, workdir)
+        checkpoints.write_config(config, workdir)
         recorder = metrics_lib.Recorder(workdir, num_steps=num_steps,
                                         steps_per_epoch=steps_per_epoch,
                                         batch_size=t.batch_size, plot=t.plot)
@@ -359,7 +303,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         state = parallel.replicate(state)
 
         mean, std = preprocess.mean_std(config.data, info.image_shape[-1])
-        p_eval_step = make_eval_step(mean, std, config.data.image_size)
+        p_eval_step = evaluation.make_eval_step(mean, std, config.data.image_size)
 
         def save(step, val=None):
             nonlocal last_saved
@@ -376,11 +320,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
                          steps_per_epoch)
             run_step = step_runner(config, info, dropout_key, start_step)
             pending = []  # Device metrics since the last log; fetched only at log time.
-            with checkpoints.PreemptionGuard() as guard:
+            with preemption.PreemptionGuard() as guard:
                 for step in range(start_step + 1, num_steps + 1):
                     state, step_metrics = run_step(state)
                     pending.append(step_metrics)
-                    stop = preempted(guard, step, t.log_every_steps)
+                    stop = guard.should_stop(step, t.log_every_steps)
                     is_eval = _at(step, eval_every, num_steps)
                     is_ckpt = _at(step, t.checkpoint_every_steps, num_steps) or stop
                     if _at(step, t.log_every_steps, num_steps) or is_ckpt or is_eval:
@@ -389,7 +333,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                         pending = []
                     improved = False
                     if is_eval:
-                        val = evaluate(p_eval_step, state, config, config.data.eval_split)
+                        val = evaluation.evaluate(p_eval_step, state, config,
+                                                  config.data.eval_split)
                         recorder.write(step, 'val', val)
                         state = update_plateau(plateau, state, val, config.optim, step)
                         improved = val['top1'] > best_top1
@@ -436,13 +381,6 @@ def configured_learning_rate(state, o, plateau):
                     if o.schedule == 'plateau' and plateau.reductions else '')
     return state.replace(opt_state=optim.set_learning_rate(state.opt_state,
                                                            np.asarray(new, old.dtype)))
-
-
-def preempted(guard, step: int, every: int) -> bool:
-    """SIGTERM/SIGINT seen (on any host; hosts agree only at log steps, to stay in step)."""
-    if jax.process_count() == 1:
-        return guard.requested
-    return step % max(every, 1) == 0 and guard.any_requested()
 
 
 def log_train(recorder, step: int, pending: list, last_saved: int | None = None) -> None:
@@ -493,7 +431,7 @@ def final_results(p_eval_step, state, config, val, num_steps, elapsed, recorder)
     """Test-split metrics (reusing the last eval when it is the same split) -> results.json."""
     d = config.data
     if val is None or d.test_split != d.eval_split:
-        test = evaluate(p_eval_step, state, config, d.test_split)
+        test = evaluation.evaluate(p_eval_step, state, config, d.test_split)
     else:
         test = val
     results = {

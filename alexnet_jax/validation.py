@@ -1,25 +1,21 @@
 """Checks a config before any work, so a bad value fails in a second with the field's name.
 
 Each section has one small checker; `validate_config` runs those whose section is present.
-A checker raises `ConfigError` through `check(condition, field, message)`.
+A checker raises `ConfigError` through `check(condition, field, message)`. A rule that the
+field's consumer checks anyway lives there only, with the same one-line `ConfigError` (raised
+when the run builds it): the LRN size (models.local_response_norm), the optimizer and schedule
+names (optim.create_optimizer), the frozen layers (optim.freeze_labels, against the real params).
+Entry points (launch.py, tools/sweep.py, the evaluate tool) validate once.
 """
 
-import functools
-
-import jax
 import jax.numpy as jnp
 
 from alexnet_jax import errors
 from alexnet_jax import models
 
 
-class ConfigError(errors.UserError, ValueError):
-    """A config field has an impossible value; the message names the field and the fix."""
-
-
-def check(condition: bool, field: str, message: str) -> None:
-    if not condition:
-        raise ConfigError(f'config.{field}: {message}')
+ConfigError = errors.ConfigError
+check = errors.check
 
 
 def _one_of(section, prefix: str, name: str, choices) -> None:
@@ -57,8 +53,6 @@ def validate_model(m) -> None:
     check(m.groups in (1, 2), p + 'groups', f'must be 1 or 2 (the paper\'s two GPUs), got {m.groups!r}.')
     _positive(m, p, 'num_classes', 'width', 'pool_window', 'pool_stride', 'lrn_k', 'lrn_beta')
     check(m.lrn_alpha >= 0, p + 'lrn_alpha', f'must be >= 0, got {m.lrn_alpha!r}.')
-    check(m.lrn_n >= 1 and m.lrn_n % 2 == 1, p + 'lrn_n',
-          f'must be a positive odd number of channels, got {m.lrn_n!r}.')
     check(0 <= m.dropout_rate < 1, p + 'dropout_rate', f'must be in [0, 1), got {m.dropout_rate!r}.')
     check(0 <= m.bn_momentum < 1, p + 'bn_momentum', f'must be in [0, 1), got {m.bn_momentum!r}.')
     for name in ('dtype', 'param_dtype'):
@@ -122,10 +116,7 @@ def validate_data(d) -> None:
 
 
 def validate_optim(o) -> None:
-    from alexnet_jax import optim  # pylint: disable=import-outside-toplevel
     p = 'optim.'
-    _one_of(o, p, 'optimizer', optim.OPTIMIZERS)
-    _one_of(o, p, 'schedule', optim.SCHEDULES)
     _positive(o, p, 'learning_rate')
     check(o.weight_decay >= 0, p + 'weight_decay', f'must be >= 0, got {o.weight_decay!r}.')
     check(0 <= o.momentum < 1, p + 'momentum', f'must be in [0, 1), got {o.momentum!r}.')
@@ -204,27 +195,11 @@ def validate_seeds(config) -> None:
               "set data.device_resident=auto (or always), or seeds_mode=sequential.")
 
 
-def model_layers(config) -> list:
-    """Top-level param names (conv1 ... fc8, bn_* with batch_norm) of config.model, via an
-    abstract init (shapes only, no compute)."""
-    model = models.create_model(config.model)
-    size = config.get('data', {}).get('image_size', 227)
-    shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
-                            jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
-    return list(shapes['params'])
-
-
 def validate_finetune(config) -> None:
-    """init_from / freeze / eval_only (top-level fields; see configs/alexnet.py)."""
-    from alexnet_jax import optim  # pylint: disable=import-outside-toplevel
+    """init_from / eval_only (top-level fields; see configs/alexnet.py); config.freeze's names
+    are checked against the model's params when the optimizer is built (optim.freeze_labels)."""
     init_from = config.get('init_from')
     check(init_from is None or (isinstance(init_from, str) and init_from.strip()), 'init_from',
           f'must be a directory (a converted checkpoint or a training workdir), got {init_from!r}.')
     check(isinstance(config.get('eval_only', False), bool), 'eval_only',
           f'must be True or False, got {config.get("eval_only")!r}.')
-    frozen = optim.frozen_layers(config.get('freeze', ()))
-    if frozen and 'model' in config:
-        valid = model_layers(config)
-        unknown = [name for name in frozen if name not in valid]
-        check(not unknown, 'freeze', f'{unknown} {"is" if len(unknown) == 1 else "are"} not a '
-              f'layer of this model; choose from {valid} (e.g. --config.freeze=conv1,conv2).')

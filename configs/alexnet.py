@@ -264,19 +264,22 @@ def _large_batch(c, batch_size: int):
     # base 0.625 per 256 examples = 10 at 4K, You et al.'s AlexNet-BN starting point. LARS
     # tolerates the rule only so far: at 32K the rule gives 80; lower it with
     # --config.optim.learning_rate if the loss climbs during warmup (the papers tuned it).
+    # Fields derived from the batch are FieldReferences: --config.train.batch_size=8192 moves
+    # the rate and the intervals with it; overriding a derived field pins that field alone.
     base_learning_rate = 0.625
-    c.train.batch_size = batch_size
-    c.optim.learning_rate = base_learning_rate * batch_size / 256
+    batch = ml_collections.FieldReference(batch_size)
+    c.train.batch_size = batch
+    c.optim.learning_rate = batch.to_float() * (base_learning_rate / 256)
     # Warmup: linear 0 -> learning_rate over the first epochs, then poly(2) decay to 0.
     c.optim.schedule = 'warmup_poly'
     c.optim.warmup_epochs = 5.0
     c.optim.poly_power = 2.0
     c.train.num_epochs = 100.0
-    steps_per_epoch = IMAGENET_TRAIN_EXAMPLES // batch_size  # 312 at 4K, 39 at 32K.
+    steps_per_epoch = ml_collections.FieldReference(IMAGENET_TRAIN_EXAMPLES) // batch  # 312 at 4K.
     c.train.eval_batch_size = 4096    # Divides 8..4096 devices; the last batch is padded.
     c.train.eval_every_steps = 5 * steps_per_epoch  # Every 5 epochs.
     c.train.checkpoint_every_steps = 2 * steps_per_epoch
-    c.train.log_every_steps = max(steps_per_epoch // 8, 1)
+    c.train.log_every_steps = steps_per_epoch // 8  # (>= 1 up to a batch of 160K.)
 
 
 def _lars4k(c):

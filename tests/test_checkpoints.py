@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import zlib
 
 import flax.linen as nn
 import jax
@@ -21,8 +22,11 @@ import pytest
 from flax.training import train_state
 
 from alexnet_jax import checkpoints
+from alexnet_jax import errors
+from alexnet_jax import integrity
 from alexnet_jax.checkpoints import (Checkpointer, ConfigMismatchError, CorruptCheckpointError,
-                                     PreemptionGuard, config_fingerprint)
+                                     config_fingerprint)
+from alexnet_jax.preemption import PreemptionGuard
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FP = {'model': {'num_classes': 3, 'width': 1.0}, 'input_shape': [5, 5, 3]}
@@ -372,3 +376,64 @@ def test_resume_rule_names_the_changed_field(field, value, allowed):
     else:
         with pytest.raises(ConfigMismatchError, match=rf'config\.{field}={value!r}'):
             checkpoints.check_resume(saved, config, '/w')
+
+
+def test_leaf_paths_keep_their_format():
+    """checkpoint_info names leaves as existing workdirs store them: renaming them would make
+    every old checkpoint fail its shape check."""
+    class Node:  # A pytree node registered without keys: its children are numbered.
+        def __init__(self, a, b):
+            self.a, self.b = a, b
+    jax.tree_util.register_pytree_node(Node, lambda n: ((n.a, n.b), None), lambda _, c: Node(*c))
+    state = make_state(tx=optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.1, 0.9)))
+    tree = {'ts': state, 'key': jax.random.key(1), 'l': [np.zeros(1), (np.zeros(2),)],
+            'n': Node(np.zeros(3), 4)}
+    described = integrity.describe(jax.device_get(tree), checksums=True)
+    layers = ['Dense_0/bias', 'Dense_0/kernel', 'Dense_1/bias', 'Dense_1/kernel']
+    assert sorted(described) == sorted(
+        ['key', 'l/0', 'l/1/0', 'n/0', 'n/1', 'ts/step']
+        + [f'ts/params/{p}' for p in layers] + [f'ts/opt_state/1/0/trace/{p}' for p in layers])
+    assert described['key'] == {'shape': [2], 'dtype': 'uint32', 'crc32': zlib.crc32(
+        np.asarray(jax.random.key_data(jax.random.key(1))).tobytes())}
+    assert described['ts/params/Dense_0/kernel']['shape'] == [256, 3]  # Created first.
+
+
+def _workdir_without_checkpoint(path):
+    path.mkdir()
+    (path / 'config.json').write_text('{"model": {"num_classes": 3}}')
+
+
+def _garbled_params(path):
+    _workdir_without_checkpoint(path)
+    with ckpt(path, best_metric=None, async_save=False) as c:
+        c.save(4, trained_state(), {})
+    CORRUPTIONS['garbled array data'](step_dir(path, 4))
+
+
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
+@pytest.mark.parametrize('setup, error, message', [
+    (lambda p: None, checkpoints.WorkdirError, 'has no config.json'),
+    (_workdir_without_checkpoint, checkpoints.WorkdirError, 'has no checkpoint in'),
+    (_garbled_params, CorruptCheckpointError, r'step 4 .* is corrupt \(checksum mismatch'),
+])
+def test_load_variables_names_the_directory(tmp_path, setup, error, message):
+    """Tools get one user error naming DIR, never a half-read net; DIR is left as it was."""
+    setup(tmp_path / 'w')
+    before = sorted(str(p) for p in tmp_path.rglob('*'))
+    with pytest.raises(error, match=message) as e:
+        checkpoints.load_variables(tmp_path / 'w')
+    assert str(tmp_path / 'w') in str(e.value) and isinstance(e.value, errors.UserError)
+    assert sorted(str(p) for p in tmp_path.rglob('*')) == before
+
+
+def test_load_variables_reads_params_of_a_train_state(tmp_path):
+    """Only params (no opt_state) of a training workdir's given step, as saved."""
+    _workdir_without_checkpoint(tmp_path / 'w')
+    states = {1: trained_state(steps=1), 2: trained_state(steps=2)}
+    with ckpt(tmp_path / 'w', best_metric=None, async_save=False) as c:
+        for step, state in states.items():
+            c.save(step, state, {})
+    for step in (None, 1):
+        config, variables = checkpoints.load_variables(tmp_path / 'w', step)
+        assert config.model.num_classes == 3 and set(variables) == {'params'}
+        assert_states_equal(variables['params'], jax.device_get(states[step or 2].params))

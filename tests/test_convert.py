@@ -1,6 +1,7 @@
 """Converters: random weights of the exact published structure, converted, against an independent
 numpy forward of the source network (NCHW, source weight layouts, source flatten order)."""
 
+import ast
 import io
 import fractions
 import os
@@ -13,6 +14,7 @@ import jax
 import numpy as np
 import pytest
 
+from alexnet_jax import checkpoints
 from alexnet_jax.tools import convert
 from alexnet_jax import models
 
@@ -108,7 +110,7 @@ def max_rel_diff(got, want):
 
 
 def our_logits(directory, images_rgb_0_255):
-    config, params = convert.load_pretrained(directory)
+    config, params = checkpoints.load_params(directory)
     x = (images_rgb_0_255 - np.asarray(config.data.mean_rgb)) / np.asarray(config.data.stddev_rgb)
     model = models.create_model(config.model)
     return config, np.asarray(jax.jit(model.apply)({'params': params}, x.astype(np.float32)))
@@ -296,3 +298,30 @@ def test_pickled_code_is_not_run(tmp_path):
     with pytest.raises(convert.ConvertError, match='not just numpy arrays'):
         convert.convert('bvlc_npy', tmp_path / 'evil.npy', tmp_path / 'out')
     assert not (tmp_path / 'pwned').exists()
+
+
+def _imports(path: pathlib.Path) -> set:
+    """Modules a source file imports (`import a.b`, `from a import b` -> 'a.b' and 'a')."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f'{node.module}.{alias.name}' for alias in node.names)
+    return names
+
+
+def test_convert_is_a_leaf_tool():
+    """Imports point from tools to the core: no core module imports a tool, and only tools
+    import convert (workdirs are read through alexnet_jax.checkpoints)."""
+    package = pathlib.Path(__file__).resolve().parents[1] / 'alexnet_jax'
+    files = {p.relative_to(package.parent).as_posix(): _imports(p) for p in package.rglob('*.py')}
+    assert 'alexnet_jax/tools/convert.py' in files and 'alexnet_jax/checkpoints.py' in files
+    importers = sorted(f for f, names in files.items() if 'alexnet_jax.tools.convert' in names)
+    assert all(f.startswith('alexnet_jax/tools/') for f in importers), importers
+    core_to_tools = sorted(f for f, names in files.items() if not f.startswith('alexnet_jax/tools/')
+                           and any(n.startswith('alexnet_jax.tools') for n in names))
+    assert 'alexnet_jax/checkpoints.py' not in core_to_tools
+    assert not [f for f in core_to_tools if f in ('alexnet_jax/finetune.py', 'alexnet_jax/integrity.py',
+                                                  'alexnet_jax/preemption.py')], core_to_tools

@@ -50,9 +50,11 @@ def test_split_is_stratified(splits):
             assert abs(counts[label] - total * len(examples) / len(target)) <= 1.0
 
 
-def test_rebuild_is_identical(tmp_path, splits):
+def test_rebuild_is_identical(tmp_path, splits, capfd):
     """The split is seeded: building again elsewhere gives the same partition."""
     builder = tfds.builder('digits', data_dir=str(tmp_path))
     builder.download_and_prepare()
+    # Nothing is downloaded: TFDS's "Downloading and preparing dataset Unknown size" is not shown.
+    assert 'Download' not in capfd.readouterr().out
     again = {ex['index'] for ex in tfds.as_numpy(builder.as_dataset('test'))}
     assert again == {ex['index'] for ex in splits['test']}

@@ -87,7 +87,7 @@ def test_load_variables_from_training_workdir(tmp_path):
     with checkpoints.Checkpointer(str(tmp_path), config_fingerprint=checkpoints.config_fingerprint(config),
                                   best_metric=None, async_save=False) as ckpt:
         ckpt.save(3, jax.device_get(state), {})
-    loaded, variables = convert.load_variables(tmp_path)
+    loaded, variables = checkpoints.load_variables(tmp_path)
     assert set(variables) == {'params'}
     assert isinstance(loaded, ml_collections.ConfigDict) and loaded.model.num_classes == 5
     jax.tree.map(np.testing.assert_array_equal, variables['params'], jax.device_get(params))

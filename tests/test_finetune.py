@@ -7,9 +7,10 @@ import jax
 import numpy as np
 import pytest
 
+import launch
 from configs import alexnet
 from tests import helpers
-from alexnet_jax.tools import convert
+from alexnet_jax import checkpoints
 from alexnet_jax import finetune
 from alexnet_jax.data import input_pipeline
 from alexnet_jax import optim
@@ -34,7 +35,7 @@ def source(tmp_path_factory):
     """A trained 10-class workdir: (directory, its results, its variables)."""
     workdir = tmp_path_factory.mktemp('source')
     results = train.train_and_evaluate(tiny_config(), str(workdir))
-    return str(workdir), results, convert.load_variables(workdir)[1]
+    return str(workdir), results, checkpoints.load_variables(workdir)[1]
 
 
 def finetune_config(src, **top_level):
@@ -82,7 +83,7 @@ def test_finetune_run_keeps_frozen_layers_bit_identical(source, tmp_path, monkey
     assert config.optim.weight_decay > 0  # Decay would move the frozen kernels too.
     results = train.train_and_evaluate(config, str(tmp_path))
     assert results['steps'] == 2
-    _, after = convert.load_variables(tmp_path)  # The run's own checkpoint and config.json.
+    _, after = checkpoints.load_variables(tmp_path)  # The run's own checkpoint and config.json.
     for layer in CONVS:
         jax.tree.map(np.testing.assert_array_equal, after['params'][layer],
                      before['params'][layer])
@@ -102,12 +103,15 @@ def test_finetune_run_keeps_frozen_layers_bit_identical(source, tmp_path, monkey
 @pytest.mark.parametrize('freeze, ok', [(('conv1', 'fc8'), True), (('conv1,conv2',), True),
                                         (('conv9',), False), (('conv1', 'fc9'), False)])
 def test_freeze_names_are_checked(freeze, ok):
+    # Once, against the model's real params, when the run builds its optimizer state.
     config = tiny_config(freeze=freeze)
+    validation.validate_config(config)
+    info = input_pipeline.get_info(config)
     if ok:
-        validation.validate_config(config)
+        train.initial_state(config, info, 4, 2)
         return
     with pytest.raises(validation.ConfigError, match=r"config\.freeze: .*not a layer.*'conv1'"):
-        validation.validate_config(config)
+        train.initial_state(config, info, 4, 2)
 
 
 def _tree(conv_shape=(3, 3, 3, 8), head_classes=10):
@@ -135,12 +139,12 @@ def test_bad_init_from_is_clear(tmp_path):
 
 def test_eval_only_evaluates_the_workdir(source):
     src, trained, _ = source
-    results = train.train_and_evaluate(tiny_config(eval_only=True), src)
+    results = launch.run(tiny_config(eval_only=True), src)  # The entry point routes eval_only.
     assert results['split'] == 'validation' and results['num_examples'] == 11
     assert results['center']['top1'] == pytest.approx(trained['test_top1'], abs=1e-9)
     assert results['center']['loss'] == pytest.approx(trained['test_loss'], rel=1e-5)
     with pytest.raises(validation.ConfigError, match='eval_only'):
-        train.train_and_evaluate(tiny_config(eval_only=True), src + '-empty')
+        launch.run(tiny_config(eval_only=True), src + '-empty')
 
 
 @pytest.mark.parametrize('name', sorted(optim.OPTIMIZERS))

@@ -14,6 +14,7 @@ import pytest
 
 from alexnet_jax import checkpoints
 from alexnet_jax.data import input_pipeline
+from alexnet_jax import evaluation
 from alexnet_jax import train
 from alexnet_jax import validation
 from tests.helpers import TINY, assert_trees_close, launch, saved_state, tiny_config
@@ -86,11 +87,11 @@ def _records(workdir, split):
 
 
 def _scripted_evaluate(monkeypatch, top1_at_step):
-    """train.evaluate returning the given val top-1 for the state's step (else 0)."""
+    """evaluation.evaluate (as the loop calls it) returning the given val top-1 for the state's step (else 0)."""
     def evaluate(p_eval_step, state, config, split):
         top1 = top1_at_step.get(int(np.asarray(state.step)[0]), 0.0)
         return {'loss': 1.0 - top1, 'top1': top1, 'top5': 1.0}
-    monkeypatch.setattr(train, 'evaluate', evaluate)
+    monkeypatch.setattr(evaluation, 'evaluate', evaluate)
 
 
 def test_a_failed_first_save_stops_the_run_at_once(tmp_path, monkeypatch):
@@ -188,3 +189,24 @@ def test_relative_workdir_trains_and_saves(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     assert (tmp_path / 'runs/rel/results.json').exists()
     assert (tmp_path / 'runs/rel/checkpoints/2').is_dir()
+    # The console: the variant, the fields that differ from it, devices, workdir; no YAML dump.
+    log = p.stderr
+    assert f'Training {ROOT}/configs/alexnet.py:fake in {tmp_path}/runs/rel' in log, log[-3000:]
+    for line in ('model.width: 1.0 -> 0.05', 'train.batch_size: 128 -> 8',
+                 'train.num_steps: 200 -> 2', 'data.image_size: 227 -> 67'):
+        assert f'\n  {line}' in log, line
+    assert 'model.lrn_beta' not in log and '!!python' not in log  # Unchanged fields: not shown.
+    assert '2 local / 2 global devices' in log
+    assert 'step 2/2 (100%)' in log and 'steps/s' in log and 'ETA' in log  # The progress line.
+    # config.eval_only: launch.py routes it to the evaluate tool; nothing is trained.
+    p = subprocess.run([sys.executable, str(ROOT / 'launch.py'), *args,
+                        '--config.train.num_steps=2', '--config.eval_only=True',
+                        '--workdir=runs/rel'], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert f'Evaluating {ROOT}/configs/alexnet.py:fake' in p.stderr
+    evaluated = json.loads((tmp_path / 'runs/rel/eval/results.json').read_text())
+    trained = json.loads((tmp_path / 'runs/rel/results.json').read_text())
+    assert evaluated['center']['top1'] == pytest.approx(trained['test_top1'], abs=1e-9)
+    assert sorted(p.name for p in (tmp_path / 'runs/rel/checkpoints').iterdir()
+                  if p.name.isdigit()) == ['2']

@@ -110,15 +110,18 @@ def test_optimizers_step(name):
     assert float(optim.learning_rate(state)) == pytest.approx(0.01)
 
 
-@pytest.mark.parametrize('field, value, message', [
-    ('optimizer', 'lbfgs', 'config.optim.optimizer'),
-    ('schedule', 'cos', 'config.optim.schedule'),
-    ('learning_rate', 0.0, 'config.optim.learning_rate'),
-    ('momentum', 1.0, 'config.optim.momentum'),
-    ('warmup_steps', 10, 'warmup_steps or warmup_epochs'),
+@pytest.mark.parametrize('field, value, message, checked_by', [
+    # Names: checked once, by the optimizer that reads them (optim.create_optimizer).
+    ('optimizer', 'lbfgs', 'config.optim.optimizer', 'optim'),
+    ('schedule', 'cos', 'config.optim.schedule', 'optim'),
+    ('learning_rate', 0.0, 'config.optim.learning_rate', 'validation'),
+    ('momentum', 1.0, 'config.optim.momentum', 'validation'),
+    ('warmup_steps', 10, 'warmup_steps or warmup_epochs', 'validation'),
 ])
-def test_bad_optim_config(field, value, message):
+def test_bad_optim_config(field, value, message, checked_by):
     config = alexnet.get_config()
     config.optim[field] = value
+    check = {'validation': validation.validate_config,
+             'optim': lambda c: optim.create_optimizer(c.optim, 10, 100)}[checked_by]
     with pytest.raises(validation.ConfigError, match=message.replace('.', r'\.')):
-        validation.validate_config(config)
+        check(config)

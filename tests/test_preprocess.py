@@ -18,6 +18,7 @@ from configs import alexnet  # noqa: E402
 from alexnet_jax.data import input_pipeline as ip  # noqa: E402
 from alexnet_jax import parallel
 from alexnet_jax.data import preprocess
+from alexnet_jax import evaluation  # noqa: E402
 from alexnet_jax import train  # noqa: E402
 
 MEAN, STD = (123.68, 116.78, 103.94), (58.4, 57.1, 57.4)
@@ -114,7 +115,7 @@ def test_eval_on_uint8_equals_the_float_path(setup, crops):
     assert batch['image'].shape[2:] == ((76, 76, 3) if crops == 'ten' else (67, 67, 3))
     mean, std = preprocess.mean_std(c.data, 3)
     rstate = parallel.replicate(state)
-    u8 = train.make_eval_step(mean, std, 67)(rstate, batch)
+    u8 = evaluation.make_eval_step(mean, std, 67)(rstate, batch)
     if crops == 'ten':  # Today's path: the host cut the 10 crops (numpy here) in float32.
         squares = batch['image']
         m, e = (76 - 67) // 2, 76 - 67
@@ -122,7 +123,7 @@ def test_eval_on_uint8_equals_the_float_path(setup, crops):
                  [(m, m), (0, 0), (0, e), (e, 0), (e, e)]]
         views += [v[:, :, :, ::-1] for v in views]
         batch = {**batch, 'image': np.stack(views, axis=2)}
-    f = train.make_eval_step(0.0, 1.0, 67)(rstate, float_path(batch))
+    f = evaluation.make_eval_step(0.0, 1.0, 67)(rstate, float_path(batch))
     for k in ('loss', 'top1', 'top5', 'count'):
         np.testing.assert_allclose(u8[k], f[k], rtol=1e-5)
     # The logits themselves, image by image, as the model sees them.

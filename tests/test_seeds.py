@@ -63,13 +63,13 @@ def _group_params(config, workdir, seeds):
 def test_vectorised_run_equals_standalone_and_resumes_exactly(tmp_path):
     config = device_config(num_steps=6, checkpoint_every_steps=3)
     config.update(num_seeds=2, seeds_mode='vmap')
-    out = train.train_and_evaluate(config, str(tmp_path / 'vec'))
+    out = seeds_lib.train_seeds(config, str(tmp_path / 'vec'))
     solo = train.train_and_evaluate(seeds_lib.seed_config(config, 1), str(tmp_path / 'solo'))
     assert out[1]['test_loss'] == pytest.approx(solo['test_loss'], rel=1e-4)
     assert (tmp_path / 'vec' / 'seed0' / 'results.json').exists()
     assert (tmp_path / 'vec' / 'seed1' / 'metrics.jsonl').exists()
     vec = _group_params(config, tmp_path / 'vec', [0, 1])
     shutil.rmtree(tmp_path / 'vec' / 'checkpoints' / '6')  # As if killed after step 3's save.
-    again = train.train_and_evaluate(config, str(tmp_path / 'vec'))
+    again = seeds_lib.train_seeds(config, str(tmp_path / 'vec'))
     assert again[0]['test_loss'] == pytest.approx(out[0]['test_loss'], abs=1e-6)
     assert_trees_close(_group_params(config, tmp_path / 'vec', [0, 1]).params, vec.params)

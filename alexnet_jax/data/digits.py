@@ -8,6 +8,7 @@ Validation exists because the paper's schedule divides the learning rate when *v
 error plateaus; test is held out for the final number.
 """
 
+from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -45,6 +46,13 @@ class Digits(tfds.core.GeneratorBasedBuilder):
     # No checksums file: nothing is downloaded. Saying so also keeps TFDS from resolving the
     # module's resource path, which needs `importlib_resources` (an optional etils extra).
     code_path = None
+
+    def _log_download_bytes(self) -> None:  # TFDS prints "Downloading ... Unknown size".
+        logging.info('Building the embedded digits set in %s (nothing to download).',
+                     self.data_dir)
+
+    def _log_download_done(self) -> None:  # (And "downloaded and prepared": it was not.)
+        pass
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(

@@ -13,8 +13,9 @@ What DIR holds (the layout of a training workdir, so every tool reads both):
   DIR/checkpoints/0/meta/          which also stores per-leaf crc32s in checkpoint_info/)
   DIR/checkpoints/0/checkpoint_info/, DIR/checkpoints/config_fingerprint.json
 
-`load_pretrained(DIR) -> (config, params)` reads it; `load_variables` also returns batch_stats.
-Both read a training workdir too (the latest step's params, however the rest of its state looks).
+`checkpoints.load_params(DIR) -> (config, params)` reads it (`load_variables` also returns
+batch_stats), as it reads a training workdir. This module only converts: nothing outside
+alexnet_jax/tools imports it.
 The output is written to a temporary directory next to DIR and renamed at the end: a failed
 conversion leaves nothing behind, and an existing non-empty DIR is never touched.
 
@@ -47,7 +48,6 @@ an .npz of the same keys (np.savez(f, **{k: v.numpy() for k, v in sd.items()})) 
 
 import hashlib
 import importlib.util
-import json
 import pathlib
 import pickle
 import shutil
@@ -59,7 +59,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
 from alexnet_jax import checkpoints
 from alexnet_jax import cli
@@ -287,7 +286,7 @@ def _sha256(path) -> str:
     return h.hexdigest()
 
 
-# --- writing and reading checkpoints -------------------------------------------------------------
+# --- writing the checkpoint --------------------------------------------------------------------
 
 def write_pretrained(output_dir, config, params: dict, meta: dict) -> pathlib.Path:
     """Writes DIR/config.json and DIR/checkpoints/0 atomically (temp dir next to DIR, renamed)."""
@@ -298,7 +297,7 @@ def write_pretrained(output_dir, config, params: dict, meta: dict) -> pathlib.Pa
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f'.{out.name}.tmp-', dir=out.parent))
     try:
-        (tmp / 'config.json').write_text(json.dumps(config.to_dict(), indent=2, default=str) + '\n')
+        checkpoints.write_config(config, tmp)
         with checkpoints.Checkpointer(str(tmp), config_fingerprint=checkpoints.config_fingerprint(config),
                                       keep=1, best_metric=None, async_save=False) as ckpt:
             ckpt.save(0, {'params': params}, meta)
@@ -309,75 +308,6 @@ def write_pretrained(output_dir, config, params: dict, meta: dict) -> pathlib.Pa
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def _tuples(x):
-    if isinstance(x, dict):
-        return {k: _tuples(v) for k, v in x.items()}
-    return tuple(_tuples(v) for v in x) if isinstance(x, list) else x
-
-
-def load_config(directory) -> ml_collections.ConfigDict:
-    """DIR/config.json (of a conversion or a training workdir) as a ConfigDict."""
-    path = pathlib.Path(directory) / 'config.json'
-    if not path.is_file():
-        raise ConvertError(f'{directory} has no config.json: not a converted checkpoint or a '
-                           'training workdir.')
-    return ml_collections.ConfigDict(_tuples(json.loads(path.read_text())))
-
-
-def _nest(flat: dict) -> dict:
-    tree = {}
-    for path, leaf in flat.items():
-        *parents, last = path.split('/')
-        node = tree
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = leaf
-    return tree
-
-
-def load_variables(directory, step: int | None = None):
-    """(config, {'params': ..., ['batch_stats': ...]}) from DIR's latest (or given) step.
-
-    Reads only params/batch_stats of whatever state was saved (a conversion's {'params'} or a
-    training run's TrainState) and checks them against the crc32s saved with them.
-    """
-    config = load_config(directory)
-    ckpt_dir = pathlib.Path(directory) / checkpoints.CHECKPOINT_SUBDIR
-    try:
-        mgr = ocp.CheckpointManager(ckpt_dir, item_names=('state', 'meta', 'checkpoint_info'),
-                                    options=ocp.CheckpointManagerOptions(create=False))
-        step = mgr.latest_step() if step is None else step
-        if step is None:
-            raise ConvertError(f'{directory} has no checkpoint in {ckpt_dir}.')
-        info = mgr.restore(step, args=ocp.args.Composite(
-            checkpoint_info=ocp.args.JsonRestore()))['checkpoint_info']['leaves']
-        wanted = {p: v for p, v in info.items() if p.split('/')[0] in ('params', 'batch_stats')}
-        target = _nest({p: jax.ShapeDtypeStruct(tuple(v['shape']), np.dtype(v['dtype']))
-                        for p, v in wanted.items()})
-        state = mgr.restore(step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(item=target, partial_restore=True)))['state']
-        mgr.close()
-    except ConvertError:
-        raise
-    except Exception as e:  # pylint: disable=broad-except
-        raise ConvertError(f'cannot read a checkpoint from {ckpt_dir}: {type(e).__name__}: '
-                           f'{" ".join(str(e).split())[:300]}') from None
-    flat = {'/'.join(str(getattr(k, 'key', k)) for k in path): np.asarray(leaf)
-            for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]}
-    bad = [p for p, a in flat.items()
-           if checkpoints._crc32(a, wanted[p]['dtype']) != wanted[p]['crc32']]  # pylint: disable=protected-access
-    if bad or not flat:
-        raise ConvertError(f'checkpoint step {step} in {ckpt_dir} is corrupt (checksum mismatch '
-                           f'in {", ".join(bad[:5])})' if bad else f'step {step} holds no params.')
-    return config, _nest(flat)
-
-
-def load_pretrained(directory):
-    """(config, params) of a converted checkpoint (or a training workdir's latest step)."""
-    config, variables = load_variables(directory)
-    return config, variables['params']
 
 
 # --- the conversion -----------------------------------------------------------------------------
@@ -397,7 +327,7 @@ def convert(source: str, input_path, output_dir, base_config=None) -> pathlib.Pa
 
 def default_config():
     """configs/alexnet.py's paper config (the base a conversion overrides)."""
-    path = pathlib.Path(__file__).resolve().parents[1] / 'configs' / 'alexnet.py'
+    path = pathlib.Path(__file__).resolve().parents[2] / 'configs' / 'alexnet.py'
     spec = importlib.util.spec_from_file_location('_alexnet_config', path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -408,7 +338,7 @@ def define_flags() -> None:
     flags.DEFINE_enum('from', None, list(SOURCES), 'Format of --input.')
     flags.DEFINE_string('input', None, 'bvlc_alexnet.npy, or a torchvision alexnet .pth / .npz.')
     flags.DEFINE_string('output', None, 'Directory to create (must not exist, or be empty).')
-    cli.define_config_flag(default=str(pathlib.Path(__file__).resolve().parents[1] / 'configs'
+    cli.define_config_flag(default=str(pathlib.Path(__file__).resolve().parents[2] / 'configs'
                                        / 'alexnet.py'))  # Base config; model/data get overridden.
 
 
@@ -424,7 +354,7 @@ def main(argv):
     out = convert(FLAGS['from'].value, cli.local_path(FLAGS.input, '--input'),
                   cli.local_path(FLAGS.output, '--output'), base)
     print(f'Wrote {out} (config.json + checkpoints/0); load it with '
-          f'alexnet_jax.tools.convert.load_pretrained({str(out)!r}).')
+          f'alexnet_jax.checkpoints.load_params({str(out)!r}).')
 
 
 if __name__ == '__main__':

@@ -8,16 +8,17 @@ the 10 crops (4 corners + center, and their mirror images; softmax averaged), to
       --config.data.name=folder --config.data.folder_root=/data/imgs --split=val
 
 --checkpoint: the net and its preprocessing (image_size, resize_size, mean_rgb, stddev_rgb) come
-from DIR/config.json (convert.load_variables). --config, if given, supplies the data *source*
+from DIR/config.json (checkpoints.load_variables). --config, if given, supplies the data *source*
 (its data section minus those preprocessing fields, as in features.py) and
 train.eval_batch_size; without it, the checkpoint's own data section is used.
 
-Batches go through `train.eval_step` pmapped over every device (and host), the last one padded
-and masked, so every example of the split counts exactly once. Writes results.json to --output
-(a .json file or a directory), by default DIR/eval/results.json (a workdir's own results.json,
-from training, is left alone), and prints a table.
+Batches go through `evaluation.eval_step` pmapped over every device (and host), the last one
+padded and masked, so every example of the split counts exactly once. Writes results.json to
+--output (a .json file or a directory), by default DIR/eval/results.json (a workdir's own
+results.json, from training, is left alone), and prints a table.
 
-`config.eval_only=True` in launch.py does the same for a run's config: `eval_only` below.
+`config.eval_only=True` in launch.py does the same for a run's config: launch.py calls
+`eval_only` below instead of training.
 """
 
 import json
@@ -27,16 +28,14 @@ from absl import app
 from absl import flags
 from etils import epath
 import jax
-import numpy as np
 
 from alexnet_jax import checkpoints
 from alexnet_jax import cli
-from alexnet_jax.tools import convert
+from alexnet_jax import evaluation
 from alexnet_jax.tools import features
 from alexnet_jax import models
 from alexnet_jax import parallel
 from alexnet_jax.data import preprocess
-from alexnet_jax import train
 from alexnet_jax import validation
 from alexnet_jax.data import sources
 
@@ -44,12 +43,11 @@ CROPS = {'center': ('center',), 'ten': ('ten',), 'both': ('center', 'ten')}
 
 
 def load_state(checkpoint):
-    """(config, host TrainState holding only what eval_step reads) of a checkpoint DIR."""
-    config, variables = convert.load_variables(checkpoint)
+    """(config, host EvalState: what eval_step reads) of a checkpoint DIR."""
+    config, variables = checkpoints.load_variables(checkpoint)
     model = models.create_model(config.model)
-    state = train.TrainState(step=np.zeros((), np.int32), apply_fn=model.apply,
-                             params=variables['params'], tx=None, opt_state=None,
-                             batch_stats=variables.get('batch_stats', {}))
+    state = evaluation.EvalState(apply_fn=model.apply, params=variables['params'],
+                                 batch_stats=variables.get('batch_stats', {}))
     return config, state
 
 
@@ -91,14 +89,14 @@ def evaluate_checkpoint(checkpoint, run_config=None, *, split: str | None = None
     }
     if config.data.name == 'folder':
         results['folder_root'] = config.data.folder_root
-    p_eval_step = train.make_eval_step(*preprocess.mean_std(config.data, source.channels),
-                                       config.data.image_size)
+    p_eval_step = evaluation.make_eval_step(
+        *preprocess.mean_std(config.data, source.channels), config.data.image_size)
     state = parallel.replicate(state)
     for mode in CROPS[crops]:
         mode_config = config.copy_and_resolve_references()
         mode_config.data.eval_crops = mode
         t0 = time.time()
-        results[mode] = train.evaluate(p_eval_step, state, mode_config, split)
+        results[mode] = evaluation.evaluate(p_eval_step, state, mode_config, split)
         results[mode]['seconds'] = time.time() - t0
     path = results_path(checkpoint, output)
     if jax.process_index() == 0:

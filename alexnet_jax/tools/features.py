@@ -3,7 +3,7 @@ r"""Any layer's activations for a data split, batched and pmapped like evaluatio
   python -m alexnet_jax.tools.features --checkpoint=/tmp/bvlc --layer=fc7 --split=validation \
       --output=/tmp/fc7.npz [--config=configs/alexnet.py:digits]
 
---checkpoint is a converted checkpoint or a training workdir (convert.load_variables); the net
+--checkpoint is a converted checkpoint or a training workdir (checkpoints.load_variables); the net
 and its preprocessing (image_size, resize_size, mean_rgb, stddev_rgb) come from its config.json.
 --config, if given, supplies only the data *source* (its data section minus those preprocessing
 fields): e.g. a folder of images or another TFDS set for a pretrained ImageNet net.
@@ -20,8 +20,8 @@ from absl import flags
 import jax
 import numpy as np
 
+from alexnet_jax import checkpoints
 from alexnet_jax import cli
-from alexnet_jax.tools import convert
 from alexnet_jax import models
 from alexnet_jax import parallel
 from alexnet_jax.data import preprocess
@@ -86,7 +86,7 @@ def extract(model, variables, batches, layer: str, keep_images: bool = False, *,
 
 def load_model(checkpoint: str):
     """(config, model, variables) from a converted checkpoint or a training workdir."""
-    config, variables = convert.load_variables(checkpoint)
+    config, variables = checkpoints.load_variables(checkpoint)
     return config, models.create_model(config.model), variables
 
 

@@ -11,7 +11,7 @@ r"""The paper's pictures of what the net learned, as PNGs.
                       training images by Euclidean distance between fc7 activations.
 
 The functions take arrays, so they work (and are tested) without data; `main` wires a
-checkpoint (convert.load_variables) and the input pipeline to them.
+checkpoint (checkpoints.load_variables) and the input pipeline to them.
 """
 
 import itertools

@@ -34,7 +34,7 @@ from alexnet_jax import cli
 from alexnet_jax.tools import lr_search
 from alexnet_jax.tools import stats
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 FLAGS = flags.FLAGS
 
 

@@ -1,0 +1,75 @@
+"""Evaluation: top-k over every example of a split, the paper's 10 crops, padding masked.
+
+Owns the eval step that training (train.py), the many-seeds loop (seeds.py) and the evaluate
+tool (tools/evaluate.py) all run; it needs only a state's `apply_fn`, `params` and
+`batch_stats` (`EvalState` is that much, for weights loaded without an optimizer).
+"""
+
+import functools
+from typing import Any, Callable
+
+from flax import struct
+import jax
+from jax import lax
+import jax.numpy as jnp
+
+from alexnet_jax.data import input_pipeline
+from alexnet_jax.data import preprocess
+from alexnet_jax import parallel
+from alexnet_jax.parallel import AXIS
+
+
+class EvalState(struct.PyTreeNode):
+    """What `eval_step` reads of a state: a training state has these fields too."""
+    apply_fn: Callable = struct.field(pytree_node=False)
+    params: Any = None
+    batch_stats: Any = None
+
+
+def topk_correct(scores, labels, k: int):
+    """1.0 where `labels` is among the k highest `scores` (k clipped to the number of classes)."""
+    k = min(k, scores.shape[-1])
+    _, top = lax.top_k(scores, k)
+    return jnp.any(top == labels[..., None], axis=-1).astype(jnp.float32)
+
+
+def eval_step(state, batch, *, mean, std, crop_size):
+    """Sums of loss / top-1 / top-5 over the real (mask=True) examples of all devices.
+
+    Images uint8 [n, H, W, C], or for the paper's 10-crop test the squares [n, S, S, C] (S >
+    crop_size; cut into 10 crops here) or crops [n, crops, H, W, C]: the softmax is averaged
+    over the crops. Normalised on the device (`preprocess.normalize_batch`).
+    """
+    images = preprocess.normalize_batch(
+        {'image': preprocess.eval_images(batch, crop_size)}, mean, std)
+    n, crops = images.shape[0], (images.shape[1] if images.ndim == 5 else 1)
+    logits = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats},
+                            images.reshape((n * crops,) + images.shape[-3:]), train=False)
+    probs = jax.nn.softmax(logits).reshape(n, crops, -1).mean(axis=1)
+    labels, mask = batch['label'], batch['mask'].astype(jnp.float32)
+    nll = -jnp.log(jnp.take_along_axis(probs, labels[:, None], axis=-1)[:, 0] + 1e-12)
+    sums = {
+        'loss': nll * mask,
+        'top1': topk_correct(probs, labels, 1) * mask,
+        'top5': topk_correct(probs, labels, 5) * mask,
+        'count': mask,
+    }
+    return lax.psum(jax.tree.map(jnp.sum, sums), AXIS)
+
+
+def make_eval_step(mean, std, crop_size, devices=None):
+    """`eval_step` pmapped over AXIS with the data's normalisation (`preprocess.mean_std`) and
+    the net's input size (config.data.image_size: the 10 crops' size)."""
+    return jax.pmap(functools.partial(eval_step, mean=mean, std=std, crop_size=crop_size),
+                    axis_name=AXIS, devices=devices)
+
+
+def evaluate(p_eval_step, state, config, split: str) -> dict:
+    """Loss, top-1 and top-5 over every example of `split` (all hosts, padding masked)."""
+    totals = None
+    for batch in input_pipeline.eval_iterator(config, split):
+        sums = p_eval_step(state, batch)
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = parallel.unreplicate(totals)
+    count = max(float(totals['count']), 1.0)
+    return {k: float(totals[k]) / count for k in ('loss', 'top1', 'top5')}
