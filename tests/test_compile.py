@@ -32,6 +32,7 @@ def initial():
     return train.initial_state(config, input_pipeline.get_info(config), 10, 10)
 
 
+@pytest.mark.slow  # Compiles the initial state and a train step per device count.
 @pytest.mark.parametrize('num_devices', [1, 2])
 def test_step_compiles_once_per_device_count(traces, initial, num_devices):
     state, key = initial

@@ -17,6 +17,7 @@ from tests.helpers import assert_trees_close, device_config
 
 
 
+@pytest.mark.slow  # Compiles a vectorised and a standalone train step per mode.
 @pytest.mark.parametrize('mode', ['vmap', 'map'])
 def test_seed_k_of_a_vectorised_step_equals_standalone_seed_k(mode):
     config = device_config(batch_size=8)  # Dropout on: the keys must follow the seed too.
