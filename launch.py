@@ -39,6 +39,7 @@ def main(argv):
         config.init_from = cli.local_path(config.init_from, '--config.init_from')
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                     FLAGS.process_id)
+    cli.use_compilation_cache()
     log_setup(config, workdir)
     run(config, workdir)
 

@@ -69,8 +69,13 @@ def train_seeds(config, workdir: str, seeds=None) -> dict:
                          f'{config.data.device_resident!r}); raise data.device_max_bytes or use '
                          'seeds_mode=sequential.')
         mode = 'sequential'
-    if mode == 'sequential':
-        return {s: _train_one(config, workdir, s) for s in seeds}
+    if mode == 'sequential' or len(seeds) == 1:
+        out = {}
+        for s in seeds:  # A preempted seed stops the rest: rerun to resume.
+            out[s] = _train_one(config, workdir, s)
+            if 'preempted_at_step' in out[s]:
+                break
+        return out
     config = config.copy_and_resolve_references()
     config.seeds_mode = mode
     return _train_together(config, info, workdir, seeds)

@@ -65,19 +65,15 @@ def test_no_import_cycle_in_the_core():
     assert not _cycles(core)
 
 
-@pytest.mark.xfail(strict=True, reason='tools.sweep <-> tools.lr_search (lr_search imports sweep '
-                   'in its functions); remove this mark once they are split')
 def test_no_import_cycle():
     assert not _cycles(GRAPH)
 
 
 def test_the_graph_sees_function_level_imports():
     # The walk is what the two tests above rely on: a known function-level import is found.
-    assert 'alexnet_jax.tools.sweep' in GRAPH['alexnet_jax.tools.lr_search']
+    assert 'alexnet_jax.seeds' in GRAPH['alexnet_jax.tools.sweep']
 
 
-@pytest.mark.xfail(strict=True, reason='finetune reads workdirs through tools.convert until the '
-                   'checkpoint-directory split (helper ckpt) lands; remove this mark then')
 def test_core_does_not_import_tools():
     core = [n for n in GRAPH if not n.startswith('alexnet_jax.tools')]
     bad = {n: sorted(m for m in GRAPH[n] if m.startswith('alexnet_jax.tools')) for n in core}

@@ -11,6 +11,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from alexnet_jax.tools import lr_search
+from alexnet_jax.tools import grid as grid_lib
 from alexnet_jax.tools import sweep
 from alexnet_jax import validation
 from configs import ablations
@@ -26,17 +27,17 @@ from configs import ablations
 def test_grid_expands_to_points_times_seeds(grid, points):
     config = ablations.get_config(grid)
     config.num_seeds = 2
-    expanded = sweep.expand(config)
+    expanded = grid_lib.expand(config)
     assert {p.name for p in expanded} == points
     assert len(expanded) == 2 * len(points)
     assert len({p.dirname for p in expanded}) == len(expanded)
     for p in expanded:
-        validation.validate_config(sweep.point_config(config, p))
+        validation.validate_config(grid_lib.point_config(config, p))
 
 
 def test_points_differ_in_exactly_the_swept_fields():
     config = ablations.get_config('default')
-    by_name = {(p.name, p.seed): sweep.point_config(config, p) for p in sweep.expand(config)}
+    by_name = {(p.name, p.seed): grid_lib.point_config(config, p) for p in grid_lib.expand(config)}
     relu, tanh = by_name[('relu_lrn', 0)], by_name[('tanh_nolrn', 1)]
     assert (relu.model.activation, relu.model.lrn, relu.seed) == ('relu', True, 0)
     assert (tanh.model.activation, tanh.model.lrn, tanh.seed) == ('tanh', False, 1)
@@ -58,12 +59,12 @@ def parse_command(line: str):
 
 @pytest.mark.parametrize('grid', ['default', 'groups', 'pool'])
 def test_printed_commands_reproduce_each_point(grid, tmp_path, monkeypatch):
-    monkeypatch.chdir(sweep.REPO)  # Commands name configs/ relative to the repository.
+    monkeypatch.chdir(grid_lib.REPO)  # Commands name configs/ relative to the repository.
     config = ablations.get_config(grid)
     config.num_seeds = 2
-    for point in sweep.expand(config):
-        parsed, workdir = parse_command(sweep.command(config, point, tmp_path))
-        assert parsed.to_dict() == sweep.point_config(config, point).to_dict()
+    for point in grid_lib.expand(config):
+        parsed, workdir = parse_command(grid_lib.command(config, point, tmp_path))
+        assert parsed.to_dict() == grid_lib.point_config(config, point).to_dict()
         assert workdir == str(tmp_path / point.dirname)
 
 
@@ -72,7 +73,7 @@ def test_print_commands_cli_runs_nothing(tmp_path):
     import subprocess, sys
     out = subprocess.run([sys.executable, '-m', 'alexnet_jax.tools.sweep',
                           '--config=configs/ablations.py:pool', f'--workdir={tmp_path}',
-                          '--print_commands'], capture_output=True, text=True, cwd=sweep.REPO,
+                          '--print_commands'], capture_output=True, text=True, cwd=grid_lib.REPO,
                          timeout=120)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
@@ -106,7 +107,7 @@ def tiny_sweep():
 
 def test_sweep_runs_records_failures_resumes_and_reports(tmp_path):
     config = tiny_sweep()
-    points = sweep.expand(config)
+    points = grid_lib.expand(config)
     rows = [sweep.run_point(config, p, tmp_path) for p in points]
     status = {r['point']: r['status'] for r in rows}
     assert status == {'relu': 'done', 'tanh': 'done', 'diverge': 'failed'}
@@ -217,10 +218,10 @@ def test_lr_search_choice(trials, rate, reached, edge):
 
 def test_fig1_protocol_configs():
     """No regularisation, no augmentation, cuda-convnet's init, a rate search, for both grids."""
-    for grid in ('fig1', 'fig1_cifar10'):
-        config = ablations.get_config(grid)
+    for name in ('fig1', 'fig1_cifar10'):
+        config = ablations.get_config(name)
         assert len(config.lr_search_rates) >= 4 and config.lr_search_seeds >= 1
-        base = sweep.load_base_config(config.base)
+        base = grid_lib.load_base_config(config.base)
         assert base.optim.weight_decay == 0 and base.model.dropout_rate == 0
         assert base.data.pad == 0 and not base.data.random_flip and base.data.pca_lighting == 0
         assert base.model.init_scheme == 'cuda_convnet' and base.model.architecture == 'fig1'
@@ -231,7 +232,7 @@ def test_fig1_protocol_configs():
 def test_cuda_convnet_init_draws_the_table_stddevs():
     import jax
     from alexnet_jax import models
-    config = sweep.load_base_config('configs/alexnet.py:digits_fig1')
+    config = grid_lib.load_base_config('configs/alexnet.py:digits_fig1')
     params = jax.jit(models.create_model(config.model).init)(
         jax.random.key(0), np.zeros((1, 32, 32, 1), np.float32))['params']
     # cuda-convnet's layers-18pct.cfg: initW 0.0001 (conv1), 0.01 (conv2, conv3, fc10); biases 0.
@@ -240,7 +241,7 @@ def test_cuda_convnet_init_draws_the_table_stddevs():
         assert np.std(kernel) == pytest.approx(std, rel=0.1), layer
         assert abs(np.mean(kernel)) < 5 * std / np.sqrt(kernel.size)  # Zero mean, 5 SE.
         assert not np.any(np.asarray(params[layer]['bias']))
-    alexnet = sweep.load_base_config('configs/alexnet.py:digits').model
+    alexnet = grid_lib.load_base_config('configs/alexnet.py:digits').model
     alexnet.init_scheme, alexnet.width = 'cuda_convnet', 0.05
     with pytest.raises(ValueError, match='fig1'):  # The table covers only Fig1Net's layers.
         jax.eval_shape(models.create_model(alexnet).init, jax.random.key(0),
@@ -258,7 +259,7 @@ def test_paired_points_share_init_dropout_keys_and_data_order(grid):
     from alexnet_jax import train
     config = ablations.get_config(grid)
     config.num_seeds = 2
-    configs = {(p.name, p.seed): sweep.point_config(config, p) for p in sweep.expand(config)}
+    configs = {(p.name, p.seed): grid_lib.point_config(config, p) for p in grid_lib.expand(config)}
 
     def start(name, seed):
         c = configs[(name, seed)]
@@ -284,16 +285,16 @@ def test_paired_points_share_init_dropout_keys_and_data_order(grid):
 
 
 def test_fig1_print_commands_search_first_then_the_chosen_rates(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(sweep.REPO)
+    monkeypatch.chdir(grid_lib.REPO)
     config = ablations.get_config('fig1')
     config.num_seeds = 2
-    points, search = sweep.expand(config), lr_search.all_search_points(config)
+    points, search = grid_lib.expand(config), lr_search.all_search_points(config)
     sweep.print_commands(config, points, search, tmp_path)
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 * len(config.lr_search_rates) * config.lr_search_seeds
     for line, point in zip(lines, search):
         parsed, workdir = parse_command(line)
-        assert parsed.to_dict() == sweep.point_config(config, point).to_dict()
+        assert parsed.to_dict() == grid_lib.point_config(config, point).to_dict()
         assert parsed.optim.learning_rate == float(point.labels[-1][2:])
         assert parsed.seed >= lr_search.SEARCH_SEED0  # Disjoint from the grid's seeds.
         assert workdir == str(tmp_path / 'lr_search' / point.dirname)
@@ -327,7 +328,7 @@ def test_lr_search_runs_resumes_and_applies_the_choice(tmp_path):
     stamp = (search / 'relu_lr0.01' / 'seed1000' / 'metrics.jsonl').stat().st_mtime_ns
     assert lr_search.run(config, tmp_path, sweep.run_point) == choices  # Resumed: nothing ran.
     assert (search / 'relu_lr0.01' / 'seed1000' / 'metrics.jsonl').stat().st_mtime_ns == stamp
-    (point,) = lr_search.apply(sweep.expand(config), choices)
+    (point,) = lr_search.apply(grid_lib.expand(config), choices)
     assert dict(point.overrides)['optim.learning_rate'] == 0.01 and point.dirname == 'relu/seed0'
     row = sweep.run_point(config, point, tmp_path)
     assert row['status'] == 'done'

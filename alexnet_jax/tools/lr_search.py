@@ -17,6 +17,9 @@ import json
 import pathlib
 import statistics
 
+from alexnet_jax import metrics
+from alexnet_jax.tools import grid
+
 SEARCH_SEED0 = 1000
 LR_FIELD = 'optim.learning_rate'
 
@@ -28,13 +31,12 @@ def enabled(sweep) -> bool:
 def search_points(sweep) -> dict:
     """{grid point name: {rate: [Point per search seed]}}; a search Point is named
     <point>_lr<rate> and runs in root_of(ROOT)/<point>_lr<rate>/seed<k>."""
-    from alexnet_jax.tools import sweep as sweep_lib
     out = {}
-    for cell in (p for p in sweep_lib.expand(sweep) if p.seed == 0):
+    for cell in (p for p in grid.expand(sweep) if p.seed == 0):
         out[cell.name] = {}
         for rate in sweep.lr_search_rates:
             out[cell.name][float(rate)] = [
-                sweep_lib.Point(cell.labels + (f'lr{rate:g}',), seed, tuple(sorted(
+                grid.Point(cell.labels + (f'lr{rate:g}',), seed, tuple(sorted(
                     {**dict(cell.overrides), 'seed': seed, LR_FIELD: float(rate)}.items())))
                 for seed in range(SEARCH_SEED0, SEARCH_SEED0 + sweep.lr_search_seeds)]
     return out
@@ -58,8 +60,6 @@ class Trial:
 
 def trials(sweep, root) -> dict:
     """{grid point name: [Trial per rate]}, read from the search runs' directories."""
-    from alexnet_jax import metrics
-    from alexnet_jax.tools import sweep as sweep_lib
     out = {}
     for name, rates in search_points(sweep).items():
         out[name] = []
@@ -67,8 +67,8 @@ def trials(sweep, root) -> dict:
             epochs, final, status = [], [], []
             for p in points:
                 workdir = root_of(root) / p.dirname
-                row = sweep_lib.result_row(sweep, p, workdir)
-                curve = sweep_lib.training_error_curve(metrics.read_history(workdir))
+                row = grid.result_row(sweep, p, workdir)
+                curve = grid.training_error_curve(metrics.read_history(workdir))
                 done = row['status'] == 'done'
                 epochs.append(row['epochs_to_threshold'] if done and row['epochs_to_threshold'] != ''
                               else None)
@@ -110,7 +110,6 @@ def run(sweep, root, run_point) -> dict:
 
 def apply(points: list, choices: dict) -> list:
     """The grid's points with each one's chosen rate among its overrides."""
-    from alexnet_jax.tools import sweep as sweep_lib
     out = []
     for p in points:
         rate = choices[p.name]['rate']
@@ -119,7 +118,7 @@ def apply(points: list, choices: dict) -> list:
                              f'{choices[p.name]["why"]}')
         overrides = dict(p.overrides)
         overrides[LR_FIELD] = rate
-        out.append(sweep_lib.Point(p.labels, p.seed, tuple(sorted(overrides.items()))))
+        out.append(grid.Point(p.labels, p.seed, tuple(sorted(overrides.items()))))
     return out
 
 

@@ -4,7 +4,7 @@ r"""Ablation sweeps: every grid point x seed through the same `train_and_evaluat
   python -m alexnet_jax.tools.sweep --config=configs/ablations.py:fig1 --workdir=DIR --print_commands
 
 One workdir per point (`DIR/<labels>/seed<k>`); a point's seeds train together in one program
-(`run_point_seeds`, alexnet_jax/seeds.py; its stacked checkpoint in `DIR/<labels>/checkpoints`).
+(`run_seeds`, alexnet_jax/seeds.py; its stacked checkpoint in `DIR/<labels>/checkpoints`).
 The sweep is resumable for free: a point
 with results.json is skipped, an interrupted one resumes from its checkpoint, a failed one is
 recorded (failed.json, with the reason) and skipped on the next run unless --retry_failed.
@@ -15,14 +15,11 @@ figures DIR/fig1_training_error.png and DIR/ablation_deltas.png. A grid with
 """
 
 import csv
-import dataclasses
 import functools
-import importlib.util
 import itertools
 import json
 import math
 import pathlib
-import shlex
 import statistics
 import sys
 
@@ -31,112 +28,20 @@ from absl import flags
 from absl import logging
 
 from alexnet_jax import cli
+from alexnet_jax.tools import grid
 from alexnet_jax.tools import lr_search
 from alexnet_jax.tools import stats
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 FLAGS = flags.FLAGS
-
-
-@dataclasses.dataclass(frozen=True)
-class Point:
-    labels: tuple        # One label per axis, e.g. ('tanh', 'nolrn').
-    seed: int
-    overrides: tuple     # (('model.activation', 'tanh'), ...): the point's --config.* flags.
-
-    @property
-    def name(self) -> str:
-        return '_'.join(self.labels)
-
-    @property
-    def dirname(self) -> str:
-        return f'{self.name}/seed{self.seed}'
-
-
-def expand(sweep) -> list:
-    """The grid's points: the product of the axes' values, times the seeds."""
-    points = []
-    for values in itertools.product(*sweep.axes):
-        for seed in range(sweep.num_seeds):
-            overrides = dict(sweep.base_overrides)
-            for _, axis_overrides in values:
-                overrides.update(dict(axis_overrides))
-            overrides['seed'] = seed
-            points.append(Point(tuple(label for label, _ in values), seed,
-                                tuple(sorted(overrides.items()))))
-    return points
-
-
-def load_base_config(spec: str):
-    """`configs/alexnet.py:digits` -> that file's get_config('digits'), as config_flags does."""
-    path, _, arg = spec.partition(':')
-    file = pathlib.Path(path) if pathlib.Path(path).is_absolute() else REPO / path
-    module_spec = importlib.util.spec_from_file_location(f'_sweep_base_{file.stem}', file)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
-
-
-def set_field(config, path: str, value) -> None:
-    *parents, leaf = path.split('.')
-    node = config
-    for key in parents:
-        node = node[key]
-    if leaf not in node:
-        raise KeyError(f'config has no field {path!r} (sweep override)')
-    node[leaf] = value
-
-
-def point_config(sweep, point: Point):
-    config = load_base_config(sweep.base)
-    for path, value in point.overrides:
-        set_field(config, path, value)
-    return config
-
-
-def _flag_value(value) -> str:
-    if isinstance(value, (tuple, list)):
-        return shlex.quote('(' + ','.join(repr(v) for v in value) + ',)')
-    return shlex.quote(str(value))
-
-
-def command(sweep, point: Point, root) -> str:
-    """The `python launch.py ...` line that trains this point (for a cluster scheduler)."""
-    flags_ = ' '.join(f'--config.{k}={_flag_value(v)}' for k, v in point.overrides)
-    workdir = pathlib.Path(root) / point.dirname
-    return f'python launch.py --config={sweep.base} {flags_} --workdir={shlex.quote(str(workdir))}'
 
 
 class Preempted(Exception):
     """A point's run stopped on SIGTERM/SIGINT after saving its checkpoint; the sweep stops."""
 
 
-def run_point(sweep, point: Point, root, *, retry_failed: bool = False) -> dict:
-    """Trains one point unless it already finished (or failed); returns its results row.
-    Raises Preempted when the run was stopped (its checkpoint resumes it next time)."""
-    from alexnet_jax import train  # Heavy; not needed for --print_commands.
-    workdir = pathlib.Path(root) / point.dirname
-    results, failed = workdir / 'results.json', workdir / 'failed.json'
-    if results.exists():
-        logging.info('%s: finished earlier, skipped.', point.dirname)
-    elif failed.exists() and not retry_failed:
-        logging.info('%s: failed earlier (%s), skipped.', point.dirname,
-                     json.loads(failed.read_text())['reason'])
-    else:
-        failed.unlink(missing_ok=True)
-        logging.info('%s: training.', point.dirname)
-        try:
-            out = train.train_and_evaluate(point_config(sweep, point), str(workdir))
-        except train.NonFiniteLossError as e:  # A diverging point (tanh) must not stop the grid.
-            _record_failure(workdir, e)
-        except cli.UserError:  # The user's to fix (data, workdir in use, disk): stop, one line.
-            raise
-        except Exception as e:  # pylint: disable=broad-except  (recorded, the grid goes on)
-            _record_failure(workdir, e)
-        else:
-            if 'preempted_at_step' in out:
-                raise Preempted(f'{point.dirname} preempted at step {out["preempted_at_step"]}')
-    return result_row(sweep, point, workdir)
+def run_point(sweep, point: grid.Point, root, *, retry_failed: bool = False) -> dict:
+    """One point and seed (a run of Fig. 1's search): `run_seeds` with that seed alone."""
+    return run_seeds(sweep, [point], root, retry_failed=retry_failed)[0]
 
 
 def _record_failure(workdir, e):
@@ -146,9 +51,12 @@ def _record_failure(workdir, e):
     (workdir / 'failed.json').write_text(json.dumps({'reason': reason}) + '\n')
 
 
-def run_point_seeds(sweep, points: list, root, *, retry_failed: bool = False) -> list:
-    """Trains one grid point's seeds together (alexnet_jax/seeds.py: one program, one compile,
-    one data load); seeds already finished (or failed) are left out. Returns their rows."""
+def run_seeds(sweep, points: list, root, *, retry_failed: bool = False) -> list:
+    """Trains the seeds of one grid point (`points` share a name) that have not finished, or
+    failed before unless `retry_failed`, through `seeds.train_seeds` (one program on device-
+    resident data, or one run after another); returns their rows. A failure is recorded in
+    the seed's failed.json and the grid goes on; a user's error stops it (one line); a
+    preempted run raises Preempted (its checkpoint resumes it next time)."""
     from alexnet_jax import seeds as seeds_lib  # Heavy; not needed for --print_commands.
     group = pathlib.Path(root) / points[0].name
 
@@ -161,9 +69,9 @@ def run_point_seeds(sweep, points: list, root, *, retry_failed: bool = False) ->
     if missing:
         for p in missing:
             (group / f'seed{p.seed}' / 'failed.json').unlink(missing_ok=True)
-        config = point_config(sweep, missing[0])
+        config = grid.point_config(sweep, missing[0])
         config.num_seeds = len(missing)
-        logging.info('%s: training seeds %s together.', points[0].name, [p.seed for p in missing])
+        logging.info('%s: training seeds %s.', points[0].name, [p.seed for p in missing])
         try:
             out = seeds_lib.train_seeds(config, str(group), seeds=[p.seed for p in missing])
         except cli.UserError:  # The user's to fix (data, workdir in use, disk): stop, one line.
@@ -175,51 +83,16 @@ def run_point_seeds(sweep, points: list, root, *, retry_failed: bool = False) ->
             if 'preempted_at_step' in out or any('preempted_at_step' in r for r in out.values()
                                                  if isinstance(r, dict)):
                 raise Preempted(f'{points[0].name} preempted')
-    return [result_row(sweep, p, group / f'seed{p.seed}') for p in points]
+    return [grid.result_row(sweep, p, group / f'seed{p.seed}') for p in points]
 
 
 def run_grid(sweep, points: list, root, *, retry_failed: bool = False) -> list:
-    """Every point: its seeds together when there are several, else one run (run_point)."""
-    if sweep.num_seeds == 1:
-        return [run_point(sweep, p, root, retry_failed=retry_failed) for p in points]
+    """Every point's seeds (`run_seeds`), point after point."""
     rows = []
     for name in dict.fromkeys(p.name for p in points):
-        rows += run_point_seeds(sweep, [p for p in points if p.name == name], root,
+        rows += run_seeds(sweep, [p for p in points if p.name == name], root,
                                 retry_failed=retry_failed)
     return rows
-
-
-def result_row(sweep, point: Point, workdir) -> dict:
-    from alexnet_jax import metrics
-    row = {'point': point.name, 'seed': point.seed, 'status': 'missing', 'reason': '',
-           'test_top1_error': '', 'test_top5_error': '', 'steps_to_threshold': '',
-           'epochs_to_threshold': '', 'train_seconds': ''}
-    workdir = pathlib.Path(workdir)
-    if (workdir / 'failed.json').exists():
-        row.update(status='failed', reason=json.loads((workdir / 'failed.json').read_text())['reason'])
-    if (workdir / 'results.json').exists():
-        r = json.loads((workdir / 'results.json').read_text())
-        row.update(status='done', test_top1_error=1 - r['test_top1'],
-                   test_top5_error=1 - r['test_top5'], train_seconds=r.get('train_seconds', ''))
-    curve = training_error_curve(metrics.read_history(workdir))
-    hit = next(((step, epoch) for step, epoch, error in curve if error <= sweep.threshold), None)
-    if hit is not None:
-        row.update(steps_to_threshold=hit[0], epochs_to_threshold=hit[1])
-    return row
-
-
-def training_error_curve(history) -> list:
-    """(step, epoch, training error over the epoch that ends there), as Fig. 1 plots it.
-
-    Averaging over the last epoch's log records keeps one lucky batch from crossing the
-    threshold early; before the first epoch ends, the average is over the steps so far.
-    """
-    train = [h for h in history if h['split'] == 'train']
-    curve = []
-    for h in train:
-        window = [1 - g['top1'] for g in train if h['epoch'] - 1 < g['epoch'] <= h['epoch']]
-        curve.append((h['step'], h['epoch'], sum(window) / len(window)))
-    return curve
 
 
 METRICS = {  # Row column -> (table heading, scale, unit of an effect); lower is better for all.
@@ -379,7 +252,7 @@ def plot_figures(sweep, rows, root) -> list:
     for k, name in enumerate(summary):
         style = '--' if 'tanh' in name.split('_') else '-'
         for seed in range(sweep.num_seeds):
-            curve = training_error_curve(metrics.read_history(root / name / f'seed{seed}'))
+            curve = grid.training_error_curve(metrics.read_history(root / name / f'seed{seed}'))
             if curve:
                 ax.plot([c[1] for c in curve], [c[2] for c in curve], style, alpha=0.6,
                         label=name if seed == 0 else None, color=f'C{k}')
@@ -428,7 +301,7 @@ def plot_figures(sweep, rows, root) -> list:
 def print_commands(sweep, points, search, root) -> None:
     """One launch.py line per run; with a learning-rate search, its runs first, and the grid's
     own runs once ROOT/lr_search.json holds the choices (else a note on stderr)."""
-    lines = [command(sweep, p, lr_search.root_of(root)) for p in search]
+    lines = [grid.command(sweep, p, lr_search.root_of(root)) for p in search]
     if search:
         saved = pathlib.Path(root) / 'lr_search.json'
         if not saved.exists():
@@ -438,7 +311,7 @@ def print_commands(sweep, points, search, root) -> None:
         else:
             choices = {k: v['chosen'] for k, v in json.loads(saved.read_text()).items()}
             points = lr_search.apply(points, choices)
-    print('\n'.join(lines + [command(sweep, p, root) for p in points]))
+    print('\n'.join(lines + [grid.command(sweep, p, root) for p in points]))
 
 
 @cli.one_line_errors
@@ -447,7 +320,7 @@ def main(argv):
     sweep = FLAGS.config
     if sweep is None or 'axes' not in sweep:
         cli.fail('--config must be an ablation grid, e.g. --config=configs/ablations.py:pool')
-    points = expand(sweep)
+    points = grid.expand(sweep)
     root = pathlib.Path(cli.local_path(FLAGS.workdir, '--workdir'))
     search = lr_search.all_search_points(sweep) if lr_search.enabled(sweep) else []
     if FLAGS.print_commands:
@@ -455,20 +328,21 @@ def main(argv):
         return
     from alexnet_jax import validation
     base = pathlib.Path(sweep.base.partition(':')[0])
-    if not (base if base.is_absolute() else REPO / base).is_file():
+    if not (base if base.is_absolute() else grid.REPO / base).is_file():
         cli.fail(f'config.base={sweep.base!r}: no such config file; e.g. '
                  f'--config.base=configs/alexnet.py:digits')
     try:  # The base config file's own errors (a bad variant), as cli.parse_flags treats them.
-        load_base_config(sweep.base)
+        grid.load_base_config(sweep.base)
     except (AttributeError, KeyError, ValueError, TypeError) as e:
         cli.fail(f'config.base={sweep.base!r} does not load ({type(e).__name__}: '
                  f'{" ".join(str(e).split())})')
     for p in search + points:  # Every point's config is checked before any training starts.
         try:
-            validation.validate_config(point_config(sweep, p))
+            validation.validate_config(grid.point_config(sweep, p))
         except (validation.ConfigError, KeyError) as e:
             cli.fail(f'grid point {p.name}: {e}')
     root.mkdir(parents=True, exist_ok=True)
+    cli.use_compilation_cache()  # Each point's seeds after the first compile nothing.
     try:
         notes = []
         if search:  # Fig. 1's protocol: each point trains at the rate its search found fastest.
@@ -480,7 +354,7 @@ def main(argv):
                 f'{name} {c["rate"]:g}' for name, c in choices.items()) + '.']
         rows = run_grid(sweep, points, root, retry_failed=FLAGS.retry_failed)
     except Preempted as e:  # SIGTERM/SIGINT: its checkpoint is saved; exit 0, like launch.py.
-        print(f'Sweep stopped: {e}; rerun the same command to resume.')
+        print(f'Sweep stopped: {e}; rerun the same grid.command to resume.')
         return
     print(write_tables(sweep, rows, root, notes))
     for path in plot_figures(sweep, rows, root):
@@ -488,7 +362,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    sys.path.insert(0, str(REPO))  # For `configs`.
+    sys.path.insert(0, str(grid.REPO))  # For `configs`.
     cli.define_config_flag('configs/ablations.py')
     flags.DEFINE_string('workdir', None, 'Root directory: one subdirectory per point.', required=True)
     flags.DEFINE_bool('print_commands', False, 'Print one launch.py line per point; run nothing.')
