@@ -7,6 +7,7 @@ from jax._src import array as jax_array
 import numpy as np
 import pytest
 
+from alexnet_jax import evaluation
 from alexnet_jax.data import input_pipeline
 from alexnet_jax import parallel
 from alexnet_jax import train
@@ -79,7 +80,7 @@ class _HostReads:
                 return step(*a)
             return counted
         monkeypatch.setattr(train, 'make_train_step', make)
-        for module, name in ((train, 'log_train'), (train, 'evaluate'),
+        for module, name in ((train, 'log_train'), (evaluation, 'evaluate'),
                              (train, 'final_results'), (parallel, 'unreplicate')):
             monkeypatch.setattr(module, name, self._allowed(getattr(module, name)))
 
