@@ -6,8 +6,10 @@ configs agree in every shape (width, image size, batch sizes), so the programs t
 compiled once per session and then come from the persistent cache that conftest sets up.
 """
 
+import ctypes
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -72,13 +74,21 @@ def assert_trees_close(a, b, atol=1e-6):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=1e-6)
 
 
+def _die_with_parent():
+    """In the child (Linux): SIGKILL when the test process dies, so a test run that is stopped
+    or crashes leaves no launch.py training on (a run started with wait=False lasts minutes)."""
+    if sys.platform == 'linux':
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
 def launch(*args, devices=2, wait=True):
     """launch.py in a subprocess on `devices` simulated CPU devices (the test's compilation cache
     comes with the environment)."""
     env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
                JAX_PLATFORMS='cpu')
     p = subprocess.Popen([sys.executable, 'launch.py', *args], cwd=ROOT, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=_die_with_parent)
     if not wait:
         return p
     out, err = p.communicate(timeout=600)
