@@ -159,10 +159,14 @@ def make_train_step(dropout_key, devices=None, donate_state: bool = False, *, me
     keeps the old params/momentum alive next to the aliased outputs by copying every donated
     buffer at the start of the step (see benchmarks/RESULTS.md: ~3 x the state in memory
     traffic per step, no memory saved, since the copies are as large as the state).
+    The dropout key is an argument of the compiled step, not a constant in it, so another seed
+    runs the same program (from the compilation cache).
     """
-    step = functools.partial(train_step, dropout_key=dropout_key, mean=mean, std=std)
-    return jax.pmap(step, axis_name=AXIS,
+    step = jax.pmap(lambda state, batch, key: train_step(state, batch, dropout_key=key,
+                                                         mean=mean, std=std),
+                    axis_name=AXIS, in_axes=(0, 0, None),
                     donate_argnums=(0,) if donate_state else (), devices=devices)
+    return lambda state, batch: step(state, batch, dropout_key)
 
 
 def device_train_step(state: TrainState, keys, data, *, spec, mean, std):
