@@ -16,9 +16,6 @@ import jax
 
 from alexnet_jax import cli
 from alexnet_jax import parallel
-from alexnet_jax import seeds
-from alexnet_jax import train
-from alexnet_jax.tools import evaluate
 
 cli.define_config_flag()
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, plots, results.',
@@ -47,6 +44,11 @@ def main(argv):
 def run(config, workdir: str) -> dict:
     """A validated config's job: evaluate only (config.eval_only), several seeds in one program
     (config.num_seeds > 1), or one training run."""
+    # Imported here, after the flags and the config are checked: they load TensorFlow (~6 s),
+    # and a typo in a flag should fail in a second or two.
+    from alexnet_jax import seeds  # pylint: disable=import-outside-toplevel
+    from alexnet_jax import train  # pylint: disable=import-outside-toplevel
+    from alexnet_jax.tools import evaluate  # pylint: disable=import-outside-toplevel
     if config.get('eval_only'):
         return evaluate.eval_only(config, workdir)
     if config.get('num_seeds', 1) > 1:

@@ -6,10 +6,9 @@ configs agree in every shape (width, image size, batch sizes), so the programs t
 compiled once per session and then come from the persistent cache that conftest sets up.
 """
 
-import ctypes
+import atexit
 import os
 import pathlib
-import signal
 import subprocess
 import sys
 
@@ -74,11 +73,16 @@ def assert_trees_close(a, b, atol=1e-6):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=1e-6)
 
 
-def _die_with_parent():
-    """In the child (Linux): SIGKILL when the test process dies, so a test run that is stopped
-    or crashes leaves no launch.py training on (a run started with wait=False lasts minutes)."""
-    if sys.platform == 'linux':
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+_RUNNING = []  # launch.py processes started with wait=False.
+
+
+@atexit.register
+def _kill_running():
+    """A test run that is stopped or fails leaves no launch.py training on (a run started with
+    wait=False lasts minutes; one orphaned by a killed pytest once trained for 44 minutes)."""
+    for p in _RUNNING:
+        if p.poll() is None:
+            p.kill()
 
 
 def launch(*args, devices=2, wait=True):
@@ -87,9 +91,9 @@ def launch(*args, devices=2, wait=True):
     env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
                JAX_PLATFORMS='cpu')
     p = subprocess.Popen([sys.executable, 'launch.py', *args], cwd=ROOT, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         preexec_fn=_die_with_parent)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if not wait:
+        _RUNNING.append(p)
         return p
     out, err = p.communicate(timeout=600)
     return p.returncode, out, err
