@@ -86,9 +86,19 @@ def _train_one(config, workdir, seed) -> dict:
     try:
         return train.train_and_evaluate(seed_config(config, seed), str(seed_dir(workdir, seed)))
     except train.NonFiniteLossError as e:
-        reason = f'{type(e).__name__}: {str(e).splitlines()[0]}'
-        (seed_dir(workdir, seed) / 'failed.json').write_text(json.dumps({'reason': reason}) + '\n')
-        return {'failed': reason}
+        return {'failed': record_failure(seed_dir(workdir, seed), e)}
+
+
+def record_failure(workdir, error) -> str:
+    """workdir/failed.json {'reason': ...}, as the sweep reads it; `error` is an exception or
+    the reason already written out. Returns the reason."""
+    reason = error if isinstance(error, str) else (
+        f'{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ""}')
+    logging.warning('%s failed: %s', workdir, reason)
+    workdir = epath.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / 'failed.json').write_text(json.dumps({'reason': reason}) + '\n')
+    return reason
 
 
 def _stack(trees):
@@ -174,9 +184,7 @@ def _train_together(config, info, workdir, seeds):
         out = {}
         for s in seeds:
             if s in failed:
-                out[s] = {'failed': failed[s]}
-                (seed_dir(workdir, s) / 'failed.json').write_text(
-                    json.dumps({'reason': failed[s]}) + '\n')
+                out[s] = {'failed': record_failure(seed_dir(workdir, s), failed[s])}
                 continue
             out[s] = {
                 'variant': config.get('variant', 'custom'), 'test_split': d.test_split,

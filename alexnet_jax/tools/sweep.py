@@ -44,13 +44,6 @@ def run_point(sweep, point: grid.Point, root, *, retry_failed: bool = False) -> 
     return run_seeds(sweep, [point], root, retry_failed=retry_failed)[0]
 
 
-def _record_failure(workdir, e):
-    reason = f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'
-    logging.warning('%s failed: %s', workdir, reason)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / 'failed.json').write_text(json.dumps({'reason': reason}) + '\n')
-
-
 def run_seeds(sweep, points: list, root, *, retry_failed: bool = False) -> list:
     """Trains the seeds of one grid point (`points` share a name) that have not finished, or
     failed before unless `retry_failed`, through `seeds.train_seeds` (one program on device-
@@ -78,7 +71,7 @@ def run_seeds(sweep, points: list, root, *, retry_failed: bool = False) -> list:
             raise
         except Exception as e:  # pylint: disable=broad-except  (recorded, the grid goes on)
             for p in missing:
-                _record_failure(group / f'seed{p.seed}', e)
+                seeds_lib.record_failure(group / f'seed{p.seed}', e)
         else:
             if 'preempted_at_step' in out or any('preempted_at_step' in r for r in out.values()
                                                  if isinstance(r, dict)):
