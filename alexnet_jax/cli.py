@@ -105,6 +105,10 @@ def use_compilation_cache() -> str | None:
     import jax  # pylint: disable=import-outside-toplevel  (not needed by every tool)
     if not jax.config.jax_enable_compilation_cache:
         return None
+    if 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS' not in os.environ:
+        # Also the programs that compile in under a second (jax's default skips them): a
+        # run's init and small helpers add up to seconds, and loading them is quicker.
+        jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
     if jax.config.jax_compilation_cache_dir is None:
         root = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
         jax.config.update('jax_compilation_cache_dir', os.path.join(root, 'alexnet_jax', 'xla'))

@@ -16,6 +16,7 @@ import jax
 from alexnet_jax import plots
 
 JSONL = 'metrics.jsonl'
+DRAW_SHARE = 0.05  # At most this share of the wall time goes to redrawing the plot.
 
 
 def read_history(workdir) -> list:
@@ -61,6 +62,7 @@ class Recorder:
         self.progress = periodic_actions.ReportProgress(
             num_train_steps=num_steps, writer=self.kept, every_secs=0.0)
         self.started = time.monotonic()  # Until the first log, the steps since count from here.
+        self.drawn_at, self.draw_seconds, self.undrawn = -float('inf'), 0.0, False
 
     def write(self, step: int, split: str, scalars: dict, num_steps_since: int = 0) -> None:
         scalars = dict(scalars)
@@ -87,7 +89,20 @@ class Recorder:
             f.write(json.dumps(record) + '\n')
         self.history.append(record)
         if split == 'val' and self.plot:
-            plots.learning_curves(self.history, self.workdir / 'learning_curves.png')
+            self.undrawn = True
+            self.draw()
+
+    def draw(self, force: bool = False) -> None:
+        """Redraws learning_curves.png; unless `force`, only once DRAW_SHARE of the time since
+        the last drawing would cover it: a small run evaluating every second or two would
+        otherwise spend a fifth of its time in matplotlib. close() draws the last evals."""
+        now = time.monotonic()
+        if not self.undrawn or (not force and
+                                self.draw_seconds > DRAW_SHARE * (now - self.drawn_at)):
+            return
+        plots.learning_curves(self.history, self.workdir / 'learning_curves.png')
+        self.drawn_at = time.monotonic()
+        self.draw_seconds, self.undrawn = self.drawn_at - now, False
 
     def write_results(self, results: dict) -> None:
         logging.info('Results: %s', results)
@@ -95,5 +110,7 @@ class Recorder:
             (self.workdir / 'results.json').write_text(json.dumps(results, indent=2) + '\n')
 
     def close(self) -> None:
+        if self.plot:
+            self.draw(force=True)
         self.writer.flush()
         self.writer.close()

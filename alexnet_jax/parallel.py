@@ -14,18 +14,32 @@ AXIS = 'batch'  # The pmap axis name; gradients and batch statistics are pmean'd
 
 
 def replicate(tree, devices=None):
-    """Puts one copy of `tree` on every local device (or `devices`); leading axis = devices."""
-    return jax_utils.replicate(tree, devices, axis_name=AXIS)  # Placed as pmap's outputs are.
+    """Puts one copy of `tree` on every local device (or `devices`); leading axis = devices.
+
+    Leaves are stacked on the host: stacking a jax.Array on its device compiles a small
+    program per leaf shape (a second or two of every run's start on CPU)."""
+    return jax_utils.replicate(jax.tree.map(_on_host, tree), devices, axis_name=AXIS)
 
 
 def unreplicate(tree):
-    """Device 0's copy of a replicated tree, on the host (e.g. before saving a checkpoint)."""
+    """Device 0's copy of a replicated tree, on the host (e.g. before saving a checkpoint).
+
+    Read from device 0's buffer and indexed on the host: indexing the device array would
+    compile a program per leaf shape."""
     def first(x):
         if not isinstance(x, jax.Array):
             return np.asarray(x)[0]
         shard = x.addressable_shards[0].data  # One replica: shape [1, ...], or the whole array.
-        return np.asarray(shard[0] if shard.shape == x.shape else shard.reshape(x.shape[1:]))
+        one = _on_host(shard)
+        return one[0] if shard.shape == x.shape else one.reshape(x.shape[1:])
     return jax.tree.map(first, tree)
+
+
+def _on_host(x):
+    """A jax.Array as numpy; PRNG key arrays (no numpy form) and non-arrays unchanged."""
+    if isinstance(x, jax.Array) and not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return np.asarray(x)
+    return x
 
 
 def per_device_batch_size(global_batch_size: int, process_count: int | None = None,

@@ -56,20 +56,23 @@ class NonFiniteLossError(errors.UserError, FloatingPointError):
 
 def create_train_state(rng, model: nn.Module, tx: optax.GradientTransformation,
                        image_shape, dynamic_scale=None) -> TrainState:
-    """Initialises parameters (and batch statistics) on the host, unreplicated."""
-    variables = jax.jit(functools.partial(model.init, train=False))(
-        rng, jnp.zeros((1,) + tuple(image_shape), jnp.float32))
-    state = TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
-                              batch_stats=variables.get('batch_stats', {}))
+    """Initialises parameters (and batch statistics) on the host, unreplicated.
+
+    One jitted program makes the parameters and the optimizer state: run eagerly, the
+    optimizer's zeros would compile a small program per parameter shape, every run."""
+    def init(rng):
+        variables = model.init(rng, jnp.zeros((1,) + tuple(image_shape), jnp.float32),
+                               train=False)
+        return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
+                                 batch_stats=variables.get('batch_stats', {}))
+    state = jax.tree.map(np.asarray, jax.jit(init)(rng))
     if dynamic_scale is not None:
         dynamic_scale = dynamic_scale.replace(
             fin_steps=np.asarray(dynamic_scale.fin_steps, np.int32),
             scale=np.asarray(dynamic_scale.scale, np.float32))
     # Host numpy leaves with fixed dtypes (step=0 is a Python int, the lr a weakly typed
     # scalar): the step's second call would otherwise see new types and compile again.
-    return state.replace(step=np.zeros((), np.int32),
-                         opt_state=jax.tree.map(np.asarray, state.opt_state),
-                         dynamic_scale=dynamic_scale)
+    return state.replace(step=np.zeros((), np.int32), dynamic_scale=dynamic_scale)
 
 
 MIN_LOSS_SCALE = 1.0  # An overflow at this scale is a real inf/NaN: the loop stops on it.

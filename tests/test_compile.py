@@ -109,3 +109,21 @@ def test_loop_reads_device_values_only_at_logging_steps(tmp_path, monkeypatch):
     # Side jobs (and so host syncs) only at the logging steps (eval + checkpoint at the end),
     # besides the first step's compilation.
     assert reads.allowed_at == {1, 4, 8, 12}
+
+
+def test_start_and_save_compile_only_the_model_init(caplog):
+    """A run's start (fresh state, replicate) and each save (unreplicate) compile nothing but the
+    jitted init: eager stacking, indexing or zeros would compile a program per leaf shape,
+    seconds of every short run. The shapes are new to this process, so nothing is cached."""
+    config = tiny_config()
+    config.model.width = 0.0625  # A net no other test in this process builds.
+    with caplog.at_level('WARNING'), jax.log_compiles():
+        state, _ = train.initial_state(config, input_pipeline.get_info(config), 10, 10)
+        host = parallel.unreplicate(parallel.replicate(state))
+    compiled = [r.getMessage().split()[1] for r in caplog.records
+                if r.getMessage().startswith('Compiling ')]
+    # The init, and deriving the seed's keys (the same programs for every run).
+    keys = {'jit(stage)', 'jit(_threefry_seed)', 'jit(_threefry_split)', 'jit(unstack)'}
+    assert 'jit(init)' in compiled and set(compiled) <= keys | {'jit(init)'}, compiled
+    np.testing.assert_array_equal(host.params['conv1']['kernel'], state.params['conv1']['kernel'])
+    assert jax.tree.structure(host) == jax.tree.structure(state)
