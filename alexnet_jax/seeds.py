@@ -15,8 +15,12 @@ seeds_mode='sequential' (or data that is not device-resident with 'auto') trains
 after another as ordinary runs in the same seed<k> directories.
 """
 
+from concurrent import futures
 import functools
 import json
+import multiprocessing
+import os
+import signal
 import time
 
 from absl import logging
@@ -69,7 +73,13 @@ def train_seeds(config, workdir: str, seeds=None) -> dict:
                          f'{config.data.device_resident!r}); raise data.device_max_bytes or use '
                          'seeds_mode=sequential.')
         mode = 'sequential'
-    if mode == 'sequential' or len(seeds) == 1:
+    if mode == 'processes':
+        validation.check(hasattr(os, 'sched_setaffinity') and jax.process_count() == 1,
+                         'seeds_mode', "'processes' needs one process on a Linux host (it "
+                         'pins workers to cores); use seeds_mode=sequential.')
+    if mode == 'processes' and len(seeds) > 1:
+        return _train_in_processes(config, workdir, seeds)
+    if mode in ('sequential', 'processes') or len(seeds) == 1:
         out = {}
         for s in seeds:  # A preempted seed stops the rest: rerun to resume.
             out[s] = _train_one(config, workdir, s)
@@ -87,6 +97,80 @@ def _train_one(config, workdir, seed) -> dict:
         return train.train_and_evaluate(seed_config(config, seed), str(seed_dir(workdir, seed)))
     except train.NonFiniteLossError as e:
         return {'failed': record_failure(seed_dir(workdir, seed), e)}
+
+
+def worker_cores(config, num_seeds: int) -> list:
+    """The cores of each worker process for seeds_mode='processes': config.seed_workers
+    processes (0: one per core, at most one per seed), each with its own contiguous share of
+    this process's cores."""
+    cores = sorted(os.sched_getaffinity(0))
+    n = max(1, min(config.get('seed_workers', 0) or len(cores), num_seeds, len(cores)))
+    return [[int(c) for c in share] for share in np.array_split(cores, n)]
+
+
+def _train_in_processes(config, workdir, seeds) -> dict:
+    """Seeds as ordinary runs (`_train_one`), several at once: one spawned worker process per
+    share of the CPU cores, pinned to it. XLA:CPU does not keep 2 cores busy on a small net:
+    two 1-core digits runs at once train ~1.5x the images/s of one 2-core run after another
+    (benchmarks/RESULTS.md). Each worker imports and loads once and runs seed after seed.
+
+    SIGTERM/SIGINT here reach every worker: a training one saves its checkpoint and stops (a
+    rerun resumes it), seeds not started are left for the rerun. A worker's exception (a real
+    bug, a user error) stops the others the same way, then is raised here with its traceback.
+    """
+    shares = worker_cores(config, len(seeds))
+    context = multiprocessing.get_context('spawn')  # fork is unsafe once jax runs threads.
+    queue = context.SimpleQueue()
+    for share in shares:
+        queue.put(share)
+    config = config.copy_and_resolve_references()
+    out, running = {}, {}
+
+    def stop_workers():
+        for f in running:
+            f.cancel()  # Not started yet: left for the rerun.
+        for child in multiprocessing.active_children():
+            os.kill(child.pid, signal.SIGTERM)  # Training: save and stop; idle: ignored.
+
+    logging.info('Training seeds %s in %d processes on cores %s.', seeds, len(shares), shares)
+    with preemption.PreemptionGuard() as guard, futures.ProcessPoolExecutor(
+            len(shares), mp_context=context, initializer=_start_worker,
+            initargs=(queue, jax.config.jax_compilation_cache_dir,
+                      jax.config.jax_persistent_cache_min_compile_time_secs,
+                      logging.get_verbosity())) as pool:
+        running = {pool.submit(_train_one, config, workdir, s): s for s in seeds}
+        stopping = False
+        try:
+            while running:
+                done, _ = futures.wait(running, timeout=0.5,
+                                       return_when=futures.FIRST_COMPLETED)
+                for f in done:
+                    seed = running.pop(f)
+                    if not f.cancelled():
+                        out[seed] = f.result()
+                preempted = any('preempted_at_step' in r for r in out.values())
+                if (guard.requested or preempted) and not stopping:
+                    stopping = True
+                    stop_workers()
+        except BaseException:
+            stop_workers()
+            raise
+    return {s: out[s] for s in seeds if s in out}
+
+
+def _start_worker(queue, cache_dir, cache_min_seconds, verbosity) -> None:
+    """A seed worker's setup, before jax starts its backend: its own cores (XLA and tf.data
+    size their thread pools from them), the parent's compilation cache and log level, and
+    SIGTERM/SIGINT ignored between runs (a run's PreemptionGuard catches them while it trains;
+    a signal between runs must not kill the worker and, with it, the pool)."""
+    os.sched_setaffinity(0, queue.get())
+    if cache_dir:
+        jax.config.update('jax_compilation_cache_dir', cache_dir)
+        jax.config.update('jax_persistent_cache_min_compile_time_secs', cache_min_seconds)
+    logging.use_absl_handler()  # The parent's log format (no app.run here).
+    logging.set_verbosity(verbosity)
+    for sig in preemption.PreemptionGuard.SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def record_failure(workdir, error) -> str:

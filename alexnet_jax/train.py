@@ -14,6 +14,7 @@ checkpoints.RESUME_FIXED's rule. Process 0 locks the workdir for the run.
 
 import functools
 import math
+import os
 import time
 from typing import Any
 
@@ -216,17 +217,18 @@ def device_step_inputs(config, info, keys, devices=None):
 
 
 def seeds_mode(config) -> str:
-    """config.seeds_mode, with 'auto' -> the faster on this backend (benchmarks/seeds.py)."""
+    """config.seeds_mode, with 'auto' -> the faster on this backend (benchmarks/RESULTS.md)."""
     mode = config.get('seeds_mode', 'auto')
-    if mode == 'auto':
-        return 'vmap' if jax.default_backend() in ('gpu', 'tpu') else AUTO_CPU_SEEDS_MODE
-    return mode
-
-
-# XLA:CPU runs seeds stepped inside one program ~5x slower than one after another (batched
-# kernels become grouped convolutions; lax.map's loop body loses the fast conv path):
-# benchmarks/seeds.py, benchmarks/RESULTS.md "Many seeds". GPU/TPU: vmap (not measured here).
-AUTO_CPU_SEEDS_MODE = 'sequential'
+    if mode != 'auto':
+        return mode
+    if jax.default_backend() in ('gpu', 'tpu'):
+        return 'vmap'
+    # XLA:CPU runs seeds stepped inside one program ~5x slower than one after another (batched
+    # kernels become grouped convolutions; lax.map's loop body loses the fast conv path), and
+    # one run does not keep 2 cores busy: runs side by side in processes, one per core.
+    several = (hasattr(os, 'sched_setaffinity') and len(os.sched_getaffinity(0)) > 1
+               and jax.process_count() == 1)
+    return 'processes' if several else 'sequential'
 
 
 def step_runner(config, info, dropout_key, start_step: int):

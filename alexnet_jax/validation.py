@@ -64,7 +64,7 @@ TRAIN_AUGMENTS = ('paper', 'inception', 'small')  # See alexnet_jax/data/augment
 EVAL_CROPS = ('center', 'ten')
 CACHE_MODES = ('auto', 'always', 'never')
 DEVICE_RESIDENT = ('auto', 'always', 'never')  # See alexnet_jax/data/device_data.py.
-SEEDS_MODES = ('auto', 'vmap', 'map', 'sequential')  # See alexnet_jax/seeds.py.
+SEEDS_MODES = ('auto', 'vmap', 'map', 'sequential', 'processes')  # See alexnet_jax/seeds.py.
 
 
 def validate_data(d) -> None:
@@ -183,10 +183,14 @@ def validate_config(config) -> None:
 
 
 def validate_seeds(config) -> None:
-    """num_seeds / seeds_mode (top-level fields; see configs/alexnet.py)."""
+    """num_seeds / seeds_mode / seed_workers (top-level fields; see configs/alexnet.py)."""
     if 'num_seeds' in config:
         n = config.num_seeds
         check(isinstance(n, int) and n >= 1, 'num_seeds', f'must be an integer >= 1, got {n!r}.')
+    if 'seed_workers' in config:
+        w = config.seed_workers
+        check(isinstance(w, int) and w >= 0, 'seed_workers',
+              f'must be an integer >= 0 (0: one per CPU core), got {w!r}.')
     if 'seeds_mode' in config:
         _one_of(config, '', 'seeds_mode', SEEDS_MODES)
         vectorised = config.seeds_mode in ('vmap', 'map') and config.get('num_seeds', 1) > 1

@@ -6,7 +6,7 @@ sequential: S single-seed device steps one after another (as S separate runs wou
 their compiles and data loads); map: one pmapped step that runs the S seeds one after another
 inside (lax.map); vmap: one step batched over the seeds (jax.vmap: convolutions with a seed
 batch of kernels). All on device-resident data, metrics left on the device. Prints seed-images/s
-(S x batch x steps / time, best round) and compile seconds per mode; `train.AUTO_CPU_SEEDS_MODE`
+(S x batch x steps / time, best round) and compile seconds per mode; `train.seeds_mode`
 and benchmarks/RESULTS.md record the choice.
 """
 

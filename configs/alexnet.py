@@ -27,13 +27,17 @@ def paper_config():
     c = ml_collections.ConfigDict()
     c.variant = 'paper'
     c.seed = 0  # Drives parameter init, dropout and data order.
-    # num_seeds > 1: seeds seed .. seed + num_seeds - 1 train together in one program
-    # (alexnet_jax/seeds.py), each with workdir/seed<k>/ (metrics, results.json) as a standalone
-    # run would write it. seeds_mode: 'vmap' (batched), 'map' (one after another inside each
-    # step), 'sequential' (one run after another), 'auto' (vmap on GPU/TPU, sequential on CPU,
-    # where it measured ~5x faster: benchmarks/RESULTS.md). vmap/map need device-resident data.
+    # num_seeds > 1: seeds seed .. seed + num_seeds - 1 train together (alexnet_jax/seeds.py),
+    # each with workdir/seed<k>/ (metrics, results.json) as a standalone run would write it.
+    # seeds_mode: 'vmap' (batched in one program), 'map' (one after another inside each step),
+    # 'sequential' (one run after another), 'processes' (runs side by side in seed_workers
+    # processes, each pinned to its share of the CPU cores; 0: one per core), 'auto' (vmap on
+    # GPU/TPU; processes on a multi-core CPU, where vmap measured ~5x slower and two 1-core
+    # runs ~1.5x faster than one after another: benchmarks/RESULTS.md). vmap/map need
+    # device-resident data.
     c.num_seeds = 1
     c.seeds_mode = 'auto'
+    c.seed_workers = 0
 
     # Section 3 of the paper: the net. groups=1 is the net the seed tables count.
     c.model = ml_collections.ConfigDict(dict(

@@ -91,3 +91,12 @@ def test_config_changes_lists_overrides_and_what_follows_them():
         f'train.checkpoint_every_steps: {2 * spe4k} -> {2 * spe8k}',
         f'train.log_every_steps: {spe4k // 8} -> {spe8k // 8}'])
     assert cli.config_changes(alexnet.get_config('digits'), alexnet.get_config('digits')) == []
+
+
+@pytest.mark.parametrize('field,value', [('seeds_mode', 'threads'), ('seed_workers', -1),
+                                         ('num_seeds', 0)])
+def test_bad_seed_fields_are_named(field, value):
+    c = alexnet.get_config('digits')
+    c[field] = value
+    with pytest.raises(validation.ConfigError, match=f'config.{field}:'):
+        validation.validate_config(c)

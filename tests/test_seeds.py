@@ -1,6 +1,10 @@
 """Many seeds in one program: seed k of a vectorised run is standalone seed k; resume is exact."""
 
+import os
 import shutil
+import signal
+import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +17,7 @@ from alexnet_jax.data import input_pipeline
 from alexnet_jax import parallel
 from alexnet_jax import seeds as seeds_lib
 from alexnet_jax import train
-from tests.helpers import assert_trees_close, device_config
+from tests.helpers import assert_trees_close, device_config, saved_state
 
 
 
@@ -74,3 +78,34 @@ def test_vectorised_run_equals_standalone_and_resumes_exactly(tmp_path):
     again = seeds_lib.train_seeds(config, str(tmp_path / 'vec'))
     assert again[0]['test_loss'] == pytest.approx(out[0]['test_loss'], abs=1e-6)
     assert_trees_close(_group_params(config, tmp_path / 'vec', [0, 1]).params, vec.params)
+
+
+@pytest.mark.slow  # Spawns two worker processes (each imports jax and TensorFlow), twice.
+def test_seeds_in_processes_equal_standalone_and_a_signal_stops_them_resumably(tmp_path):
+    config = device_config(num_steps=6, checkpoint_every_steps=3)
+    config.update(num_seeds=2, seeds_mode='processes', seed_workers=2)
+    out = seeds_lib.train_seeds(config, str(tmp_path / 'par'))
+    for s in (0, 1):  # Each seed is the ordinary run of that seed (here: 2 cores, there: 1).
+        c = seeds_lib.seed_config(config, s)
+        solo = train.train_and_evaluate(c, str(tmp_path / f'solo{s}'))
+        assert out[s]['test_loss'] == pytest.approx(solo['test_loss'], rel=1e-4)
+        assert_trees_close(saved_state(c, str(tmp_path / 'par' / f'seed{s}'))[0].params,
+                           saved_state(c, str(tmp_path / f'solo{s}'))[0].params, atol=1e-5)
+    assert out[0]['test_loss'] != out[1]['test_loss']
+
+    # SIGTERM to this process reaches the workers: each saves where it is and stops.
+    config.train.update(num_steps=100_000, checkpoint_every_steps=20, log_every_steps=20)
+    workdir = tmp_path / 'long'
+
+    def signal_once_both_saved():
+        while not all(list((workdir / f'seed{s}' / 'checkpoints').glob('[0-9]*'))
+                      for s in (0, 1)):
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=signal_once_both_saved, daemon=True).start()
+    out = seeds_lib.train_seeds(config, str(workdir))
+    assert set(out) == {0, 1} and all('preempted_at_step' in r for r in out.values()), out
+    for s in (0, 1):
+        state, _ = saved_state(seeds_lib.seed_config(config, s), str(workdir / f'seed{s}'))
+        assert int(state.step) == out[s]['preempted_at_step'] < 100_000
+        assert not (workdir / f'seed{s}' / 'results.json').exists()
