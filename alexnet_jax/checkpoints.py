@@ -435,7 +435,7 @@ class Checkpointer:
             raise ConfigMismatchError(
                 f'{self.workdir} was written by a different model config ({where}):\n  '
                 + '\n  '.join(differing)
-                + f'\nUse a new --workdir for this config (or restore those values to resume).')
+                + '\nUse a new --workdir for this config (or restore those values to resume).')
 
 
 # -- reading a step: Checkpointer.restore and the tools' load_variables --------------------------

@@ -9,6 +9,7 @@ compiled once per session and then come from the persistent cache that conftest 
 import atexit
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -85,11 +86,18 @@ def _kill_running():
             p.kill()
 
 
+def subprocess_env(devices: int = 2, **extra) -> dict:
+    """This session's environment for a subprocess on `devices` simulated CPU devices: conftest's
+    XLA flags and compilation cache, so it compiles what the tests compiled already only once."""
+    flags = re.sub(r'--xla_force_host_platform_device_count=\d+',
+                   f'--xla_force_host_platform_device_count={devices}', os.environ['XLA_FLAGS'])
+    return dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS='cpu', **extra)
+
+
 def launch(*args, devices=2, wait=True):
     """launch.py in a subprocess on `devices` simulated CPU devices (the test's compilation cache
     comes with the environment)."""
-    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-               JAX_PLATFORMS='cpu')
+    env = subprocess_env(devices)
     p = subprocess.Popen([sys.executable, 'launch.py', *args], cwd=ROOT, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if not wait:

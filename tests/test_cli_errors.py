@@ -14,7 +14,7 @@ from configs import ablations
 from alexnet_jax import cli
 from alexnet_jax.tools import sweep
 from alexnet_jax import train
-from tests.helpers import TINY, tiny_config, write_folder
+from tests.helpers import TINY, subprocess_env, tiny_config, write_folder
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -176,9 +176,8 @@ def test_cli_error_policy(tmp_path, setup, argv, message, may_leave):
     workdir = setup(tmp_path) if setup else tmp_path / 'run'
     tfds_dir = tmp_path / 'tfds'
     before = _snapshot(workdir)
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
-               JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3', TFDS_DATA_DIR=str(tfds_dir),
-               PYTHONWARNINGS='ignore')
+    env = subprocess_env(TF_CPP_MIN_LOG_LEVEL='3', TFDS_DATA_DIR=str(tfds_dir),
+                         PYTHONWARNINGS='ignore')
     if 'digits' in ' '.join(argv):  # Built once in the default data dir; no download.
         env.pop('TFDS_DATA_DIR')
     argv = [a.replace('{w}', str(workdir)) for a in argv] + ['--verbosity=-3']

@@ -4,7 +4,6 @@ center crop and the paper's 10 crops (softmax averaged). 13 images over 2 simula
 the last batch is padded, and every image must count exactly once."""
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import tensorflow as tf
 from alexnet_jax.tools import convert
 from alexnet_jax.tools import evaluate
 from alexnet_jax import models
+from tests.helpers import subprocess_env
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 N, CLASSES, SOURCE, SIZE = 13, 6, 70, 67   # Images 70x70, crops 67x67 (resize_size=70).
@@ -126,8 +126,7 @@ def test_mismatched_classes_and_bad_crops_are_clear(folder, tmp_path):
 
 
 def run_cli(*args):
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
-               JAX_PLATFORMS='cpu')
+    env = subprocess_env()
     p = subprocess.run([sys.executable, '-m', 'alexnet_jax.tools.evaluate', *args], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=600)
     return p.returncode, p.stdout, p.stderr

@@ -13,6 +13,7 @@ from configs import alexnet
 from alexnet_jax import optim
 from alexnet_jax import parallel
 from alexnet_jax import validation
+from tests.helpers import subprocess_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,9 +68,7 @@ POD_RUN = textwrap.dedent('''
     from configs import alexnet
     from alexnet_jax import train
     assert jax.device_count() == 8, jax.devices()
-    # The two variants compile the same init and eval programs: compile those once.
-    jax.config.update('jax_compilation_cache_dir', sys.argv[1] + '/jax_cache')
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+    # The session's compilation cache (conftest) comes with the environment.
     out = {}
     for variant in ('lars4k', 'lars32k'):
         c = alexnet.get_config(variant)
@@ -91,8 +90,7 @@ POD_RUN = textwrap.dedent('''
 
 @pytest.mark.slow  # A subprocess with 8 devices, two runs.
 def test_pod_variants_run_two_steps_on_8_devices(tmp_path):
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
-               CUDA_VISIBLE_DEVICES='', TF_CPP_MIN_LOG_LEVEL='2')
+    env = subprocess_env(8, CUDA_VISIBLE_DEVICES='', TF_CPP_MIN_LOG_LEVEL='2')
     proc = subprocess.run([sys.executable, '-c', POD_RUN, str(tmp_path)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

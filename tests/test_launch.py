@@ -2,7 +2,6 @@
 safeguards in-process (relative paths, resume rules, keep-best, the workdir lock)."""
 
 import json
-import os
 import pathlib
 import signal
 import subprocess
@@ -17,7 +16,7 @@ from alexnet_jax.data import input_pipeline
 from alexnet_jax import evaluation
 from alexnet_jax import train
 from alexnet_jax import validation
-from tests.helpers import TINY, assert_trees_close, launch, saved_state, tiny_config
+from tests.helpers import TINY, assert_trees_close, launch, saved_state, subprocess_env, tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -181,8 +180,7 @@ def test_nan_on_a_fresh_workdir_does_not_claim_a_checkpoint(tmp_path, monkeypatc
 def test_relative_workdir_trains_and_saves(tmp_path):
     # From another directory, with a relative --workdir: the run ends with its checkpoint.
     args = [a.replace('configs/', f'{ROOT}/configs/') for a in TINY]
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
-               JAX_PLATFORMS='cpu')
+    env = subprocess_env()
     p = subprocess.run([sys.executable, str(ROOT / 'launch.py'), *args,
                         '--config.train.num_steps=2', '--workdir=runs/rel'], cwd=tmp_path,
                        env=env, capture_output=True, text=True, timeout=600)
