@@ -20,7 +20,7 @@ summary and feature extraction read them.
 """
 
 import dataclasses
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -75,11 +75,14 @@ INITS = ('paper', 'he', 'xavier', 'cuda_convnet')
 CUDA_CONVNET_STDDEV = {'conv1': 1e-4, 'conv2': 1e-2, 'conv3': 1e-2, 'fc4': 1e-2}
 
 
-def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
-    """Looks up an activation by name, with an error listing the valid ones."""
-    if name not in ACTIVATIONS:
-        raise ValueError(f'Unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}.')
-    return ACTIVATIONS[name]
+def check_config(m) -> None:
+    """The model section's names, checked here where they are defined: `create_model` runs it,
+    and so does validation at the entry point, so a typo fails before TensorFlow loads."""
+    for field, choices in (('architecture', ARCHITECTURE_NAMES), ('activation', ACTIVATIONS),
+                           ('lrn_convention', LRN_CONVENTIONS), ('init_scheme', INITS)):
+        if field in m:
+            errors.check(m[field] in choices, f'model.{field}',
+                         f'{m[field]!r} is not one of {list(choices)}.')
 
 
 def local_response_norm(x: jax.Array, k: float = 2.0, n: int = 5, alpha: float = 1e-4,
@@ -91,8 +94,8 @@ def local_response_norm(x: jax.Array, k: float = 2.0, n: int = 5, alpha: float =
     with alpha' = alpha for the paper's convention (also `tf.nn.local_response_normalization`
     with depth_radius = n // 2) and alpha' = alpha / n for Caffe's and PyTorch's.
     """
-    if convention not in LRN_CONVENTIONS:
-        raise ValueError(f'Unknown lrn_convention {convention!r}; choose one of {LRN_CONVENTIONS}.')
+    errors.check(convention in LRN_CONVENTIONS, 'model.lrn_convention',
+                 f'{convention!r} is not one of {list(LRN_CONVENTIONS)}.')
     errors.check(n >= 1 and n % 2 == 1, 'model.lrn_n',  # The one check of config.model.lrn_n.
                  f'must be a positive odd number of channels, got {n!r}.')
     scale = alpha if convention == 'paper' else alpha / n
@@ -126,9 +129,6 @@ def scaled_features(features: int, width: float, groups: int) -> int:
 
 
 def conv_specs(architecture: str = 'paper'):
-    if architecture not in ALEXNET_CONV_SPECS:
-        raise ValueError(f'Unknown AlexNet architecture {architecture!r}; choose one of '
-                         f'{list(ALEXNET_CONV_SPECS)}.')
     return ALEXNET_CONV_SPECS[architecture]
 
 
@@ -182,7 +182,7 @@ def _kernel_init(init: str, name: str):
                              f'{sorted(CUDA_CONVNET_STDDEV)}, not {name!r}: use '
                              f'--config.model.architecture=fig1 or another init_scheme.')
         return nn.initializers.normal(stddev=CUDA_CONVNET_STDDEV[name])
-    raise ValueError(f'Unknown init {init!r}; choose one of {INITS}.')
+    raise KeyError(init)  # check_config names the valid ones.
 
 
 def _bias_init(init: str, name: str):
@@ -237,7 +237,7 @@ class AlexNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         self._check_input(x)
-        act = get_activation(self.activation)
+        act = ACTIVATIONS[self.activation]
         dtype, param_dtype = jnp.dtype(self.dtype), jnp.dtype(self.param_dtype)
         x = x.astype(dtype)
         torchvision = self.architecture == 'torchvision'
@@ -311,7 +311,7 @@ class Fig1Net(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         del train  # No dropout or batch norm in this net.
-        act = get_activation(self.activation)
+        act = ACTIVATIONS[self.activation]
         dtype = jnp.dtype(self.dtype)
         x = x.astype(dtype)
         for i, (features, pool) in enumerate([(32, nn.max_pool), (32, nn.avg_pool),
@@ -332,6 +332,7 @@ class Fig1Net(nn.Module):
 
 
 ARCHITECTURES = {'fig1': Fig1Net}  # Anything else is AlexNet (its own `architecture` field).
+ARCHITECTURE_NAMES = tuple(ALEXNET_CONV_SPECS) + tuple(ARCHITECTURES)
 
 
 def create_model(model_config) -> nn.Module:
@@ -339,6 +340,7 @@ def create_model(model_config) -> nn.Module:
 
     Fields a module does not have are ignored, so one config section serves every net.
     """
+    check_config(model_config)
     cls = ARCHITECTURES.get(model_config.get('architecture', 'paper'), AlexNet)
     fields = {f.name for f in dataclasses.fields(cls)} - {'parent', 'name'}
     return cls(**{k: v for k, v in dict(model_config).items() if k in fields})

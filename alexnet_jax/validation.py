@@ -5,6 +5,7 @@ A checker raises `ConfigError` through `check(condition, field, message)`. A rul
 field's consumer checks anyway lives there only, with the same one-line `ConfigError` (raised
 when the run builds it): the LRN size (models.local_response_norm), the optimizer and schedule
 names (optim.create_optimizer), the frozen layers (optim.freeze_labels, against the real params).
+The model's names are checked by `models.check_config`, which this module calls early.
 Entry points (launch.py, tools/sweep.py, the evaluate tool) validate once.
 """
 
@@ -37,19 +38,12 @@ def _is_dtype(name: str) -> bool:
         return False
 
 
-ARCHITECTURES = ('paper', 'torchvision', 'fig1')
-
-
 def validate_model(m) -> None:
     p = 'model.'
-    if 'architecture' in m:
-        _one_of(m, p, 'architecture', ARCHITECTURES)
+    models.check_config(m)  # The names (architecture, activation, LRN convention, init).
     if 'conv_scale' in m:
         check(len(m.conv_scale) == 5 and all(s > 0 for s in m.conv_scale), p + 'conv_scale',
               f'needs 5 positive multipliers (conv1..conv5), got {m.conv_scale!r}.')
-    _one_of(m, p, 'activation', models.ACTIVATIONS)
-    _one_of(m, p, 'lrn_convention', models.LRN_CONVENTIONS)
-    _one_of(m, p, 'init_scheme', models.INITS)
     check(m.groups in (1, 2), p + 'groups', f'must be 1 or 2 (the paper\'s two GPUs), got {m.groups!r}.')
     _positive(m, p, 'num_classes', 'width', 'pool_window', 'pool_stride', 'lrn_k', 'lrn_beta')
     check(m.lrn_alpha >= 0, p + 'lrn_alpha', f'must be >= 0, got {m.lrn_alpha!r}.')

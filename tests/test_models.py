@@ -8,6 +8,8 @@ import pytest
 import tensorflow as tf
 
 from alexnet_jax import models
+from alexnet_jax import validation
+from configs import alexnet
 from tests.helpers import expected_params
 
 def abstract_variables(model, shape):
@@ -106,8 +108,19 @@ def test_lrn_rejects_even_size_and_unknown_convention():
     x = jnp.ones((1, 2, 2, 4))
     with pytest.raises(ValueError, match='odd'):
         models.local_response_norm(x, n=4)
-    with pytest.raises(ValueError, match='lrn_convention'):
+    with pytest.raises(ValueError, match='config.model.lrn_convention'):
         models.local_response_norm(x, convention='torch')
+
+
+@pytest.mark.parametrize('field,value', [('architecture', 'vgg'), ('activation', 'swish'),
+                                         ('lrn_convention', 'torch'), ('init_scheme', 'kaiming')])
+def test_model_names_are_checked_where_defined(field, value):
+    """One check per name: create_model (and validation, early) raise the same ConfigError."""
+    config = alexnet.get_config('digits')
+    config.model[field] = value
+    for check in (models.create_model, validation.validate_model):
+        with pytest.raises(validation.ConfigError, match=f'config.model.{field}: {value!r}'):
+            check(config.model)
 
 
 def test_groups_block_cross_group_connections():
