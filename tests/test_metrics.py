@@ -32,6 +32,7 @@ def test_quick_evals_redraw_the_plot_rarely_and_close_draws_the_last(tmp_path, m
 
 
 def test_slow_evals_redraw_every_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(metrics, 'DRAW_SHARE', 0.5)  # Evals 2x the drawing apart: each drawn.
     count = []
     real = plots.learning_curves
     monkeypatch.setattr(plots, 'learning_curves',
