@@ -1,7 +1,11 @@
-"""Many seeds in one program: config.num_seeds > 1 trains seeds seed .. seed + n - 1 together.
+"""Many seeds: config.num_seeds > 1 trains seeds seed .. seed + n - 1 together.
 
-One process, one data load (device-resident, device_data.py), one compile: the state and the
-run keys (dropout, data order and augmentation) carry a leading seed axis and one pmapped step
+seeds_mode='processes' (auto on a multi-core CPU) runs them as ordinary runs side by side, one
+spawned worker process per share of the cores. seeds_mode='sequential' runs them one after
+another in this process. Both write seed<k>/ as a standalone run would.
+
+seeds_mode='vmap' / 'map' (auto on GPU/TPU): one program. One process, one data load
+(device-resident, device_data.py), one compile: the state and the run keys (dropout, data order and augmentation) carry a leading seed axis and one pmapped step
 advances every seed (`train.make_device_train_step`, seeds='vmap' batched or 'map' one after
 another inside the step). Seed k's trajectory is standalone seed k's: its params, dropout keys
 and data stream come from the same `initial_state` and `device_data.data_key` (equal up to float
@@ -10,9 +14,8 @@ reassociation in batched convolutions; tests/test_seeds.py).
 Layout, as the sweep reads it: workdir/seed<k>/ holds seed k's config.json, metrics.jsonl,
 learning curves, results.json (or failed.json, when its loss went non-finite: that seed stops
 being reported, the others go on). The stacked state is one orbax checkpoint in
-workdir/checkpoints (its fingerprint names the seeds); a rerun resumes it exactly.
-seeds_mode='sequential' (or data that is not device-resident with 'auto') trains the seeds one
-after another as ordinary runs in the same seed<k> directories.
+workdir/checkpoints (its fingerprint names the seeds); a rerun resumes it exactly. With data
+that is not device-resident, 'auto' falls back to one run after another.
 """
 
 from concurrent import futures
@@ -120,37 +123,34 @@ def _train_in_processes(config, workdir, seeds) -> dict:
     """
     shares = worker_cores(config, len(seeds))
     context = multiprocessing.get_context('spawn')  # fork is unsafe once jax runs threads.
-    queue = context.SimpleQueue()
+    queue, stop = context.SimpleQueue(), context.Event()
     for share in shares:
         queue.put(share)
     config = config.copy_and_resolve_references()
-    out, running = {}, {}
+    out = {}
 
-    def stop_workers():
-        for f in running:
-            f.cancel()  # Not started yet: left for the rerun.
+    def stop_workers():  # Repeated while stopping: a run that just started ignores signals.
+        stop.set()  # Seeds not started yet stay for the rerun.
         for child in multiprocessing.active_children():
             os.kill(child.pid, signal.SIGTERM)  # Training: save and stop; idle: ignored.
 
     logging.info('Training seeds %s in %d processes on cores %s.', seeds, len(shares), shares)
     with preemption.PreemptionGuard() as guard, futures.ProcessPoolExecutor(
             len(shares), mp_context=context, initializer=_start_worker,
-            initargs=(queue, jax.config.jax_compilation_cache_dir,
+            initargs=(queue, stop, jax.config.jax_compilation_cache_dir,
                       jax.config.jax_persistent_cache_min_compile_time_secs,
                       logging.get_verbosity())) as pool:
-        running = {pool.submit(_train_one, config, workdir, s): s for s in seeds}
-        stopping = False
+        running = {pool.submit(_train_next, config, workdir, s): s for s in seeds}
         try:
             while running:
                 done, _ = futures.wait(running, timeout=0.5,
                                        return_when=futures.FIRST_COMPLETED)
                 for f in done:
-                    seed = running.pop(f)
-                    if not f.cancelled():
-                        out[seed] = f.result()
-                preempted = any('preempted_at_step' in r for r in out.values())
-                if (guard.requested or preempted) and not stopping:
-                    stopping = True
+                    seed, result = running.pop(f), f.result()
+                    if result is not None:
+                        out[seed] = result
+                if stop.is_set() or guard.requested or any(
+                        'preempted_at_step' in r for r in out.values()):
                     stop_workers()
         except BaseException:
             stop_workers()
@@ -158,11 +158,16 @@ def _train_in_processes(config, workdir, seeds) -> dict:
     return {s: out[s] for s in seeds if s in out}
 
 
-def _start_worker(queue, cache_dir, cache_min_seconds, verbosity) -> None:
+_stop = None  # In a seed worker: the parent's event "start no more seeds" (_start_worker).
+
+
+def _start_worker(queue, stop, cache_dir, cache_min_seconds, verbosity) -> None:
     """A seed worker's setup, before jax starts its backend: its own cores (XLA and tf.data
-    size their thread pools from them), the parent's compilation cache and log level, and
-    SIGTERM/SIGINT ignored between runs (a run's PreemptionGuard catches them while it trains;
-    a signal between runs must not kill the worker and, with it, the pool)."""
+    size their thread pools from them), the parent's stop event, compilation cache and log
+    level, and SIGTERM/SIGINT ignored between runs (a run's PreemptionGuard catches them while
+    it trains; a signal between runs must not kill the worker and, with it, the pool)."""
+    global _stop  # pylint: disable=global-statement  (one per worker process)
+    _stop = stop
     os.sched_setaffinity(0, queue.get())
     if cache_dir:
         jax.config.update('jax_compilation_cache_dir', cache_dir)
@@ -171,6 +176,11 @@ def _start_worker(queue, cache_dir, cache_min_seconds, verbosity) -> None:
     logging.set_verbosity(verbosity)
     for sig in preemption.PreemptionGuard.SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+
+
+def _train_next(config, workdir, seed) -> dict | None:
+    """A worker's task: the seed's run, or None once the parent is stopping."""
+    return None if _stop.is_set() else _train_one(config, workdir, seed)
 
 
 def record_failure(workdir, error) -> str:

@@ -93,8 +93,10 @@ def test_seeds_in_processes_equal_standalone_and_a_signal_stops_them_resumably(t
                            saved_state(c, str(tmp_path / f'solo{s}'))[0].params, atol=1e-5)
     assert out[0]['test_loss'] != out[1]['test_loss']
 
-    # SIGTERM to this process reaches the workers: each saves where it is and stops.
+    # SIGTERM to this process reaches the workers: each saves where it is and stops; seed 2,
+    # queued behind them, is not started (it stays for the rerun).
     config.train.update(num_steps=100_000, checkpoint_every_steps=20, log_every_steps=20)
+    config.num_seeds = 3
     workdir = tmp_path / 'long'
 
     def signal_once_both_saved():
@@ -109,3 +111,4 @@ def test_seeds_in_processes_equal_standalone_and_a_signal_stops_them_resumably(t
         state, _ = saved_state(seeds_lib.seed_config(config, s), str(workdir / f'seed{s}'))
         assert int(state.step) == out[s]['preempted_at_step'] < 100_000
         assert not (workdir / f'seed{s}' / 'results.json').exists()
+    assert not (workdir / 'seed2').exists()
