@@ -196,9 +196,8 @@ class Checkpointer:
     def __init__(self, workdir: str, *, config_fingerprint: dict, keep: int = 3,
                  best_metric: str | None = 'val_top1', async_save: bool = True,
                  best_mode: str = 'max'):
-        if keep < 1:
-            raise ValueError(f'keep={keep}: must keep at least the latest checkpoint '
-                             '(config.train.keep_checkpoints >= 1).')
+        errors.check(keep >= 1, 'train.keep_checkpoints',  # Its one check.
+                     f'must keep at least the latest checkpoint (>= 1), got {keep!r}.')
         if best_mode not in ('max', 'min'):
             raise ValueError(f"best_mode={best_mode!r}: must be 'max' or 'min'.")
         self.workdir = epath.Path(workdir)

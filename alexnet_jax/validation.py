@@ -4,8 +4,8 @@ Each section has one small checker; `validate_config` runs those whose section i
 A checker raises `ConfigError` through `check(condition, field, message)`. A rule that the
 field's consumer checks anyway lives there only, with the same one-line `ConfigError` (raised
 when the run builds it): the LRN size (models.local_response_norm), the optimizer and schedule
-names (optim.create_optimizer), the frozen layers (optim.freeze_labels, against the real params).
-The model's names are checked by `models.check_config`, which this module calls early.
+names (optim.create_optimizer), the frozen layers (optim.freeze_labels, against the real params),
+keep_checkpoints >= 1 (checkpoints.Checkpointer). The model's names are checked by `models.check_config`, which this module calls early.
 Entry points (launch.py, tools/sweep.py, the evaluate tool) validate once.
 """
 
@@ -138,7 +138,7 @@ LOSS_SCALES = (None, 'dynamic')
 
 def validate_train(t) -> None:
     p = 'train.'
-    _positive(t, p, 'batch_size', 'eval_batch_size', 'keep_checkpoints')
+    _positive(t, p, 'batch_size', 'eval_batch_size')
     check(t.num_steps is not None or t.num_epochs > 0, p + 'num_epochs',
           f'must be > 0 (or set train.num_steps), got {t.num_epochs!r}.')
     check(t.num_steps is None or t.num_steps >= 0, p + 'num_steps',
