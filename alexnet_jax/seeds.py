@@ -77,9 +77,9 @@ def train_seeds(config, workdir: str, seeds=None) -> dict:
                          'seeds_mode=sequential.')
         mode = 'sequential'
     if mode == 'processes':
-        validation.check(hasattr(os, 'sched_setaffinity') and jax.process_count() == 1,
-                         'seeds_mode', "'processes' needs one process on a Linux host (it "
-                         'pins workers to cores); use seeds_mode=sequential.')
+        validation.check(train.processes_supported(), 'seeds_mode',
+                         "'processes' needs one process on a Linux host (it pins workers to "
+                         'cores); use seeds_mode=sequential.')
     if mode == 'processes' and len(seeds) > 1:
         return _train_in_processes(config, workdir, seeds)
     if mode in ('sequential', 'processes') or len(seeds) == 1:

@@ -226,9 +226,13 @@ def seeds_mode(config) -> str:
     # XLA:CPU runs seeds stepped inside one program ~5x slower than one after another (batched
     # kernels become grouped convolutions; lax.map's loop body loses the fast conv path), and
     # one run does not keep 2 cores busy: runs side by side in processes, one per core.
-    several = (hasattr(os, 'sched_setaffinity') and len(os.sched_getaffinity(0)) > 1
-               and jax.process_count() == 1)
+    several = processes_supported() and len(os.sched_getaffinity(0)) > 1
     return 'processes' if several else 'sequential'
+
+
+def processes_supported() -> bool:
+    """seeds_mode='processes' pins workers to cores (Linux) and runs them beside one process."""
+    return hasattr(os, 'sched_setaffinity') and jax.process_count() == 1
 
 
 def step_runner(config, info, dropout_key, start_step: int):

@@ -5,7 +5,8 @@ A checker raises `ConfigError` through `check(condition, field, message)`. A rul
 field's consumer checks anyway lives there only, with the same one-line `ConfigError` (raised
 when the run builds it): the LRN size (models.local_response_norm), the optimizer and schedule
 names (optim.create_optimizer), the frozen layers (optim.freeze_labels, against the real params),
-keep_checkpoints >= 1 (checkpoints.Checkpointer). The model's names are checked by `models.check_config`, which this module calls early.
+keep_checkpoints >= 1 (checkpoints.Checkpointer). The model's names are checked by
+`models.check_config`, which this module calls early.
 Entry points (launch.py, tools/sweep.py, the evaluate tool) validate once.
 """
 
