@@ -42,8 +42,8 @@ def main(argv):
 
 
 def run(config, workdir: str) -> dict:
-    """A validated config's job: evaluate only (config.eval_only), several seeds in one program
-    (config.num_seeds > 1), or one training run."""
+    """A validated config's job: evaluate only (config.eval_only), several seeds
+    (config.num_seeds > 1, seeds.train_seeds), or one training run."""
     # Imported here, after the flags and the config are checked: they load TensorFlow (~6 s),
     # and a typo in a flag should fail in a second or two.
     from alexnet_jax import seeds  # pylint: disable=import-outside-toplevel

@@ -81,8 +81,11 @@ def check_config(m) -> None:
     for field, choices in (('architecture', ARCHITECTURE_NAMES), ('activation', ACTIVATIONS),
                            ('lrn_convention', LRN_CONVENTIONS), ('init_scheme', INITS)):
         if field in m:
-            errors.check(m[field] in choices, f'model.{field}',
-                         f'{m[field]!r} is not one of {list(choices)}.')
+            _check_name(field, m[field], choices)
+
+
+def _check_name(field: str, value, choices) -> None:
+    errors.check(value in choices, f'model.{field}', f'{value!r} is not one of {list(choices)}.')
 
 
 def local_response_norm(x: jax.Array, k: float = 2.0, n: int = 5, alpha: float = 1e-4,
@@ -94,8 +97,7 @@ def local_response_norm(x: jax.Array, k: float = 2.0, n: int = 5, alpha: float =
     with alpha' = alpha for the paper's convention (also `tf.nn.local_response_normalization`
     with depth_radius = n // 2) and alpha' = alpha / n for Caffe's and PyTorch's.
     """
-    errors.check(convention in LRN_CONVENTIONS, 'model.lrn_convention',
-                 f'{convention!r} is not one of {list(LRN_CONVENTIONS)}.')
+    _check_name('lrn_convention', convention, LRN_CONVENTIONS)  # Also for direct callers.
     errors.check(n >= 1 and n % 2 == 1, 'model.lrn_n',  # The one check of config.model.lrn_n.
                  f'must be a positive odd number of channels, got {n!r}.')
     scale = alpha if convention == 'paper' else alpha / n

@@ -5,9 +5,10 @@ spawned worker process per share of the cores. seeds_mode='sequential' runs them
 another in this process. Both write seed<k>/ as a standalone run would.
 
 seeds_mode='vmap' / 'map' (auto on GPU/TPU): one program. One process, one data load
-(device-resident, device_data.py), one compile: the state and the run keys (dropout, data order and augmentation) carry a leading seed axis and one pmapped step
-advances every seed (`train.make_device_train_step`, seeds='vmap' batched or 'map' one after
-another inside the step). Seed k's trajectory is standalone seed k's: its params, dropout keys
+(device-resident, device_data.py), one compile: the state and the run keys (dropout, data
+order and augmentation) carry a leading seed axis and one pmapped step advances every seed
+(`train.make_device_train_step`, seeds='vmap' batched or 'map' one after another inside the
+step). Seed k's trajectory is standalone seed k's: its params, dropout keys
 and data stream come from the same `initial_state` and `device_data.data_key` (equal up to float
 reassociation in batched convolutions; tests/test_seeds.py).
 

@@ -3,8 +3,9 @@ r"""Ablation sweeps: every grid point x seed through the same `train_and_evaluat
   python -m alexnet_jax.tools.sweep --config=configs/ablations.py[:grid] --workdir=DIR
   python -m alexnet_jax.tools.sweep --config=configs/ablations.py:fig1 --workdir=DIR --print_commands
 
-One workdir per point (`DIR/<labels>/seed<k>`); a point's seeds train together in one program
-(`run_seeds`, alexnet_jax/seeds.py; its stacked checkpoint in `DIR/<labels>/checkpoints`).
+One workdir per point and seed (`DIR/<labels>/seed<k>`); a point's seeds train together
+(`run_seeds` -> `seeds.train_seeds`: side by side in worker processes on a CPU, one vmapped
+program on GPU/TPU, whose stacked checkpoint is `DIR/<labels>/checkpoints`).
 The sweep is resumable for free: a point
 with results.json is skipped, an interrupted one resumes from its checkpoint, a failed one is
 recorded (failed.json, with the reason) and skipped on the next run unless --retry_failed.
@@ -46,8 +47,8 @@ def run_point(sweep, point: grid.Point, root, *, retry_failed: bool = False) -> 
 
 def run_seeds(sweep, points: list, root, *, retry_failed: bool = False) -> list:
     """Trains the seeds of one grid point (`points` share a name) that have not finished, or
-    failed before unless `retry_failed`, through `seeds.train_seeds` (one program on device-
-    resident data, or one run after another); returns their rows. A failure is recorded in
+    failed before unless `retry_failed`, through `seeds.train_seeds` (config.seeds_mode);
+    returns their rows. A failure is recorded in
     the seed's failed.json and the grid goes on; a user's error stops it (one line); a
     preempted run raises Preempted (its checkpoint resumes it next time)."""
     from alexnet_jax import seeds as seeds_lib  # Heavy; not needed for --print_commands.
@@ -84,7 +85,7 @@ def run_grid(sweep, points: list, root, *, retry_failed: bool = False) -> list:
     rows = []
     for name in dict.fromkeys(p.name for p in points):
         rows += run_seeds(sweep, [p for p in points if p.name == name], root,
-                                retry_failed=retry_failed)
+                          retry_failed=retry_failed)
     return rows
 
 
