@@ -20,6 +20,7 @@ that is not device-resident, 'auto' falls back to one run after another.
 """
 
 from concurrent import futures
+import contextlib
 import functools
 import json
 import multiprocessing
@@ -116,19 +117,17 @@ def _train_in_processes(config, workdir, seeds) -> dict:
     """Seeds as ordinary runs (`_train_one`), several at once: one spawned worker process per
     share of the CPU cores, pinned to it. XLA:CPU does not keep 2 cores busy on a small net:
     two 1-core digits runs at once train ~1.5x the images/s of one 2-core run after another
-    (benchmarks/RESULTS.md). Each worker imports and loads once and runs seed after seed.
+    (benchmarks/RESULTS.md). Each worker imports and loads once and runs seed after seed
+    (and, inside `shared_workers`, point after point).
 
     SIGTERM/SIGINT here reach every worker: a training one saves its checkpoint and stops (a
     rerun resumes it), seeds not started are left for the rerun. A worker's exception (a real
     bug, a user error) stops the others the same way, then is raised here with its traceback.
     """
-    shares = worker_cores(config, len(seeds))
-    context = multiprocessing.get_context('spawn')  # fork is unsafe once jax runs threads.
-    queue, stop = context.SimpleQueue(), context.Event()
-    for share in shares:
-        queue.put(share)
     config = config.copy_and_resolve_references()
     out = {}
+    shares = worker_cores(config, len(seeds))
+    pool, stop = _workers(shares)
 
     def stop_workers():  # Repeated while stopping: a run that just started ignores signals.
         stop.set()  # Seeds not started yet stay for the rerun.
@@ -136,16 +135,11 @@ def _train_in_processes(config, workdir, seeds) -> dict:
             os.kill(child.pid, signal.SIGTERM)  # Training: save and stop; idle: ignored.
 
     logging.info('Training seeds %s in %d processes on cores %s.', seeds, len(shares), shares)
-    with preemption.PreemptionGuard() as guard, futures.ProcessPoolExecutor(
-            len(shares), mp_context=context, initializer=_start_worker,
-            initargs=(queue, stop, jax.config.jax_compilation_cache_dir,
-                      jax.config.jax_persistent_cache_min_compile_time_secs,
-                      logging.get_verbosity())) as pool:
-        running = {pool.submit(_train_next, config, workdir, s): s for s in seeds}
+    with preemption.PreemptionGuard() as guard:  # Also while the workers save and exit.
         try:
+            running = {pool.submit(_train_next, config, workdir, s): s for s in seeds}
             while running:
-                done, _ = futures.wait(running, timeout=0.5,
-                                       return_when=futures.FIRST_COMPLETED)
+                done, _ = futures.wait(running, timeout=0.5, return_when=futures.FIRST_COMPLETED)
                 for f in done:
                     seed, result = running.pop(f), f.result()
                     if result is not None:
@@ -156,7 +150,57 @@ def _train_in_processes(config, workdir, seeds) -> dict:
         except BaseException:
             stop_workers()
             raise
+        finally:
+            if stop.is_set() or not _keep_workers:  # A stopped pool is not reused.
+                _close_workers()
     return {s: out[s] for s in seeds if s in out}
+
+
+_workers_live = None  # The worker pool: {'shares', 'pool', 'stop'} (`_workers`).
+_keep_workers = False  # Inside `shared_workers`: the pool outlives a `train_seeds` call.
+
+
+@contextlib.contextmanager
+def shared_workers():
+    """Inside this block seeds_mode='processes' keeps its worker processes from one
+    `train_seeds` call to the next, so a sweep's points after the first skip the workers'
+    start (spawn, importing jax and TensorFlow: ~10 s a point on 2 cores) and reuse what each
+    worker loaded (the device-resident data set)."""
+    global _keep_workers  # pylint: disable=global-statement  (one pool per parent process)
+    _keep_workers = True
+    try:
+        yield
+    finally:
+        _keep_workers = False
+        _close_workers()
+
+
+def _workers(shares):
+    """(pool, stop event) with one worker per core share: the live pool if it has these
+    shares, else a new one."""
+    global _workers_live  # pylint: disable=global-statement
+    if _workers_live is not None and _workers_live['shares'] == shares:
+        _workers_live['stop'].clear()
+    else:
+        _close_workers()
+        context = multiprocessing.get_context('spawn')  # fork is unsafe once jax runs threads.
+        queue, stop = context.SimpleQueue(), context.Event()
+        for share in shares:
+            queue.put(share)
+        pool = futures.ProcessPoolExecutor(
+            len(shares), mp_context=context, initializer=_start_worker,
+            initargs=(queue, stop, jax.config.jax_compilation_cache_dir,
+                      jax.config.jax_persistent_cache_min_compile_time_secs,
+                      logging.get_verbosity()))
+        _workers_live = {'shares': shares, 'pool': pool, 'stop': stop}
+    return _workers_live['pool'], _workers_live['stop']
+
+
+def _close_workers() -> None:
+    global _workers_live  # pylint: disable=global-statement
+    if _workers_live is not None:
+        _workers_live['pool'].shutdown(cancel_futures=True)
+        _workers_live = None
 
 
 _stop = None  # In a seed worker: the parent's event "start no more seeds" (_start_worker).

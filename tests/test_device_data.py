@@ -102,6 +102,11 @@ def test_load_equals_the_tf_data_eval_images():
     images = np.concatenate([b['image'][0][b['mask'][0]] for b in batches])  # uint8 batches.
     np.testing.assert_array_equal(loaded['image'], images)
     assert loaded['image'].dtype == np.uint8 and loaded['image'].shape == (40, 67, 67, 3)
+    # A process's next run with the same data section reuses the read (a sweep worker's seeds).
+    assert device_data.load(config.copy_and_resolve_references(), 0, 1) is loaded
+    assert not loaded['image'].flags.writeable
+    config.data.fake_shape = (71, 71, 3)
+    assert device_data.load(config, 0, 1) is not loaded
 
 
 def test_auto_uses_the_device_below_the_threshold():

@@ -1,5 +1,6 @@
 """Many seeds in one program: seed k of a vectorised run is standalone seed k; resume is exact."""
 
+import multiprocessing
 import os
 import shutil
 import signal
@@ -84,7 +85,14 @@ def test_vectorised_run_equals_standalone_and_resumes_exactly(tmp_path):
 def test_seeds_in_processes_equal_standalone_and_a_signal_stops_them_resumably(tmp_path):
     config = device_config(num_steps=6, checkpoint_every_steps=3)
     config.update(num_seeds=2, seeds_mode='processes', seed_workers=2)
-    out = seeds_lib.train_seeds(config, str(tmp_path / 'par'))
+    with seeds_lib.shared_workers():  # As the sweep runs points: the workers serve both calls.
+        out = seeds_lib.train_seeds(config, str(tmp_path / 'par'))
+        workers = {p.pid for p in multiprocessing.active_children()}
+        more = seeds_lib.train_seeds(config, str(tmp_path / 'par'), seeds=[2, 3])
+        assert {p.pid for p in multiprocessing.active_children()} == workers
+        assert len(workers) == 2
+    assert not multiprocessing.active_children()  # Closed with the block.
+    assert more[2]['test_loss'] != more[3]['test_loss']
     for s in (0, 1):  # Each seed is the ordinary run of that seed (here: 2 cores, there: 1).
         c = seeds_lib.seed_config(config, s)
         solo = train.train_and_evaluate(c, str(tmp_path / f'solo{s}'))

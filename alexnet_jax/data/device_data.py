@@ -83,11 +83,24 @@ def make_spec(config, local_devices: int | None = None,
                 flip=bool(d.random_flip))
 
 
+_loaded = {}  # The last data set this process read: a sweep worker's runs share it (seeds.py).
+
+
 def load(config, process_index: int | None = None, process_count: int | None = None) -> dict:
-    """This host's training split, resized once: {'image': uint8 [n, H, W, C], 'label': int32 [n]}."""
-    d = config.data
+    """This host's training split, resized once: {'image': uint8 [n, H, W, C], 'label': int32 [n]}
+    (read-only arrays; a process's next run with the same data section reuses them)."""
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
+    key = (config.data.to_json_best_effort(sort_keys=True), process_index, process_count)
+    if key not in _loaded:
+        _loaded.clear()
+        _loaded[key] = _read(config.data, process_index, process_count)
+        for array in _loaded[key].values():
+            array.flags.writeable = False
+    return _loaded[key]
+
+
+def _read(d, process_index: int, process_count: int) -> dict:
     src = sources.get_source(d)
     raw, n = src.read(d.train_split, process_index, process_count, drop_remainder=True)
 

@@ -71,8 +71,9 @@ def run_seeds(sweep, points: list, root, *, retry_failed: bool = False) -> list:
         except cli.UserError:  # The user's to fix (data, workdir in use, disk): stop, one line.
             raise
         except Exception as e:  # pylint: disable=broad-except  (recorded, the grid goes on)
-            for p in missing:
-                seeds_lib.record_failure(group / f'seed{p.seed}', e)
+            for p in missing:  # Seeds another worker finished before the error keep their result.
+                if not (group / f'seed{p.seed}' / 'results.json').exists():
+                    seeds_lib.record_failure(group / f'seed{p.seed}', e)
         else:
             if 'preempted_at_step' in out or any('preempted_at_step' in r for r in out.values()
                                                  if isinstance(r, dict)):
@@ -337,16 +338,18 @@ def main(argv):
             cli.fail(f'grid point {p.name}: {e}')
     root.mkdir(parents=True, exist_ok=True)
     cli.use_compilation_cache()  # Each point's seeds after the first compile nothing.
+    from alexnet_jax import seeds as seeds_lib  # Heavy; not needed for --print_commands.
     try:
-        notes = []
-        if search:  # Fig. 1's protocol: each point trains at the rate its search found fastest.
-            choices = lr_search.run(sweep, root, functools.partial(
-                run_point, retry_failed=FLAGS.retry_failed))
-            print((root / 'lr_search.md').read_text())
-            points = lr_search.apply(points, choices)
-            notes = ['Learning rates (lr_search.md): ' + ', '.join(
-                f'{name} {c["rate"]:g}' for name, c in choices.items()) + '.']
-        rows = run_grid(sweep, points, root, retry_failed=FLAGS.retry_failed)
+        with seeds_lib.shared_workers():  # One set of seed worker processes for every point.
+            notes = []
+            if search:  # Fig. 1's protocol: each point trains at the rate its search found fastest.
+                choices = lr_search.run(sweep, root, functools.partial(
+                    run_point, retry_failed=FLAGS.retry_failed))
+                print((root / 'lr_search.md').read_text())
+                points = lr_search.apply(points, choices)
+                notes = ['Learning rates (lr_search.md): ' + ', '.join(
+                    f'{name} {c["rate"]:g}' for name, c in choices.items()) + '.']
+            rows = run_grid(sweep, points, root, retry_failed=FLAGS.retry_failed)
     except Preempted as e:  # SIGTERM/SIGINT: its checkpoint is saved; exit 0, like launch.py.
         print(f'Sweep stopped: {e}; rerun the same grid.command to resume.')
         return
