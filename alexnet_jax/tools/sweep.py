@@ -4,8 +4,9 @@ r"""Ablation sweeps: every grid point x seed through the same `train_and_evaluat
   python -m alexnet_jax.tools.sweep --config=configs/ablations.py:fig1 --workdir=DIR --print_commands
 
 One workdir per point and seed (`DIR/<labels>/seed<k>`); a point's seeds train together
-(`run_seeds` -> `seeds.train_seeds`: side by side in worker processes on a CPU, one vmapped
-program on GPU/TPU, whose stacked checkpoint is `DIR/<labels>/checkpoints`).
+(`run_seeds` -> `seeds.train_seeds`: side by side in worker processes on a CPU, the same
+workers for every point, or one vmapped program on GPU/TPU, whose stacked checkpoint is
+`DIR/<labels>/checkpoints`).
 The sweep is resumable for free: a point
 with results.json is skipped, an interrupted one resumes from its checkpoint, a failed one is
 recorded (failed.json, with the reason) and skipped on the next run unless --retry_failed.
