@@ -133,6 +133,23 @@ def test_sweep_runs_records_failures_resumes_and_reports(tmp_path):
     assert all(f.stat().st_size > 1000 for f in figures)
 
 
+@pytest.mark.slow  # One spawned seed worker (it imports jax and TensorFlow) and two tiny runs.
+def test_a_real_error_in_one_seed_keeps_the_seeds_that_finished(tmp_path):
+    config = tiny_sweep()
+    config.base_overrides = tuple(sorted({
+        **dict(config.base_overrides), 'data.train_augment': 'small', 'data.pad': 4,
+        'data.device_resident': 'always', 'seeds_mode': 'processes', 'seed_workers': 1}.items()))
+    config.num_seeds = 2
+    points = [p for p in grid_lib.expand(config) if p.name == 'relu']
+    # Not the user's config but the machine: seed 1 cannot write its config.json, after the
+    # one worker finished seed 0.
+    (tmp_path / 'relu' / 'seed1' / 'config.json').mkdir(parents=True)
+    rows = sweep.run_seeds(config, points, tmp_path)
+    assert [r['status'] for r in rows] == ['done', 'failed']
+    assert rows[1]['reason'].startswith('IsADirectoryError'), rows[1]
+    assert not (tmp_path / 'relu' / 'seed0' / 'failed.json').exists()
+
+
 def grid_rows(errors: dict, epochs: dict = None) -> list:
     """results rows as result_row writes them, from {point: {seed: error}}."""
     rows = []
