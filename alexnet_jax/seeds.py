@@ -249,6 +249,16 @@ def _stack(trees):
 
 
 def _train_together(config, info, workdir, seeds):
+    """The seeds as one program (seeds_mode 'vmap' or 'map'). As `train.train_and_evaluate`,
+    it holds the workdir's lock while it runs: a second run on the workdir stops at once."""
+    lock = checkpoints.lock_workdir(workdir)
+    try:
+        return _train_together_locked(config, info, workdir, seeds)
+    finally:
+        lock.release()
+
+
+def _train_together_locked(config, info, workdir, seeds):
     configs = [seed_config(config, s) for s in seeds]
     num_steps, steps_per_epoch = train.num_train_steps(config)
     t = config.train
@@ -262,35 +272,38 @@ def _train_together(config, info, workdir, seeds):
     ckpt = checkpoints.Checkpointer(workdir, config_fingerprint=fingerprint,
                                     keep=t.keep_checkpoints, best_metric=None,
                                     async_save=t.async_checkpoints)
-    recorders = {s: metrics_lib.Recorder(seed_dir(workdir, s), num_steps=num_steps,
-                                         steps_per_epoch=steps_per_epoch,
-                                         batch_size=t.batch_size, plot=t.plot) for s in seeds}
-    meta = {}
-    restored = ckpt.restore(state)
-    if restored is not None:
-        state, meta = restored
-        logging.info('Resumed %d seeds from step %d of %s.', len(seeds), int(state.step[0]),
-                     workdir)
-    for c, s in zip(configs, seeds):
-        checkpoints.write_config(c, str(seed_dir(workdir, s)))
-    plateaus = [optim.Plateau.from_config(config.optim, p)
-                for p in meta.get('plateau', [None] * len(seeds))]
-    failed = {int(k): v for k, v in meta.get('failed', {}).items()}
-    start_step, elapsed = int(state.step[0]), meta.get('elapsed', 0.0)
-    state = parallel.replicate(state)
-    mean, std = preprocess.mean_std(config.data, info.image_shape[-1])
-    eval_one = functools.partial(evaluation.eval_step, mean=mean, std=std,
-                                 crop_size=config.data.image_size)
-    p_eval = jax.pmap(jax.vmap(eval_one, in_axes=(0, None)), axis_name=AXIS)
-    t0 = time.time()
-
-    def save(step):
-        meta = {'plateau': [p.state() for p in plateaus], 'failed': failed,
-                'elapsed': elapsed + time.time() - t0}
-        ckpt.save(step, parallel.unreplicate(state), meta)
-
-    val = None
+    recorders, val = {}, None
     try:
+        meta = {}
+        restored = ckpt.restore(state)
+        if restored is not None:
+            state, meta = restored
+            checkpoints.check_resume(meta.get('fixed'), config, workdir)
+            logging.info('Resumed %d seeds from step %d of %s.', len(seeds), int(state.step[0]),
+                         workdir)
+        # Only now, when the workdir is known to fit this config, is anything written to it.
+        for c, s in zip(configs, seeds):
+            checkpoints.write_config(c, str(seed_dir(workdir, s)))
+        recorders = {s: metrics_lib.Recorder(seed_dir(workdir, s), num_steps=num_steps,
+                                             steps_per_epoch=steps_per_epoch,
+                                             batch_size=t.batch_size, plot=t.plot) for s in seeds}
+        plateaus = [optim.Plateau.from_config(config.optim, p)
+                    for p in meta.get('plateau', [None] * len(seeds))]
+        failed = {int(k): v for k, v in meta.get('failed', {}).items()}
+        start_step, elapsed = int(state.step[0]), meta.get('elapsed', 0.0)
+        state = parallel.replicate(state)
+        mean, std = preprocess.mean_std(config.data, info.image_shape[-1])
+        eval_one = functools.partial(evaluation.eval_step, mean=mean, std=std,
+                                     crop_size=config.data.image_size)
+        p_eval = jax.pmap(jax.vmap(eval_one, in_axes=(0, None)), axis_name=AXIS)
+        t0 = time.time()
+
+        def save(step):
+            meta = {'plateau': [p.state() for p in plateaus], 'failed': failed,
+                    'elapsed': elapsed + time.time() - t0,
+                    'fixed': checkpoints.resume_fixed(config)}
+            ckpt.save(step, parallel.unreplicate(state), meta)
+
         if start_step < num_steps:
             step_fn, p_keys, data = train.device_step_inputs(config, info, keys)
             pending = []

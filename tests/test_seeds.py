@@ -81,6 +81,28 @@ def test_vectorised_run_equals_standalone_and_resumes_exactly(tmp_path):
     assert_trees_close(_group_params(config, tmp_path / 'vec', [0, 1]).params, vec.params)
 
 
+@pytest.mark.slow  # A short vectorised run, and two that are refused.
+def test_vectorised_run_holds_the_workdir_and_refuses_a_changed_resume(tmp_path):
+    config = device_config(num_steps=4, checkpoint_every_steps=2)
+    config.update(num_seeds=2, seeds_mode='vmap')
+    workdir = tmp_path / 'vec'
+    held = checkpoints.lock_workdir(str(workdir))  # As a running launch.py or sweep holds it.
+    try:
+        with pytest.raises(checkpoints.WorkdirError, match='in use'):
+            seeds_lib.train_seeds(config, str(workdir))
+    finally:
+        held.release()
+    assert not list(workdir.iterdir())
+
+    seeds_lib.train_seeds(config, str(workdir))
+    shutil.rmtree(workdir / 'checkpoints' / '4')  # As if killed after step 2's save.
+    before = {p: p.stat().st_mtime_ns for p in workdir.rglob('*') if p.is_file()}
+    config.data.fake_train_examples += 8  # Another data stream: resuming would mix two.
+    with pytest.raises(checkpoints.ConfigMismatchError, match='data.fake_train_examples'):
+        seeds_lib.train_seeds(config, str(workdir))
+    assert before == {p: p.stat().st_mtime_ns for p in workdir.rglob('*') if p.is_file()}
+
+
 @pytest.mark.slow  # Spawns two worker processes (each imports jax and TensorFlow), twice.
 def test_seeds_in_processes_equal_standalone_and_a_signal_stops_them_resumably(tmp_path):
     config = device_config(num_steps=6, checkpoint_every_steps=3)
