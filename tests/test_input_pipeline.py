@@ -15,6 +15,7 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 from configs import alexnet  # noqa: E402
+from alexnet_jax import errors  # noqa: E402
 from alexnet_jax.data import input_pipeline as ip  # noqa: E402
 from tests.helpers import write_folder  # noqa: E402
 
@@ -233,5 +234,13 @@ def test_unprepared_tfds_set_says_what_to_do(tmp_path):
 def test_paper_transform_on_tiny_images_is_a_clear_error(digits_dir):
     c = digits_config(digits_dir)
     c.data.train_augment = 'paper'
-    with pytest.raises(ValueError, match='train_augment=small'):
+    with pytest.raises(errors.UserError, match='train_augment=small'):  # One line, no traceback.
         ip.get_info(c)
+
+
+def test_an_empty_eval_split_is_a_clear_error():
+    c = alexnet.get_config('fake')
+    c.data.update(fake_eval_examples=0, fake_shape=(70, 70, 3), resize_size=70, image_size=67)
+    with pytest.raises(errors.UserError, match="Split 'validation' of fake is empty"):
+        next(ip.eval_iterator(c, 'validation', process_index=0, process_count=1,
+                              local_devices=1))

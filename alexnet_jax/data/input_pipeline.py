@@ -95,9 +95,9 @@ def train_dataset(config, start_step, process_index, process_count, local_device
     host_batch = per_device * local_devices
     raw, n = src.read(d.train_split, process_index, process_count, drop_remainder=True)
     if n == 0:
-        raise ValueError(f'Split {d.train_split!r} of {d.name} has '
-                         f'{src.num_examples(d.train_split)} examples, too few for '
-                         f'{process_count} host(s).')
+        raise sources.DataError(f'Split {d.train_split!r} of {d.name} has '
+                                f'{src.num_examples(d.train_split)} examples, too few for '
+                                f'{process_count} host(s).')
     if src.cache:
         raw = raw.cache()
     first_epoch, offset = divmod(start_step * host_batch, n)
@@ -134,7 +134,8 @@ def _eval_dataset(key, split, process_index, process_count, local_devices):
     host_batch = per_device * local_devices
     total = src.num_examples(split)
     if total == 0:
-        raise ValueError(f'Split {split!r} of {d.name} is empty.')
+        raise sources.DataError(f'Split {split!r} of {d.name} is empty; set '
+                                f'config.data.eval_split/test_split to a split with examples.')
     raw, n = src.read(split, process_index, process_count, drop_remainder=False)
     if src.cache:
         raw = raw.cache()
@@ -178,7 +179,7 @@ def _finish(ds, local_devices):
 def _check_augment(d, src):
     shape = getattr(src, 'image_shape', None)
     if d.train_augment != 'small' and shape and shape[0] and shape[0] < d.image_size:
-        raise ValueError(
+        raise sources.DataError(
             f"config.data.train_augment={d.train_augment!r} crops {d.image_size}-pixel patches "
             f'out of {d.resize_size}-pixel rescaled images, but {d.name} images are '
             f"{shape[0]}x{shape[1]}; use --config.data.train_augment=small (resize to "
