@@ -146,6 +146,23 @@ def test_groups_block_cross_group_connections():
     assert variables['params']['conv3']['kernel'].shape[2] == base.shape[-1]
 
 
+@pytest.mark.parametrize('groups,stride,padding', [(2, 1, 2), (4, 2, 1)])
+def test_grouped_conv_equals_a_feature_group_convolution(groups, stride, padding):
+    """models.grouped_conv (one convolution per group, as the paper's two GPUs) against XLA's
+    own feature_group_count convolution: outputs and both gradients."""
+    rng = np.random.default_rng(groups)
+    x = jnp.asarray(rng.normal(size=(2, 9, 9, 8)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(5, 5, 8 // groups, 12)), jnp.float32)
+    kw = dict(window_strides=(stride, stride), padding=[(padding, padding)] * 2,
+              dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=groups)
+    ours, ours_vjp = jax.vjp(lambda a, b: models.grouped_conv(a, b, **kw), x, w)
+    xla, xla_vjp = jax.vjp(lambda a, b: jax.lax.conv_general_dilated(a, b, **kw), x, w)
+    np.testing.assert_allclose(ours, xla, rtol=1e-5, atol=1e-5)
+    cot = jnp.asarray(rng.normal(size=xla.shape), jnp.float32)
+    for a, b in zip(ours_vjp(cot), xla_vjp(cot)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize('activation', ['relu', 'tanh'])
 def test_activation_switch(activation):
     model = models.AlexNet(activation=activation, width=0.25, num_classes=3, lrn=False,
