@@ -132,7 +132,7 @@ def grouped_conv(lhs, rhs, *args, dimension_numbers=None, feature_group_count: i
     The same function of the same kernel (the input channels and the kernel's output features
     split into `feature_group_count` contiguous groups), computed as the paper's two GPUs did,
     one group each: XLA:CPU runs a `feature_group_count=2` convolution ~3x slower than its
-    two halves (the digits net's step: 261 vs 833 img/s on one core, benchmarks/RESULTS.md).
+    two halves (the digits net's step: 260 vs 827 img/s on one core, benchmarks/RESULTS.md).
     """
     if feature_group_count == 1:
         return lax.conv_general_dilated(lhs, rhs, *args, dimension_numbers=dimension_numbers,

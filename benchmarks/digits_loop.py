@@ -1,6 +1,6 @@
 r"""The digits demo's training loop against a bare `jax.jit` SGD step of the same model and batch.
 
-  python benchmarks/digits_loop.py [--steps=20 --repeats=4]
+  python benchmarks/digits_loop.py [--steps=20 --repeats=4] [--groups=2]
 
 Bare step: benchmarks/plain_step.py's step (forward with dropout, cross-entropy, grads, SGD with
 momentum) under `jax.jit` on one fixed device batch of 64 digits images (67 px, 1 channel).
@@ -36,12 +36,15 @@ from plain_step import plain_step_fn  # noqa: E402
 flags.DEFINE_integer('steps', 20, 'Steps per round.')
 flags.DEFINE_integer('repeats', 4, 'Alternating rounds.')
 flags.DEFINE_string('variant', 'digits', 'configs/alexnet.py variant.')
+flags.DEFINE_integer('groups', None, "config.model.groups (2: the paper's two-group net).")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     del argv
     config = alexnet.get_config(FLAGS.variant)
+    if FLAGS.groups:
+        config.model.groups = FLAGS.groups
     info = input_pipeline.get_info(config)
     batch = config.train.batch_size
     num_steps, spe = train.num_train_steps(config)
