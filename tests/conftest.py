@@ -1,6 +1,5 @@
-"""Test setup: two simulated CPU devices compiled at -O0 (set before jax is imported), TF kept off
-accelerators,
-and one persistent XLA compilation cache for the whole session.
+"""Test setup: two simulated CPU devices compiled at -O0 (set before jax is imported), TF kept
+off accelerators, and one persistent XLA compilation cache for the whole session.
 
 The cache is why the suite is quick: tiny CPU tests spend most of their time compiling the same
 few programs (the tiny AlexNet's init, train and eval steps), in this process, in the other xdist
