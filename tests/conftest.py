@@ -34,6 +34,8 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '-1')
 
 import pytest  # noqa: E402  (after the environment above, as everything that imports jax)
 
+import alexnet_jax  # noqa: E402,F401  (its TensorFlow log defaults, before a test imports TF)
+
 
 @pytest.fixture(scope='session')
 def digits_dir(tmp_path_factory):

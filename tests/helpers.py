@@ -88,10 +88,14 @@ def _kill_running():
 
 def subprocess_env(devices: int = 2, **extra) -> dict:
     """This session's environment for a subprocess on `devices` simulated CPU devices: conftest's
-    XLA flags and compilation cache, so it compiles what the tests compiled already only once."""
+    XLA flags and compilation cache, so it compiles what the tests compiled already only once.
+    TensorFlow's log settings are left out: the entry points must be quiet by themselves, as a
+    user runs them (alexnet_jax/__init__.py), on every CPU."""
     flags = re.sub(r'--xla_force_host_platform_device_count=\d+',
                    f'--xla_force_host_platform_device_count={devices}', os.environ['XLA_FLAGS'])
-    return dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS='cpu', **extra)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ('TF_CPP_MIN_LOG_LEVEL', 'TF_ENABLE_ONEDNN_OPTS')}
+    return dict(env, XLA_FLAGS=flags, JAX_PLATFORMS='cpu', **extra)
 
 
 def launch(*args, devices=2, wait=True):

@@ -176,8 +176,7 @@ def test_cli_error_policy(tmp_path, setup, argv, message, may_leave):
     workdir = setup(tmp_path) if setup else tmp_path / 'run'
     tfds_dir = tmp_path / 'tfds'
     before = _snapshot(workdir)
-    env = subprocess_env(TF_CPP_MIN_LOG_LEVEL='3', TFDS_DATA_DIR=str(tfds_dir),
-                         PYTHONWARNINGS='ignore')
+    env = subprocess_env(TFDS_DATA_DIR=str(tfds_dir), PYTHONWARNINGS='ignore')
     if 'digits' in ' '.join(argv):  # Built once in the default data dir; no download.
         env.pop('TFDS_DATA_DIR')
     argv = [a.replace('{w}', str(workdir)) for a in argv] + ['--verbosity=-3']
