@@ -104,15 +104,36 @@ def resume_fixed(config) -> dict:
     return out
 
 
-def check_resume(saved: dict | None, config, workdir) -> None:
-    """Raises ConfigMismatchError naming each RESUME_FIXED field the config changed."""
+def topology() -> dict:
+    """The processes and devices a run trains on (saved in each checkpoint's meta)."""
+    return {'processes': jax.process_count(), 'devices': jax.device_count()}
+
+
+def check_resume(meta: dict, config, workdir) -> None:
+    """Raises ConfigMismatchError naming each RESUME_FIXED field the config changed (the
+    checkpoint's meta['fixed']); logs a change of topology (meta['topology']), which is allowed.
+
+    The global batches (images, order, augmentation) do not depend on the device count; what
+    does: dropout masks (drawn per device) and the float summation order, so a run resumed on
+    other devices continues the same data with a different trajectory. Other host counts split
+    the data differently, so the stream changes too.
+    """
     ours = resume_fixed(config)
     changed = [f'config.{k}={ours[k]!r} (it was trained with {v!r})'
-               for k, v in (saved or {}).items() if k in ours and ours[k] != v]
+               for k, v in (meta.get('fixed') or {}).items() if k in ours and ours[k] != v]
     if changed:
         raise ConfigMismatchError(
             f'{workdir} cannot resume with {", ".join(changed)}: the data stream and the random '
             f'numbers depend on it. Set it back to resume, or use a new --workdir.')
+    was, now = meta.get('topology'), topology()
+    if was and was != now:
+        what = ('the same batches; dropout masks (drawn per device) and float summation order '
+                'differ' if was['processes'] == now['processes'] else
+                'each host reads another share of the data, so the batches differ too; so do '
+                'dropout masks and float summation order')
+        logging.warning('Resuming %s on %d process(es) / %d device(s), trained on %d / %d: %s, '
+                        'so the run will not match an uninterrupted one.', workdir,
+                        now['processes'], now['devices'], was['processes'], was['devices'], what)
 
 
 class WorkdirError(errors.UserError):

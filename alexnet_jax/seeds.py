@@ -278,7 +278,7 @@ def _train_together_locked(config, info, workdir, seeds):
         restored = ckpt.restore(state)
         if restored is not None:
             state, meta = restored
-            checkpoints.check_resume(meta.get('fixed'), config, workdir)
+            checkpoints.check_resume(meta, config, workdir)
             logging.info('Resumed %d seeds from step %d of %s.', len(seeds), int(state.step[0]),
                          workdir)
         # Only now, when the workdir is known to fit this config, is anything written to it.
@@ -301,7 +301,8 @@ def _train_together_locked(config, info, workdir, seeds):
         def save(step):
             meta = {'plateau': [p.state() for p in plateaus], 'failed': failed,
                     'elapsed': elapsed + time.time() - t0,
-                    'fixed': checkpoints.resume_fixed(config)}
+                    'fixed': checkpoints.resume_fixed(config),
+                    'topology': checkpoints.topology()}
             ckpt.save(step, parallel.unreplicate(state), meta)
 
         if start_step < num_steps:

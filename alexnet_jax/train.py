@@ -297,7 +297,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         restored = ckpt.restore(state)
         if restored is not None:
             state, meta = restored
-            checkpoints.check_resume(meta.get('fixed'), config, workdir)
+            checkpoints.check_resume(meta, config, workdir)
             logging.info('Resumed from step %d of %s.', int(state.step), workdir)
         elif config.get('init_from'):  # Only a fresh run: a resumed one has its own weights.
             state = finetune.load_into(state, config.init_from)
@@ -321,7 +321,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         def save(step, val=None):
             nonlocal last_saved
             meta = {'plateau': plateau.state(), 'elapsed': elapsed + time.time() - t0,
-                    'best_val_top1': best_top1, 'fixed': checkpoints.resume_fixed(config)}
+                    'best_val_top1': best_top1, 'fixed': checkpoints.resume_fixed(config),
+                    'topology': checkpoints.topology()}
             ckpt.save(step, parallel.unreplicate(state), meta,
                       metrics=None if val is None else {'val_top1': val['top1']})
             last_saved = step

@@ -367,7 +367,7 @@ def test_a_killed_run_does_not_leave_its_workdir_locked(tmp_path):
     ('train.checkpoint_every_steps', 7, True),
 ])
 def test_resume_rule_names_the_changed_field(field, value, allowed):
-    saved = checkpoints.resume_fixed(_load_config('digits'))
+    saved = {'fixed': checkpoints.resume_fixed(_load_config('digits'))}
     config = _load_config('digits')
     section, _, name = field.rpartition('.')
     (config[section] if section else config)[name] = value
@@ -376,6 +376,24 @@ def test_resume_rule_names_the_changed_field(field, value, allowed):
     else:
         with pytest.raises(ConfigMismatchError, match=rf'config\.{field}={value!r}'):
             checkpoints.check_resume(saved, config, '/w')
+
+
+@pytest.mark.parametrize('was, line', [
+    (None, None), ({'processes': 1, 'devices': 2}, None),
+    ({'processes': 1, 'devices': 4}, 'the same batches; dropout masks'),
+    ({'processes': 2, 'devices': 2}, 'the batches differ too'),
+])
+def test_a_resume_on_other_devices_is_logged_in_one_line(caplog, was, line):
+    config = _load_config('digits')
+    meta = {'fixed': checkpoints.resume_fixed(config), **({'topology': was} if was else {})}
+    assert checkpoints.topology() == {'processes': 1, 'devices': 2}  # conftest's 2 devices.
+    with caplog.at_level('WARNING'):
+        checkpoints.check_resume(meta, config, '/w')
+    logged = [r.getMessage() for r in caplog.records if 'Resuming' in r.getMessage()]
+    if line is None:
+        assert not logged
+    else:
+        assert len(logged) == 1 and line in logged[0] and '/ 2 device(s), trained on' in logged[0]
 
 
 def test_leaf_paths_keep_their_format():

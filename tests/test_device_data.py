@@ -91,6 +91,25 @@ def test_batches_are_a_function_of_seed_and_step():
     assert not np.array_equal(a[1]['image'], c[0]['image'])
 
 
+def test_global_batches_do_not_depend_on_the_device_count():
+    """Each device gathers its slots of the same global batch: 1, 2 or 4 devices, same images."""
+    config = device_config(batch_size=8)
+    data = dict(device_data.load(config))
+    key = device_data.data_key(0)
+
+    def global_batch(devices, step):
+        spec = device_data.make_spec(config, local_devices=devices, process_count=1)
+        parts = [device_data.train_batch(dict(data, slot=np.int32(slot)), key, step, spec)
+                 for slot in range(devices)]
+        return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
+    for step in (0, 4, 9):  # 5 steps an epoch: 9 is in the second.
+        one = global_batch(1, step)
+        for devices in (2, 4):
+            other = global_batch(devices, step)
+            np.testing.assert_array_equal(one['image'], other['image'])
+            np.testing.assert_array_equal(one['label'], other['label'])
+
+
 def test_load_equals_the_tf_data_eval_images():
     config = device_config()
     config.data.image_size = 67

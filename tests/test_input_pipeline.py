@@ -127,6 +127,19 @@ def test_same_seed_same_batches_other_seed_different(digits_dir):
     assert not np.array_equal(a[0]['image'], other[0]['image'])
 
 
+def test_global_batches_do_not_depend_on_the_local_device_count():
+    """A run resumed on 1, 2 or 4 devices trains on the same images (README, resume)."""
+    def host_batches(ld):
+        it = ip.train_iterator(fake_config(batch=8), start_step=5, process_index=0,
+                               process_count=1, local_devices=ld)
+        return [{k: v.reshape((-1,) + v.shape[2:]) for k, v in b.items()} for b in take(it, 3)]
+    one, *others = [host_batches(ld) for ld in (1, 2, 4)]
+    for batches in others:
+        for a, b in zip(one, batches):
+            np.testing.assert_array_equal(a['image'], b['image'])
+            np.testing.assert_array_equal(a['label'], b['label'])
+
+
 def test_epochs_are_reshuffled_and_augmentation_differs():
     c = fake_config(train=16, batch=16)
     it = ip.train_iterator(c, process_index=0, process_count=1, local_devices=2)

@@ -140,6 +140,18 @@ def test_resume_refuses_a_new_batch_size_and_writes_nothing(tmp_path):
     assert sorted((p.name, p.stat().st_mtime_ns) for p in tmp_path.rglob('*')) == before
 
 
+@pytest.mark.slow  # A launch.py subprocess on one device.
+def test_a_resume_on_another_device_count_says_so(tmp_path):
+    train.train_and_evaluate(tiny_config(num_steps=2, checkpoint_every_steps=2,
+                                         eval_every_steps=0), str(tmp_path))  # On 2 devices.
+    rc, _, err = launch(*TINY, '--config.train.num_steps=4', f'--workdir={tmp_path}', devices=1)
+    assert rc == 0, err[-3000:]
+    lines = [l for l in err.splitlines() if 'Resuming' in l]
+    assert len(lines) == 1 and '1 process(es) / 1 device(s), trained on 1 / 2' in lines[0], err
+    assert 'the same batches; dropout masks' in lines[0]
+    assert json.loads((tmp_path / 'results.json').read_text())['steps'] == 4
+
+
 def test_batch_larger_than_the_training_split_is_refused_up_front(tmp_path):
     config = tiny_config(batch_size=128)  # The fake train split has 64 examples.
     with pytest.raises(validation.ConfigError, match='128 is larger than the 64 examples'):

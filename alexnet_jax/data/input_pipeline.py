@@ -16,8 +16,8 @@ is elements [k * host_batch, (k + 1) * host_batch). Resuming at step s therefore
 s * host_batch // n_host and skips the rest of the offset *before* decoding: the cost is reading
 at most one epoch of raw records (instant when cached in memory; for ImageNet read from disk,
 up to a few minutes), and the batches are bit-identical to the uninterrupted run's.
-The stream depends on (seed, process_count, local_devices, batch size): resume on the same
-topology.
+The stream depends on (seed, process_count, batch size), not on the local device count: each
+device takes its slice of the same host batch (checkpoints.check_resume logs a changed topology).
 """
 
 import dataclasses
