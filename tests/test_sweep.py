@@ -133,6 +133,33 @@ def test_sweep_runs_records_failures_resumes_and_reports(tmp_path):
     assert all(f.stat().st_size > 1000 for f in figures)
 
 
+def test_a_rerun_with_a_changed_definition_is_refused_and_more_seeds_share_the_recipe(tmp_path):
+    config = tiny_sweep()
+    config.axes = config.axes[:1]
+    config.axes = (config.axes[0][:1],)  # relu only.
+    [point] = grid_lib.expand(config)
+    [row] = sweep.run_seeds(config, [point], tmp_path)
+    assert row['status'] == 'done'
+    results = (tmp_path / 'relu' / 'seed0' / 'results.json').read_text()
+    changed = config.copy_and_resolve_references()
+    changed.base_overrides = tuple(sorted({**dict(config.base_overrides),
+                                           'train.num_steps': 3}.items()))
+    for legacy in (False, True):  # point.json, or (a sweep from before it) seed0/config.json.
+        if legacy:
+            (tmp_path / 'relu' / 'point.json').unlink()
+        with pytest.raises(grid_lib.DefinitionError, match=r'train\.num_steps: 6 -> 3'):
+            sweep.run_seeds(changed, grid_lib.expand(changed), tmp_path)
+    assert (tmp_path / 'relu' / 'seed0' / 'results.json').read_text() == results
+    # Another seed of the same definition is trained with the same recipe; seed 0 is kept.
+    config.num_seeds = 2
+    rows = sweep.run_seeds(config, grid_lib.expand(config), tmp_path)
+    assert [r['status'] for r in rows] == ['done', 'done']
+    assert json.loads((tmp_path / 'relu' / 'seed1' / 'results.json').read_text())['steps'] == 6
+    assert (tmp_path / 'relu' / 'seed0' / 'results.json').read_text() == results
+    assert json.loads((tmp_path / 'relu' / 'point.json').read_text())['overrides'][
+        'model.activation'] == 'relu'
+
+
 @pytest.mark.slow  # One spawned seed worker (it imports jax and TensorFlow) and two tiny runs.
 def test_a_real_error_in_one_seed_keeps_the_seeds_that_finished(tmp_path):
     config = tiny_sweep()
@@ -148,6 +175,46 @@ def test_a_real_error_in_one_seed_keeps_the_seeds_that_finished(tmp_path):
     assert [r['status'] for r in rows] == ['done', 'failed']
     assert rows[1]['reason'].startswith('IsADirectoryError'), rows[1]
     assert not (tmp_path / 'relu' / 'seed0' / 'failed.json').exists()
+
+
+def _write_run(workdir, errors, log_at, every, steps_per_epoch):
+    """metrics.jsonl as the Recorder writes it: at each step of `log_at`, the mean training
+    error of the steps since the previous record; config.json with the log interval."""
+    workdir.mkdir(parents=True)
+    (workdir / 'config.json').write_text(json.dumps({'train': {'log_every_steps': every}}))
+    lines, previous = [], 0
+    for step in log_at:
+        lines.append(json.dumps({'step': step, 'epoch': step / steps_per_epoch, 'split': 'train',
+                                 'top1': 1 - float(np.mean(errors[previous:step]))}))
+        previous = step
+    (workdir / 'metrics.jsonl').write_text('\n'.join(lines) + '\n')
+
+
+def test_epochs_to_threshold_do_not_depend_on_where_a_preemption_logged(tmp_path):
+    """A preempted run writes one more record (its stop step) than an uninterrupted one; the
+    steps and epochs to the threshold are the same (issue 21: they moved from 58 to 60). Here
+    the stop step's batch is a lucky one (error 0), at each odd step before the crossing."""
+    steps, every, per_epoch = 120, 2, 19
+    errors = np.linspace(0.6, 0.1, steps)  # Crosses 25% at step ~84.
+    logs = sorted(set(range(every, steps + 1, every)) | set(range(per_epoch, steps, per_epoch)))
+    config = ablations.get_config('default')
+    config.threshold = 0.25
+    point = grid_lib.expand(config)[0]
+    for stopped_at in range(61, 91, 2):
+        lucky = errors.copy()
+        lucky[stopped_at - 1] = 0.0
+        for name, log_at in (('clean', logs), ('resumed', sorted(set(logs) | {stopped_at}))):
+            _write_run(tmp_path / f'{name}{stopped_at}', lucky, log_at, every, per_epoch)
+        clean, resumed = (grid_lib.result_row(config, point, tmp_path / f'{d}{stopped_at}')
+                          for d in ('clean', 'resumed'))
+        assert clean['steps_to_threshold'] != ''
+        assert resumed['steps_to_threshold'] == clean['steps_to_threshold'], stopped_at
+        assert resumed['epochs_to_threshold'] == pytest.approx(clean['epochs_to_threshold'])
+    # The curve at step 82: the training error of the 2-step windows that end in the last
+    # epoch, (63, 82], computed directly: steps 63..82 (the window of steps 63-64 ends inside).
+    step, epoch, error = grid_lib.training_error_curve(tmp_path / 'resumed89')[40]
+    assert (step, epoch) == (82, 82 / 19)
+    assert error == pytest.approx(np.mean(errors[62:82]), abs=1e-9)
 
 
 def grid_rows(errors: dict, epochs: dict = None) -> list:

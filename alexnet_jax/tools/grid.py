@@ -6,9 +6,14 @@ import dataclasses
 import importlib.util
 import itertools
 import json
+import math
 import pathlib
 import shlex
 
+from flax import traverse_util
+import ml_collections
+
+from alexnet_jax import errors
 from alexnet_jax import metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -70,6 +75,51 @@ def point_config(sweep, point: Point):
     return config
 
 
+# Fields that decide how a point's seeds run, not what they train: a rerun may change them.
+NOT_DEFINING = ('seed', 'num_seeds', 'seeds_mode', 'seed_workers', 'train.async_checkpoints',
+                'train.keep_checkpoints', 'train.checkpoint_every_steps', 'train.plot',
+                'data.data_dir', 'data.num_parallel_calls', 'data.cache')
+DEFINITION_FILE = 'point.json'
+
+
+class DefinitionError(errors.UserError):
+    """A rerun of a sweep point whose definition (base config, overrides) changed."""
+
+
+def definition(config) -> dict:
+    """What defines a point's runs: every config field but NOT_DEFINING ones (JSON values)."""
+    flat = traverse_util.flatten_dict(config.to_dict(), sep='.')
+    return json.loads(json.dumps({k: v for k, v in sorted(flat.items())
+                                  if k not in NOT_DEFINING}, default=str))
+
+
+def check_definition(sweep, point: Point, group) -> None:
+    """Refuses (DefinitionError, one line) a point whose directory was trained with another
+    definition; else records it in group/point.json. A directory from before that file is
+    checked against its seeds' config.json. More seeds of the same definition are welcome."""
+    group = pathlib.Path(group)
+    ours = definition(point_config(sweep, point))
+    path = group / DEFINITION_FILE
+    if path.exists():
+        recorded = {path: json.loads(path.read_text())['config']}
+    else:
+        recorded = {p: definition(ml_collections.ConfigDict(json.loads(p.read_text())))
+                    for p in sorted(group.glob('seed*/config.json')) if p.is_file()}
+    for where, theirs in recorded.items():
+        changed = [f'{k}: {theirs.get(k, "(none)")!r} -> {ours.get(k, "(none)")!r}'
+                   for k in sorted(ours.keys() | theirs.keys()) if ours.get(k) != theirs.get(k)]
+        if changed:
+            raise DefinitionError(
+                f'{group} was trained with another definition ({where}): '
+                f'{"; ".join(changed[:6])}{"; ..." if len(changed) > 6 else ""}. Its results '
+                f'are not this grid\'s: set those back to rerun it, or use a new --workdir.')
+    if not path.exists():
+        group.mkdir(parents=True, exist_ok=True)
+        overrides = {k: v for k, v in point.overrides if k != 'seed'}
+        path.write_text(json.dumps({'base': sweep.base, 'overrides': overrides, 'config': ours},
+                                   indent=1, default=str) + '\n')
+
+
 def _flag_value(value) -> str:
     if isinstance(value, (tuple, list)):
         return shlex.quote('(' + ','.join(repr(v) for v in value) + ',)')
@@ -94,22 +144,43 @@ def result_row(sweep, point: Point, workdir) -> dict:
         r = json.loads((workdir / 'results.json').read_text())
         row.update(status='done', test_top1_error=1 - r['test_top1'],
                    test_top5_error=1 - r['test_top5'], train_seconds=r.get('train_seconds', ''))
-    curve = training_error_curve(metrics.read_history(workdir))
-    hit = next(((step, epoch) for step, epoch, error in curve if error <= sweep.threshold), None)
+    hit = next(((step, epoch) for step, epoch, error in training_error_curve(workdir)
+                if error <= sweep.threshold), None)
     if hit is not None:
         row.update(steps_to_threshold=hit[0], epochs_to_threshold=hit[1])
     return row
 
 
-def training_error_curve(history) -> list:
-    """(step, epoch, training error over the epoch that ends there), as Fig. 1 plots it.
+def training_error_curve(workdir) -> list:
+    """(step, epoch, training error over the epoch that ends there) of a run, as Fig. 1 plots it.
 
-    Averaging over the last epoch's log records keeps one lucky batch from crossing the
-    threshold early; before the first epoch ends, the average is over the steps so far.
+    A function of the training trajectory, not of where log records fell (a preemption adds
+    one): each record is the mean over the steps since the one before, so the records are
+    pooled, weighted by their steps, into fixed windows of train.log_every_steps steps; the
+    curve has a point at each window's end, averaging the windows of the epoch that ends there
+    (before the first epoch ends, the steps so far): one lucky batch does not cross the
+    threshold early.
     """
-    train = [h for h in history if h['split'] == 'train']
-    curve = []
+    workdir = pathlib.Path(workdir)
+    train = [h for h in metrics.read_history(workdir) if h['split'] == 'train']
+    if not train:
+        return []
+    every = json.loads((workdir / 'config.json').read_text())['train']['log_every_steps']
+    steps_per_epoch = train[-1]['step'] / train[-1]['epoch']
+    windows = {}  # Window index -> [sum of error x steps, steps, last step].
+    previous = 0
     for h in train:
-        window = [1 - g['top1'] for g in train if h['epoch'] - 1 < g['epoch'] <= h['epoch']]
-        curve.append((h['step'], h['epoch'], sum(window) / len(window)))
+        w = windows.setdefault(math.ceil(h['step'] / every), [0.0, 0, 0])
+        steps, previous = h['step'] - previous, h['step']
+        w[0] += (1 - h['top1']) * steps
+        w[1] += steps
+        w[2] = h['step']
+    windows = list(windows.values())  # In step order.
+    curve, first = [], 0
+    for k, (_, _, end) in enumerate(windows):
+        while windows[first][2] <= end - steps_per_epoch:
+            first += 1
+        inside = windows[first:k + 1]
+        curve.append((end, end / steps_per_epoch,
+                      sum(w[0] for w in inside) / sum(w[1] for w in inside)))
     return curve

@@ -17,7 +17,6 @@ import json
 import pathlib
 import statistics
 
-from alexnet_jax import metrics
 from alexnet_jax.tools import grid
 
 SEARCH_SEED0 = 1000
@@ -68,7 +67,7 @@ def trials(sweep, root) -> dict:
             for p in points:
                 workdir = root_of(root) / p.dirname
                 row = grid.result_row(sweep, p, workdir)
-                curve = grid.training_error_curve(metrics.read_history(workdir))
+                curve = grid.training_error_curve(workdir)
                 done = row['status'] == 'done'
                 epochs.append(row['epochs_to_threshold'] if done and row['epochs_to_threshold'] != ''
                               else None)

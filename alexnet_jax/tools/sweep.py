@@ -54,6 +54,7 @@ def run_seeds(sweep, points: list, root, *, retry_failed: bool = False) -> list:
     preempted run raises Preempted (its checkpoint resumes it next time)."""
     from alexnet_jax import seeds as seeds_lib  # Heavy; not needed for --print_commands.
     group = pathlib.Path(root) / points[0].name
+    grid.check_definition(sweep, points[0], group)  # Refuses a changed base or overrides.
 
     def todo(p):
         workdir = group / f'seed{p.seed}'
@@ -238,7 +239,6 @@ def plot_figures(sweep, rows, root) -> list:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    from alexnet_jax import metrics
     from configs import ablations
 
     root, written = pathlib.Path(root), []
@@ -248,7 +248,7 @@ def plot_figures(sweep, rows, root) -> list:
     for k, name in enumerate(summary):
         style = '--' if 'tanh' in name.split('_') else '-'
         for seed in range(sweep.num_seeds):
-            curve = grid.training_error_curve(metrics.read_history(root / name / f'seed{seed}'))
+            curve = grid.training_error_curve(root / name / f'seed{seed}')
             if curve:
                 ax.plot([c[1] for c in curve], [c[2] for c in curve], style, alpha=0.6,
                         label=name if seed == 0 else None, color=f'C{k}')
