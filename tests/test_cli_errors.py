@@ -39,6 +39,9 @@ def _chained(outer, inner):
     (PermissionError(errno.EACCES, 'Permission denied', '/w'), 'permission denied: /w'),
     (_chained(RuntimeError('save failed'), OSError(errno.ENOSPC, 'full')), 'no space left'),
     (ValueError('tensorstore: [errno 28] No space left on device'), 'no space left'),
+    (ValueError('RESOURCE_EXHAUSTED: Error writing "x/0" in OCDBT database at local file '
+                '"/w/checkpoints/19.orbax-checkpoint-tmp/state/": No space left on device'),
+     'no space left on the device: /w/checkpoints/19 (ValueError)'),
     (ValueError('a bug'), None),
     (KeyError('a bug'), None),
     (FileNotFoundError(errno.ENOENT, 'No such file', '/x'), None),
@@ -189,3 +192,25 @@ def test_cli_error_policy(tmp_path, setup, argv, message, may_leave):
     if may_leave and isinstance(after, list):
         after = [entry for entry in after if entry[0] not in may_leave]
     assert after == before, f'{workdir} changed: {before} -> {after}'
+
+
+@pytest.mark.slow  # A launch.py subprocess.
+def test_a_disk_that_fills_during_training_is_one_line_naming_the_checkpoint(tmp_path):
+    """orbax's save threads each log the failure with a traceback, and tensorstore's late
+    callbacks raise 'Event loop is closed' dozens of times: the user sees one line."""
+    disk = tmp_path / 'disk'
+    disk.mkdir()
+    if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', str(disk)],
+                      capture_output=True).returncode:
+        pytest.skip('cannot mount a small tmpfs here (needs root)')
+    try:  # 1 MB: config.json and the metrics fit, a checkpoint (~480 KB) and the next do not.
+        (disk / 'filler').write_bytes(b'\0' * 400_000)
+        p = subprocess.run([*LAUNCH, '--config.train.num_steps=6', f'--workdir={disk}/run',
+                            '--config.train.checkpoint_every_steps=3', '--verbosity=-3'], cwd=ROOT,
+                           env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    finally:
+        subprocess.run(['umount', '-l', str(disk)], check=False)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 1 and 'Traceback' not in p.stderr, p.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith(
+        f'error: no space left on the device: {disk}/run/checkpoints/'), p.stderr[-3000:]
