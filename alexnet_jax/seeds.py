@@ -21,6 +21,7 @@ that is not device-resident, 'auto' falls back to one run after another.
 
 from concurrent import futures
 import contextlib
+import ctypes
 import functools
 import json
 import multiprocessing
@@ -35,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from alexnet_jax import checkpoints
+from alexnet_jax import cli
 from alexnet_jax.data import device_data
 from alexnet_jax import evaluation
 from alexnet_jax.data import input_pipeline
@@ -120,24 +122,35 @@ def _train_in_processes(config, workdir, seeds) -> dict:
     (benchmarks/RESULTS.md). Each worker imports and loads once and runs seed after seed
     (and, inside `shared_workers`, point after point).
 
-    SIGTERM/SIGINT here reach every worker: a training one saves its checkpoint and stops (a
-    rerun resumes it), seeds not started are left for the rerun. A worker's exception (a real
-    bug, a user error) stops the others the same way, then is raised here with its traceback.
+    SIGTERM/SIGINT here, from the workers' start on, reach every worker: a training one saves
+    its checkpoint and stops (a rerun resumes it), seeds not started are left for the rerun. A
+    worker's exception (a real bug, a user error) stops the others the same way, then is raised
+    here with its traceback. If this process is killed (kill -9), the kernel kills the workers.
     """
     config = config.copy_and_resolve_references()
     out = {}
     shares = worker_cores(config, len(seeds))
-    pool, stop = _workers(shares)
 
     def stop_workers():  # Repeated while stopping: a run that just started ignores signals.
         stop.set()  # Seeds not started yet stay for the rerun.
         for child in multiprocessing.active_children():
-            os.kill(child.pid, signal.SIGTERM)  # Training: save and stop; idle: ignored.
+            with contextlib.suppress(ProcessLookupError):  # It exited since the listing.
+                os.kill(child.pid, signal.SIGTERM)  # Training: save and stop; idle: ignored.
 
-    logging.info('Training seeds %s in %d processes on cores %s.', seeds, len(shares), shares)
+    # The guard from the start: a signal while the workers spawn stops the run as at any time.
     with preemption.PreemptionGuard() as guard:  # Also while the workers save and exit.
+        pool, stop = _workers(shares)
+        logging.info('Training seeds %s in %d processes on cores %s.', seeds, len(shares),
+                     shares)
         try:
-            running = {pool.submit(_train_next, config, workdir, s): s for s in seeds}
+            # submit() spawns the workers; they inherit the blocked signals (through exec) and
+            # keep them blocked until `_start_worker` ignores them. Else a SIGTERM or Ctrl-C
+            # while a worker imports jax would kill it and break the pool (BrokenProcessPool).
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, preemption.PreemptionGuard.SIGNALS)
+            try:
+                running = {pool.submit(_train_next, config, workdir, s): s for s in seeds}
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             while running:
                 done, _ = futures.wait(running, timeout=0.5, return_when=futures.FIRST_COMPLETED)
                 for f in done:
@@ -153,6 +166,9 @@ def _train_in_processes(config, workdir, seeds) -> dict:
         finally:
             if stop.is_set() or not _keep_workers:  # A stopped pool is not reused.
                 _close_workers()
+        if guard.requested:
+            logging.warning('Stopped by %s: seeds that were training saved a checkpoint; rerun '
+                            'to resume.', guard.signal_name)
     return {s: out[s] for s in seeds if s in out}
 
 
@@ -189,7 +205,7 @@ def _workers(shares):
             queue.put(share)
         pool = futures.ProcessPoolExecutor(
             len(shares), mp_context=context, initializer=_start_worker,
-            initargs=(queue, stop, jax.config.jax_compilation_cache_dir,
+            initargs=(queue, stop, os.getpid(), jax.config.jax_compilation_cache_dir,
                       jax.config.jax_persistent_cache_min_compile_time_secs,
                       logging.get_verbosity()))
         _workers_live = {'shares': shares, 'pool': pool, 'stop': stop}
@@ -206,21 +222,43 @@ def _close_workers() -> None:
 _stop = None  # In a seed worker: the parent's event "start no more seeds" (_start_worker).
 
 
-def _start_worker(queue, stop, cache_dir, cache_min_seconds, verbosity) -> None:
-    """A seed worker's setup, before jax starts its backend: its own cores (XLA and tf.data
-    size their thread pools from them), the parent's stop event, compilation cache and log
-    level, and SIGTERM/SIGINT ignored between runs (a run's PreemptionGuard catches them while
-    it trains; a signal between runs must not kill the worker and, with it, the pool)."""
+def _start_worker(queue, stop, parent, cache_dir, cache_min_seconds, verbosity) -> None:
+    """A seed worker's setup, before jax starts its backend: death with its parent
+    (`_die_with_parent`), SIGTERM/SIGINT ignored between runs (a run's PreemptionGuard catches
+    them while it trains; a signal between runs must not kill the worker and, with it, the
+    pool; they come blocked from the parent, and what came while blocked is dropped), its own
+    cores (XLA and tf.data size their thread pools from them), the parent's stop event,
+    compilation cache, log level and console filter."""
     global _stop  # pylint: disable=global-statement  (one per worker process)
+    _die_with_parent(parent)
+    for sig in preemption.PreemptionGuard.SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, preemption.PreemptionGuard.SIGNALS)
     _stop = stop
     os.sched_setaffinity(0, queue.get())
     if cache_dir:
         jax.config.update('jax_compilation_cache_dir', cache_dir)
         jax.config.update('jax_persistent_cache_min_compile_time_secs', cache_min_seconds)
-    logging.use_absl_handler()  # The parent's log format (no app.run here).
+    logging.use_absl_handler()  # The parent's log format (no app.run here) and console filter:
+    logging.get_absl_handler().addFilter(cli._QuietLibraries())  # pylint: disable=protected-access
     logging.set_verbosity(verbosity)
-    for sig in preemption.PreemptionGuard.SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with_parent(parent: int) -> None:
+    """Has the kernel SIGKILL this worker when its parent ends, kill -9 included (Linux; the
+    'processes' mode needs Linux). An orphaned worker would train its queued seeds on (~1 GB
+    each), deaf to SIGTERM, and hold their workdirs against the rerun. Killing it mid-save is
+    safe: orbax writes a checkpoint to a temporary directory and renames it when complete, and
+    a rerun ignores the temporary one. The kernel's "parent" is the thread that spawned the
+    worker: `submit`, in the thread that calls `train_seeds` (the main thread)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+        raise OSError(ctypes.get_errno(), 'prctl(PR_SET_PDEATHSIG)')
+    if os.getppid() != parent:  # It died before the prctl: no signal will come.
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _train_next(config, workdir, seed) -> dict | None:
