@@ -1,6 +1,11 @@
-"""The 256x256 copy: geometry against PIL, resume after an interruption, and use by config."""
+"""The 256x256 copy: geometry against PIL, resume after an interruption, use by config; the
+user's errors (a wrong source, a full disk) in one line and nothing written; unreadable images."""
 
+import errno
+import logging
 import os
+import pathlib
+import subprocess
 import sys
 
 import numpy as np
@@ -10,8 +15,11 @@ from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 from configs import alexnet  # noqa: E402
+from alexnet_jax import cli  # noqa: E402
+from alexnet_jax import errors  # noqa: E402
 from alexnet_jax.data import input_pipeline as ip  # noqa: E402
 from alexnet_jax.data import downsampled  # noqa: E402
+from tests.helpers import ROOT, subprocess_env, write_folder  # noqa: E402
 
 # (split, class, name, height, width, format, mode)
 IMAGES = [
@@ -120,6 +128,9 @@ def test_interrupted_preparation_resumes_and_equals_a_clean_one(folder, tmp_path
     assert builder.is_prepared() and not os.path.exists(stale)
     assert len(rerun) == 2 and not set(rerun) & set(written)  # Only the missing chunks.
     assert records(builder) == clean
+    # broken.jpg's chunk was written before the interruption: its skip is still recorded.
+    assert builder.info.metadata['skipped_images'] == {'train': ['train/dog/broken.jpg'],
+                                                       'val': []}
 
 
 @pytest.mark.slow  # Prepares, then builds train and eval pipelines.
@@ -141,3 +152,159 @@ def test_config_selects_the_downsampled_copy(folder, tmp_path):
     builder = downsampled.get_builder('folder', str(tmp_path), str(folder))
     first = next(builder.as_dataset(split='val').as_numpy_iterator())
     np.testing.assert_array_equal(evals[0]['image'][0, 0], first['image'])
+
+
+# --- errors the user fixes, and unreadable images ---------------------------------------------
+
+def test_a_wrong_source_is_a_user_error_before_anything_is_written(tmp_path):
+    data_dir = tmp_path / 'tfds'
+    missing = tmp_path / 'missing'
+    cases = [('folder', str(missing), f"folder_root '{missing}' is not a directory"),
+             ('folder', None, 'folder_root None is not a directory'),
+             ('bogus_set', None, "source 'bogus_set' is neither a TFDS data set nor 'folder'"),
+             ('mnist', None, f'mnist is not prepared in {data_dir}')]
+    for source, root, message in cases:
+        with pytest.raises(errors.UserError) as e:
+            downsampled.prepare(downsampled.get_builder(source, str(data_dir), root))
+        assert message in str(e.value), str(e.value)
+        assert ('--config.data.folder_root' if source == 'folder' else source) in str(e.value)
+        assert not data_dir.exists()  # Nothing written, not even TFDS's empty directories.
+
+
+def _first_chunk(builder, split, n):
+    """Where `Downsampled` writes the temporary file of `split`'s first chunk (n examples)."""
+    directory = os.path.join(downsampled.chunk_dir(builder), str(builder.version),
+                             f'{split}-n{n}-chunk{downsampled.CHUNK_SIZE}')
+    return os.path.join(directory, f'{0:09d}-{n:09d}.tfrecord.incomplete')
+
+
+def _fill_disk_at(path):
+    """Every write to `path` fails with ENOSPC, as on a full disk (/dev/full)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.symlink('/dev/full', path)
+
+
+def _leftovers(data_dir):
+    return sorted(str(p.relative_to(data_dir)) for p in pathlib.Path(data_dir).rglob('*')
+                  if 'incomplete' in p.name)
+
+
+def test_a_full_disk_leaves_nothing_half_written(folder, tmp_path):
+    data_dir = str(tmp_path / 'tfds')
+    builder = downsampled.get_builder('folder', data_dir, str(folder))
+    _fill_disk_at(_first_chunk(builder, 'train', 6))
+    with pytest.raises(OSError) as e:
+        downsampled.prepare(builder)
+    assert e.value.errno == errno.ENOSPC and e.value.filename == data_dir
+    assert cli.user_message(e.value).startswith(f'no space left on the device: {data_dir};')
+    assert _leftovers(data_dir) == []  # Neither the chunk's temporary file nor TFDS's directory.
+    assert not downsampled.get_builder('folder', data_dir, str(folder)).is_prepared()
+
+
+@pytest.mark.parametrize('error, user_error', [
+    # TFDS wraps TensorFlow's error when it finishes writing a split.
+    (RuntimeError('ResourceExhaustedError: Failed to finalize writing of split "train": '
+                  '/d/x.tfrecord; No space left on device'), True),
+    (tf.errors.ResourceExhaustedError(None, None, 'OOM when allocating tensor'), False),
+])
+def test_only_a_full_disk_becomes_a_user_error(folder, tmp_path, monkeypatch, error, user_error):
+    def fail(self, **kwargs):
+        raise error
+    monkeypatch.setattr(downsampled.Downsampled, 'download_and_prepare', fail)
+    builder = downsampled.get_builder('folder', str(tmp_path), str(folder))
+    with pytest.raises(Exception) as e:
+        downsampled.prepare(builder)
+    if user_error:
+        assert isinstance(e.value, OSError) and e.value.errno == errno.ENOSPC
+        assert e.value.filename == str(tmp_path) and e.value.__cause__ is error
+    else:  # Out of memory is not the user's disk: its traceback stays.
+        assert e.value is error and cli.user_message(e.value) is None
+
+
+def test_unreadable_images_are_named_counted_and_recorded(folder, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        builder = downsampled.prepare(downsampled.get_builder('folder', str(tmp_path), str(folder)))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    named = [w for w in warnings if 'train/dog/broken.jpg' in w]
+    assert len(named) == 1 and str(folder) in named[0], warnings
+    assert f"Skipped 1 unreadable image(s) of 6 in split 'train' of {folder}." in warnings
+    assert not [w for w in warnings if "in split 'val'" in w]
+    skipped = {'train': ['train/dog/broken.jpg'], 'val': []}
+    assert builder.info.metadata['skipped_images'] == skipped
+    assert builder.info.splits['train'].num_examples == 5
+    # Recorded with the data set (metadata.json): a later process reads it back.
+    again = downsampled.get_builder('folder', str(tmp_path), str(folder))
+    assert again.is_prepared() and again.info.metadata['skipped_images'] == skipped
+
+
+# The command line: one line `error: ...`, exit 1, nothing written.
+
+def _run(argv, env=None):
+    env = env or subprocess_env(1, PYTHONWARNINGS='ignore')
+    p = subprocess.run([sys.executable, *argv, '--verbosity=-3'], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 1 and 'Traceback' not in p.stderr, p.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith('error: '), p.stderr[-3000:]
+    return lines[0]
+
+
+@pytest.mark.slow  # A subprocess each (TensorFlow and jax imports, ~10 s on 2 busy cores).
+@pytest.mark.parametrize('command', ['prepare', 'launch'])
+def test_the_command_line_names_a_missing_folder_in_one_line(tmp_path, command):
+    data_dir, workdir, missing = tmp_path / 'tfds', tmp_path / 'run', tmp_path / 'missing'
+    if command == 'prepare':
+        argv = ['-m', 'alexnet_jax.data.downsampled', '--source=folder',
+                f'--folder_root={missing}', f'--data_dir={data_dir}']
+    else:
+        argv = ['launch.py', '--config=configs/alexnet.py:digits',
+                '--config.data.name=downsampled', '--config.data.downsample_source=folder',
+                f'--config.data.folder_root={missing}', f'--config.data.data_dir={data_dir}',
+                f'--workdir={workdir}']
+    line = _run(argv)
+    assert f"folder_root '{missing}' is not a directory" in line and 'root/<split>/<class>' in line
+    assert not data_dir.exists() and not workdir.exists()
+
+
+@pytest.fixture(scope='module')
+def good_folder(tmp_path_factory):
+    """Readable images only: libjpeg prints its own line about a corrupt JPEG on stderr."""
+    root = tmp_path_factory.mktemp('good')
+    write_folder(str(root), {'train': {'a': 3, 'b': 3}, 'val': {'a': 1, 'b': 1}})
+    return root
+
+
+def _prepare_command(root, data_dir):
+    return ['-m', 'alexnet_jax.data.downsampled', '--source=folder', f'--folder_root={root}',
+            f'--data_dir={data_dir}']
+
+
+@pytest.mark.slow  # A subprocess (~10 s).
+def test_the_command_line_reports_a_full_disk_in_one_line(good_folder, tmp_path):
+    data_dir = str(tmp_path / 'tfds')
+    _fill_disk_at(_first_chunk(downsampled.get_builder('folder', data_dir, str(good_folder)),
+                               'train', 6))
+    line = _run(_prepare_command(good_folder, data_dir))
+    assert line.startswith(f'error: no space left on the device: {data_dir};'), line
+    assert _leftovers(data_dir) == []
+
+
+@pytest.mark.slow  # A subprocess (~10 s).
+def test_a_disk_that_fills_while_tfds_writes_the_records_is_one_line(good_folder, tmp_path):
+    """A real full disk (a 128 KB tmpfs): the train chunk (~73 KB) is written, TFDS's records
+    of it are not (TFDS wraps the error in a RuntimeError)."""
+    disk = tmp_path / 'disk'
+    disk.mkdir()
+    if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=128k', 'tmpfs', str(disk)],
+                      capture_output=True).returncode:
+        pytest.skip('cannot mount a small tmpfs here (needs root)')
+    data_dir = disk / 'tfds'
+    try:
+        line = _run(_prepare_command(good_folder, data_dir))
+        chunk = _first_chunk(downsampled.get_builder('folder', str(data_dir), str(good_folder)),
+                             'train', 6)
+        assert line.startswith(f'error: no space left on the device: {data_dir};'), line
+        assert _leftovers(data_dir) == []
+        assert os.path.exists(chunk[:-len('.incomplete')])  # Complete: a rerun reuses it.
+    finally:
+        subprocess.run(['umount', '-l', str(disk)], check=False)

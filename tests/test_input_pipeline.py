@@ -8,6 +8,7 @@ exactly once" and "hosts disjoint" are checked on ids, not on counts alone.
 import collections
 import logging
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -17,7 +18,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 from configs import alexnet  # noqa: E402
 from alexnet_jax import errors  # noqa: E402
 from alexnet_jax.data import input_pipeline as ip  # noqa: E402
-from tests.helpers import write_folder  # noqa: E402
+from tests.helpers import ROOT, subprocess_env, write_folder  # noqa: E402
 
 from sklearn import datasets as sk_datasets  # noqa: E402
 
@@ -257,3 +258,48 @@ def test_an_empty_eval_split_is_a_clear_error():
     with pytest.raises(errors.UserError, match="Split 'validation' of fake is empty"):
         next(ip.eval_iterator(c, 'validation', process_index=0, process_count=1,
                               local_devices=1))
+
+
+# Builds and iterates every tf.data pipeline of alexnet_jax/data: train and eval (paper and small
+# transforms, 10 crops, PCA lighting), an image folder with an unreadable image, the
+# device-resident set, the 256x256 preparation; then lists the temp directory, before exit.
+_EVERY_PIPELINE = '''
+import os, sys
+from configs import alexnet
+from alexnet_jax.data import device_data, downsampled, input_pipeline as ip
+from tests.helpers import write_folder
+
+root = sys.argv[1]
+images = os.path.join(root, 'images')
+write_folder(images, {'train': {'a': 2, 'b': 2}})
+with open(os.path.join(images, 'train', 'a', 'broken.jpg'), 'wb') as f:
+    f.write(b'not a jpeg')
+for name, augment in [('fake', 'paper'), ('folder', 'small')]:
+    c = alexnet.get_config()
+    c.data.update(name=name, train_augment=augment, folder_root=images, eval_crops='ten',
+                  fake_shape=(40, 40, 3), fake_train_examples=8, fake_eval_examples=4,
+                  resize_size=40, image_size=32)
+    if name == 'folder':
+        c.data.update(train_split='train', eval_split='train')
+    c.train.update(batch_size=4, eval_batch_size=4)
+    hosts = dict(process_index=0, process_count=1, local_devices=1)
+    next(ip.train_iterator(c, **hosts))
+    list(ip.eval_iterator(c, c.data.eval_split, **hosts))
+device_data.load(c)
+downsampled.prepare(downsampled.get_builder('folder', os.path.join(root, 'tfds'), images))
+print(sorted(os.listdir(os.environ['TMPDIR'])))
+'''
+
+
+def test_pipelines_leave_no_autograph_files_in_the_temp_dir(tmp_path):
+    """tf.data functions are not converted by autograph, which writes a temporary
+    `__autograph_generated_file*.py` for every function it converts (alexnet_jax/data/__init__)."""
+    temp = tmp_path / 'tmp'
+    temp.mkdir()
+    p = subprocess.run([sys.executable, '-c', _EVERY_PIPELINE, str(tmp_path)], cwd=ROOT,
+                       env=subprocess_env(1, TMPDIR=str(temp)), capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    during = p.stdout.strip().splitlines()[-1]
+    assert '__autograph_generated_file' not in during, during
+    assert not list(temp.glob('__autograph_generated_file*'))

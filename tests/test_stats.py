@@ -85,3 +85,45 @@ def test_ratio_ci_is_the_exponentiated_log_ratio_interval():
     assert r.lo < r.mean < r.hi
     constant = stats.ratio_ci({0: 1.0, 1: 2.0}, {0: 3.0, 1: 6.0})
     assert (constant.mean, constant.lo, constant.hi) == pytest.approx((3.0, 3.0, 3.0))
+
+
+def test_two_seeds_never_resolve_an_effect():
+    """n=2: a zero-width interval (two equal differences) or one that happens to exclude 0 is
+    'not resolved', never better/worse; from n=3 the interval decides."""
+    zero_width = stats.paired_ci({0: 0.5, 1: 0.25}, {0: 0.375, 1: 0.125})  # Both d = -0.125.
+    assert (zero_width.n, zero_width.lo, zero_width.hi) == (2, -0.125, -0.125)
+    assert stats.verdict(zero_width) == 'not resolved: n=2 < 3 seeds'
+    two = [-0.010, -0.011]
+    assert scipy_stats.ttest_1samp(two, 0.0).confidence_interval(0.95).high < 0  # Excludes 0.
+    assert stats.verdict(stats.mean_ci(two)) == 'not resolved: n=2 < 3 seeds'
+    three = [-0.010, -0.011, -0.012]
+    assert scipy_stats.ttest_1samp(three, 0.0).confidence_interval(0.95).high < 0
+    assert stats.verdict(stats.mean_ci(three)) == 'ablated better'
+
+
+def test_a_nonnegative_quantity_has_no_interval_below_zero():
+    """Error rates (or epochs) near 0: the t-interval's lower end, below 0, is clipped at 0."""
+    errors = [0.0, 0.0, 0.01]
+    expected = scipy_stats.ttest_1samp(errors, 0.0).confidence_interval(0.95)
+    assert expected.low < 0
+    ci = stats.mean_ci(errors, lower=0.0)
+    assert ci.n == 3 and ci.mean == pytest.approx(np.mean(errors))
+    assert ci.lo == 0.0 and ci.hi == pytest.approx(expected.high)
+    assert ci.format(100) == f'0.33 [0.00, {expected.high * 100:.2f}]'
+    far = [0.10, 0.12, 0.11]  # Clear of 0: unchanged.
+    expected = scipy_stats.ttest_1samp(far, 0.0).confidence_interval(0.95)
+    assert (stats.mean_ci(far, lower=0.0).lo, stats.mean_ci(far, lower=0.0).hi) == pytest.approx(
+        (expected.low, expected.high))
+
+
+def test_sweep_points_clip_error_and_epoch_intervals_at_zero():
+    """sweep.aggregate's per-point intervals of errors, epochs and steps (all >= 0)."""
+    from alexnet_jax.tools import sweep  # pylint: disable=import-outside-toplevel
+    rows = [{'point': 'p', 'seed': s, 'status': 'done', 'reason': '', 'test_top1_error': e,
+             'test_top5_error': e, 'epochs_to_threshold': e * 100, 'steps_to_threshold': e * 1e3}
+            for s, e in enumerate([0.0, 0.0, 0.01])]
+    point, = sweep.aggregate(rows)
+    high = scipy_stats.ttest_1samp([0.0, 0.0, 0.01], 0.0).confidence_interval(0.95).high
+    for metric, scale in [('top1', 1), ('top5', 1), ('epochs', 100), ('steps', 1e3)]:
+        assert point[metric].lo == 0.0, metric
+        assert point[metric].hi == pytest.approx(high * scale), metric

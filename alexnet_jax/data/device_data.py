@@ -104,6 +104,7 @@ def _read(d, process_index: int, process_count: int) -> dict:
     src = sources.get_source(d)
     raw, n = src.read(d.train_split, process_index, process_count, drop_remainder=True)
 
+    @tf.autograph.experimental.do_not_convert  # (Why: alexnet_jax/data/__init__.py.)
     def resize(ex):  # The `small` transform's resize, rounded: the uint8 input boundary.
         image = augment.small_eval(ex['image'], size=d.image_size, channels=src.channels)
         return {'image': tf.saturate_cast(tf.round(image), tf.uint8),

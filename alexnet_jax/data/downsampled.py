@@ -20,24 +20,34 @@ skips the chunks already written, and TFDS writes the final records to a tempora
 that it renames only when complete. The chunks are deleted once the data set is complete.
 Splits and class names are the source's. A source JPEG that already is 256x256 is kept byte for
 byte; any other image is re-encoded at JPEG_QUALITY. Unreadable source images are skipped with
-a warning (the folder source's `strict` check is for training on the folder itself).
+a warning naming each and a count per split, recorded in the data set's metadata.json as
+`skipped_images` (the folder source's `strict` check is for training on the folder itself).
+A wrong source path fails before anything is written; a full disk removes the half-written
+chunk (TFDS removes its own temporary directory) and keeps the complete ones.
 """
 
 import dataclasses
+import errno
 import hashlib
 import logging
 import math
 import os
+import sys
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from alexnet_jax import errors
 from alexnet_jax.data import augment
 
 SIZE = 256          # The paper's fixed resolution.
 JPEG_QUALITY = 90   # Re-encoding quality: ~20 KB per image, visually lossless at 256x256.
 CHUNK_SIZE = 10_000  # Examples per resumable unit of work (~3 minutes on 16 cores).
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
+
+
+class SourceNotFoundError(errors.UserError, FileNotFoundError):
+    """The originals are not where the config or flags say (raised before anything is written)."""
 
 
 @dataclasses.dataclass(eq=False)
@@ -79,11 +89,22 @@ class Downsampled(tfds.core.GeneratorBasedBuilder):
                 'file_name': tfds.features.Text(),    # The source image ('' if unknown).
             }),
             supervised_keys=('image', 'label'),
+            metadata=tfds.core.MetadataDict(),  # 'skipped_images': {split: [file names]}.
         )
 
+    _source = None
+
+    def source(self):
+        """The originals, opened (and their path checked) once: `prepare` opens them before TFDS
+        writes anything, so a wrong path leaves nothing behind."""
+        if self._source is None:
+            self._source = _open_source(self.builder_config)
+        return self._source
+
     def _split_generators(self, dl_manager):
-        source = _open_source(self.builder_config)
+        source = self.source()
         self.info.features['label'].names = source.label_names
+        self.info.metadata['skipped_images'] = {}
         del dl_manager  # Nothing to download.
         cache = os.path.join(chunk_dir(self), str(self.version))
         return {split: self._generate_examples(source, split, cache) for split in source.splits}
@@ -92,14 +113,24 @@ class Downsampled(tfds.core.GeneratorBasedBuilder):
         n = source.num_examples(split)
         directory = os.path.join(cache, f'{split}-n{n}-chunk{CHUNK_SIZE}')
         tf.io.gfile.makedirs(directory)
+        skipped = self.info.metadata['skipped_images'].setdefault(split, [])
         for c in range(math.ceil(n / CHUNK_SIZE)):
             lo, hi = c * CHUNK_SIZE, min(n, (c + 1) * CHUNK_SIZE)
             path = os.path.join(directory, f'{lo:09d}-{hi:09d}.tfrecord')
             if not tf.io.gfile.exists(path):
                 _write_chunk(downsample(source.read(split, lo, hi)), path)
+            kept = set()
             for ex in tf.data.TFRecordDataset(path).map(_parse).as_numpy_iterator():
+                kept.add(int(ex['index']))
                 yield int(ex['index']), {'image': ex['image'], 'label': ex['label'],
                                          'file_name': ex['file_name'].decode()}
+            for i in sorted(set(range(lo, hi)) - kept):  # Dropped as unreadable (`downsample`).
+                skipped.append(_file_name(source, split, i))
+                logging.warning('Skipped unreadable image %s (in %s): it does not decode.',
+                                skipped[-1], _describe(self.builder_config))
+        if skipped:
+            logging.warning('Skipped %d unreadable image(s) of %d in split %r of %s.',
+                            len(skipped), n, split, _describe(self.builder_config))
 
 
 # --- the work: decode the central square, resize, encode ----------------------------------------
@@ -121,10 +152,11 @@ def downsample_image(encoded):
 
 def downsample(ds):
     """{'image', 'label', 'index', 'file_name'} records -> the same with 256x256 JPEGs; all
-    cores; unreadable images dropped with a warning."""
-    ds = ds.map(lambda ex: {**ex, 'image': downsample_image(ex['image'])},
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.ignore_errors(log_warning=True)
+    cores; unreadable images dropped (`Downsampled._generate_examples` names them by index)."""
+    ds = ds.map(tf.autograph.experimental.do_not_convert(  # (Why: alexnet_jax/data/__init__.py.)
+        lambda ex: {**ex, 'image': downsample_image(ex['image'])}),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.ignore_errors()
 
 
 _FEATURES = {'image': tf.io.FixedLenFeature([], tf.string),
@@ -133,25 +165,42 @@ _FEATURES = {'image': tf.io.FixedLenFeature([], tf.string),
              'file_name': tf.io.FixedLenFeature([], tf.string)}
 
 
+@tf.autograph.experimental.do_not_convert
 def _parse(record):
     return tf.io.parse_single_example(record, _FEATURES)
 
 
 def _write_chunk(ds, path):
-    """Writes `ds`'s examples to `path` atomically (a temporary file, renamed when complete)."""
+    """Writes `ds`'s examples to `path` atomically (a temporary file, renamed when complete;
+    removed if writing fails, e.g. on a full disk, so no half-written chunk is left)."""
     tmp = path + '.incomplete'
-    with tf.io.TFRecordWriter(tmp) as writer:
-        for ex in ds.as_numpy_iterator():
-            feature = {
-                'image': tf.train.Feature(bytes_list=tf.train.BytesList(value=[ex['image']])),
-                'label': tf.train.Feature(int64_list=tf.train.Int64List(value=[ex['label']])),
-                'index': tf.train.Feature(int64_list=tf.train.Int64List(value=[ex['index']])),
-                'file_name': tf.train.Feature(
-                    bytes_list=tf.train.BytesList(value=[ex['file_name']])),
-            }
-            writer.write(tf.train.Example(features=tf.train.Features(feature=feature))
-                         .SerializeToString())
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    try:
+        with tf.io.TFRecordWriter(tmp) as writer:
+            for ex in ds.as_numpy_iterator():
+                feature = {
+                    'image': tf.train.Feature(bytes_list=tf.train.BytesList(value=[ex['image']])),
+                    'label': tf.train.Feature(int64_list=tf.train.Int64List(value=[ex['label']])),
+                    'index': tf.train.Feature(int64_list=tf.train.Int64List(value=[ex['index']])),
+                    'file_name': tf.train.Feature(
+                        bytes_list=tf.train.BytesList(value=[ex['file_name']])),
+                }
+                writer.write(tf.train.Example(features=tf.train.Features(feature=feature))
+                             .SerializeToString())
+        tf.io.gfile.rename(tmp, path, overwrite=True)
+    finally:
+        if tf.io.gfile.exists(tmp):
+            tf.io.gfile.remove(tmp)
+
+
+def _file_name(source, split, index) -> str:
+    """The source's name of example `index` (to name a skipped image): read it again, alone."""
+    ex = next(source.read(split, index, index + 1).as_numpy_iterator())
+    return ex['file_name'].decode() or f'{split}[{index}]'
+
+
+def _describe(config) -> str:
+    """Where the originals are, for messages: the folder or the TFDS name."""
+    return config.folder_root if config.source == 'folder' else config.source
 
 
 # --- sources of originals -----------------------------------------------------------------------
@@ -160,12 +209,18 @@ class _TfdsOriginals:
     """A prepared TFDS image classification set (imagenet2012, ...), images kept encoded."""
 
     def __init__(self, name, data_dir):
-        self.builder = tfds.builder(name, data_dir=data_dir)
+        try:
+            self.builder = tfds.builder(name, data_dir=data_dir)
+        except tfds.core.registered.DatasetNotFoundError:
+            raise SourceNotFoundError(
+                f"source {name!r} is neither a TFDS data set nor 'folder'; set "
+                f"--config.data.downsample_source (python -m alexnet_jax.data.downsampled: "
+                f"--source) to one, e.g. 'imagenet2012'.") from None
         if not self.builder.is_prepared():
-            raise FileNotFoundError(
-                f'{name} is not prepared in {data_dir or "~/tensorflow_datasets"}: prepare it '
-                f'first (tfds build {name} --data_dir=...; for imagenet2012 see README), then '
-                f'the 256x256 copy is made from it.')
+            raise SourceNotFoundError(
+                f'{name} is not prepared in {self.builder.data_dir_root}: prepare it first '
+                f'(tfds build {name} --data_dir={self.builder.data_dir_root}; for imagenet2012 '
+                f'see README), then the 256x256 copy is made from it.')
         self.label_names = self.builder.info.features['label'].names
         self.splits = list(self.builder.info.splits.keys())
 
@@ -176,9 +231,9 @@ class _TfdsOriginals:
         ds = self.builder.as_dataset(split=f'{split}[{lo}:{hi}]', shuffle_files=False,
                                      decoders={'image': tfds.decode.SkipDecoding()})
         has_name = 'file_name' in self.builder.info.features
-        return ds.enumerate(lo).map(lambda i, ex: {
+        return ds.enumerate(lo).map(tf.autograph.experimental.do_not_convert(lambda i, ex: {
             'image': ex['image'], 'label': ex['label'], 'index': i,
-            'file_name': ex['file_name'] if has_name else tf.constant('')})
+            'file_name': ex['file_name'] if has_name else tf.constant('')}))
 
 
 class _FolderOriginals:
@@ -186,9 +241,10 @@ class _FolderOriginals:
 
     def __init__(self, root):
         if not root or not tf.io.gfile.isdir(root):
-            raise FileNotFoundError(
-                f'config.data.folder_root={root!r} is not a directory; point it at a folder laid '
-                f'out as root/<split>/<class>/*.jpg.')
+            raise SourceNotFoundError(
+                f'folder_root {root!r} is not a directory; point --config.data.folder_root '
+                f'(python -m alexnet_jax.data.downsampled: --folder_root) at a folder laid out as '
+                f'root/<split>/<class>/*.jpg.')
         self.root = root
         self.label_names = tfds.ImageFolder(root).info.features['label'].names
         index = {name: i for i, name in enumerate(self.label_names)}
@@ -214,9 +270,9 @@ class _FolderOriginals:
     def read(self, split, lo, hi):
         paths, labels = zip(*self._files[split][lo:hi])
         ds = tf.data.Dataset.from_tensor_slices((list(paths), list(labels)))
-        return ds.enumerate(lo).map(lambda i, x: {
+        return ds.enumerate(lo).map(tf.autograph.experimental.do_not_convert(lambda i, x: {
             'image': tf.io.read_file(x[0]), 'label': tf.cast(x[1], tf.int64), 'index': i,
-            'file_name': tf.strings.substr(x[0], len(self.root.rstrip('/')) + 1, -1)})
+            'file_name': tf.strings.substr(x[0], len(self.root.rstrip('/')) + 1, -1)}))
 
 
 def _open_source(config: DownsampledConfig):
@@ -243,6 +299,7 @@ def prepare(builder: Downsampled) -> Downsampled:
     """Prepares (or finishes preparing) `builder`'s data set; then drops the chunk cache."""
     if builder.is_prepared():
         return builder
+    builder.source()  # A wrong path fails here, before anything is written.
     logging.warning('Preparing the 256x256 copy of %s in %s (once; resumable).',
                     builder.builder_config.source, builder.data_dir)
     parent, version = os.path.split(builder.data_dir)
@@ -252,7 +309,17 @@ def prepare(builder: Downsampled) -> Downsampled:
             if name.startswith('incomplete.') and name.endswith('_' + version):
                 tf.io.gfile.rmtree(os.path.join(parent, name))
     config = tfds.download.DownloadConfig(try_download_gcs=False)
-    builder.download_and_prepare(download_config=config)
+    tfds.display_progress_bar(sys.stderr.isatty())  # In a log or a pipe, bars are noise lines.
+    try:
+        builder.download_and_prepare(download_config=config)
+    except (OSError, tf.errors.ResourceExhaustedError, RuntimeError) as e:
+        # A full disk, however it surfaces: an OSError (TFDS's own files, often without a path),
+        # TensorFlow's ResourceExhaustedError (its writers), or TFDS's RuntimeError around that
+        # when it finishes a split. Reported as the OSError it is, naming the directory to free;
+        # anything else (out of memory too) keeps its traceback.
+        if getattr(e, 'errno', None) != errno.ENOSPC and 'No space left on device' not in str(e):
+            raise
+        raise OSError(errno.ENOSPC, 'No space left on device', str(builder.data_dir_root)) from e
     if tf.io.gfile.isdir(chunk_dir(builder)):
         tf.io.gfile.rmtree(chunk_dir(builder))
     return builder
@@ -263,14 +330,17 @@ def main(argv):
     from absl import flags  # pylint: disable=import-outside-toplevel
     f = flags.FLAGS
     builder = prepare(get_builder(f.source, f.data_dir, f.folder_root))
+    skipped = builder.info.metadata.get('skipped_images', {})
     print(f'{builder.data_dir}: ' + ', '.join(
-        f'{k} {v.num_examples}' for k, v in builder.info.splits.items()))
+        f'{k} {v.num_examples}' + (f' ({len(skipped[k])} unreadable skipped)' if skipped.get(k)
+                                   else '') for k, v in builder.info.splits.items()))
 
 
 if __name__ == '__main__':
     from absl import app, flags
+    from alexnet_jax import cli
     flags.DEFINE_string('source', 'imagenet2012', "A prepared TFDS set's name, or 'folder'.")
     flags.DEFINE_string('data_dir', None, 'TFDS data_dir: the source is read from it and the '
                         'copy written to it (default ~/tensorflow_datasets).')
     flags.DEFINE_string('folder_root', None, "source=folder: root/<split>/<class>/*.jpg.")
-    app.run(main)
+    app.run(cli.one_line_errors(main), flags_parser=cli.parse_flags)

@@ -103,6 +103,7 @@ def train_dataset(config, start_step, process_index, process_count, local_device
     first_epoch, offset = divmod(start_step * host_batch, n)
     buffer = min(d.shuffle_buffer, n)
 
+    @tf.autograph.experimental.do_not_convert  # (Why: alexnet_jax/data/__init__.py.)
     def epoch(e):  # This epoch's order depends only on (seed, epoch).
         return raw.shuffle(buffer, seed=e * 1_000_003 + config.seed).enumerate(start=e * n)
 
@@ -110,6 +111,7 @@ def train_dataset(config, start_step, process_index, process_count, local_device
     transform = _transform(d, src.channels, train=True)
     base = tf.constant([config.seed, process_index], tf.int64)
 
+    @tf.autograph.experimental.do_not_convert
     def prepare(i, ex):
         seed = tf.random.experimental.stateless_fold_in(base, i)
         return {**transform(ex['image'], seed), 'label': tf.cast(ex['label'], tf.int32)}
@@ -141,9 +143,9 @@ def _eval_dataset(key, split, process_index, process_count, local_devices):
         raw = raw.cache()
     batches = math.ceil(math.ceil(total / process_count) / host_batch)  # Same on every host.
     transform = _transform(d, src.channels, train=False)
-    ds = raw.map(lambda ex: {**transform(ex['image'], None),
-                             'label': tf.cast(ex['label'], tf.int32), 'mask': True},
-                 num_parallel_calls=d.num_parallel_calls)
+    ds = raw.map(tf.autograph.experimental.do_not_convert(
+        lambda ex: {**transform(ex['image'], None), 'label': tf.cast(ex['label'], tf.int32),
+                    'mask': True}), num_parallel_calls=d.num_parallel_calls)
     padding = tf.data.Dataset.from_tensors(
         tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), ds.element_spec))
     ds = ds.concatenate(padding.repeat(batches * host_batch - n)).batch(host_batch)
@@ -165,6 +167,7 @@ class _Key:
 
 def _finish(ds, local_devices):
     """[host_batch, ...] -> [local_devices, per_device, ...], prefetched, deterministic."""
+    @tf.autograph.experimental.do_not_convert
     def shard(batch):
         return tf.nest.map_structure(
             lambda x: tf.reshape(x, tf.concat([[local_devices, -1], tf.shape(x)[1:]], 0)), batch)

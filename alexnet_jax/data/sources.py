@@ -73,7 +73,7 @@ class TfdsSource:
         sub = tfds.even_splits(split, n=count, drop_remainder=drop_remainder)[index]
         ds = self.builder.as_dataset(split=sub, shuffle_files=False, read_config=_NO_CACHE_WARNING,
                                      decoders={'image': tfds.decode.SkipDecoding()})
-        ds = ds.map(lambda ex: {'image': ex['image'], 'label': ex['label']})
+        ds = ds.map(_image_and_label)
         return ds, self.builder.info.splits[sub].num_examples
 
 
@@ -145,18 +145,23 @@ class FolderSource:
                                      decoders={'image': tfds.decode.SkipDecoding()})
         if bad:
             bad_t = tf.constant(bad)
-            ds = ds.filter(lambda ex: tf.logical_not(
-                tf.reduce_any(tf.equal(ex['image/filename'], bad_t))))
+            ds = ds.filter(tf.autograph.experimental.do_not_convert(lambda ex: tf.logical_not(
+                tf.reduce_any(tf.equal(ex['image/filename'], bad_t)))))
         lo, hi = host_range(self.num_examples(split), index, count, drop_remainder)
         ds = ds.skip(lo).take(hi - lo)
-        return ds.map(lambda ex: {'image': ex['image'], 'label': ex['label']}), hi - lo
+        return ds.map(_image_and_label), hi - lo
+
+
+@tf.autograph.experimental.do_not_convert  # (Why: alexnet_jax/data/__init__.py.)
+def _image_and_label(ex):
+    return {'image': ex['image'], 'label': ex['label']}
 
 
 def _decodable(files):
     """The subset of `files` that decode fully; tf.data decodes them in parallel."""
-    ds = tf.data.Dataset.from_tensor_slices(files).map(
+    ds = tf.data.Dataset.from_tensor_slices(files).map(tf.autograph.experimental.do_not_convert(
         lambda f: (f, tf.shape(tf.io.decode_image(tf.io.read_file(f), channels=3,
-                                                  expand_animations=False))),
+                                                  expand_animations=False)))),
         num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.ignore_errors()
     return {f.decode() for f, _ in ds.as_numpy_iterator()}
@@ -187,6 +192,7 @@ class FakeSource:
         lo, hi = host_range(self.num_examples(split), index, count, drop_remainder)
         shape, k = self.shape, self.num_classes
 
+        @tf.autograph.experimental.do_not_convert
         def make(i):
             image = tf.random.stateless_uniform(shape, tf.stack([i, i]), 0, 256, tf.int32)
             return {'image': tf.cast(image, tf.uint8), 'label': i % k}

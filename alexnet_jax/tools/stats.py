@@ -6,7 +6,11 @@ confidence interval is the t-interval of the d_s (a paired t-interval), far narr
 independent means' when the seeds' noise is shared.
 
 Verdict of an effect whose 95% CI is [lo, hi] (for metrics where lower is better, e.g. error
-or epochs to a target):
+or epochs to a target) over n seeds:
+  n < 2             "no CI at n=N"
+  n < MIN_SEEDS     "not resolved: n=2 < 3 seeds": two values give an interval 12.7 times their
+                    difference wide (t_1 = 12.7) or, when they agree (two equal epoch counts),
+                    [d, d] of zero width; neither decides anything
   lo > 0            "ablated worse"
   hi < 0            "ablated better"
   otherwise         "not resolved at n=N: |effect| < X" with X = max(|lo|, |hi|): the CI holds
@@ -21,6 +25,7 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 CONFIDENCE = 0.95
+MIN_SEEDS = 3  # The fewest values whose t-interval can decide a verdict (module doc).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,8 +65,12 @@ def t_quantile(n: int, confidence: float = CONFIDENCE) -> float:
     return float(scipy_stats.t.ppf(0.5 + confidence / 2, n - 1))
 
 
-def mean_ci(values, confidence: float = CONFIDENCE) -> Interval:
-    """Mean and t-interval mean ± t_{n-1} * s / sqrt(n) of `values` ('' and None skipped)."""
+def mean_ci(values, confidence: float = CONFIDENCE, lower: float | None = None) -> Interval:
+    """Mean and t-interval mean ± t_{n-1} * s / sqrt(n) of `values` ('' and None skipped).
+
+    `lower`: the least value the quantity can take (0 for an error rate or a count of epochs);
+    the interval is clipped there, as no mean below it is possible.
+    """
     x = _finite(values)
     n = len(x)
     if n == 0:
@@ -70,7 +79,8 @@ def mean_ci(values, confidence: float = CONFIDENCE) -> Interval:
     if n < 2:
         return Interval(mean, math.nan, math.nan, 1)
     half = t_quantile(n, confidence) * float(x.std(ddof=1)) / math.sqrt(n)
-    return Interval(mean, mean - half, mean + half, n)
+    lo = mean - half if lower is None else max(mean - half, lower)
+    return Interval(mean, lo, mean + half, n)
 
 
 def paired_differences(baseline: dict, ablated: dict) -> dict:
@@ -89,6 +99,8 @@ def verdict(ci: Interval, scale: float = 1.0, unit: str = 'points', digits: int 
     """'ablated worse' / 'ablated better' / 'not resolved at n=N: |effect| < X unit' (module doc)."""
     if ci.n < 2:
         return f'no CI at n={ci.n}'
+    if ci.n < MIN_SEEDS:
+        return f'not resolved: n={ci.n} < {MIN_SEEDS} seeds'
     if ci.lo > 0:
         return 'ablated worse'
     if ci.hi < 0:

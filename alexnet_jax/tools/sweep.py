@@ -112,7 +112,7 @@ def aggregate(rows) -> list:
                    for k, c in _COLUMNS.items()}
         out.append({
             'point': name, 'done': len(done), 'failed': sum(r['status'] == 'failed' for r in runs),
-            **{k: stats.mean_ci(v.values()) for k, v in by_seed.items()},
+            **{k: stats.mean_ci(v.values(), lower=0.0) for k, v in by_seed.items()},
             'reached': len(by_seed['epochs']),
             'by_seed': by_seed,
             'reasons': sorted({r['reason'] for r in runs if r['reason']}),
