@@ -6,7 +6,7 @@ r"""Trains and evaluates AlexNet: one command on a laptop, a GPU box or a TPU po
 Several processes (each with its own devices) join with --coordinator_address=HOST:PORT
 --num_processes=N --process_id=I; on TPU pods and SLURM they are detected automatically. Their
 --workdir must be one directory every host sees (GCS, NFS). Rerunning on a workdir resumes it.
-The config is validated once, here; `run` routes it (evaluation only, several seeds, one run).
+The config is validated once, here; `run` routes it (evaluation only, or training).
 """
 
 from absl import app
@@ -42,17 +42,13 @@ def main(argv):
 
 
 def run(config, workdir: str) -> dict:
-    """A validated config's job: evaluate only (config.eval_only), several seeds
-    (config.num_seeds > 1, seeds.train_seeds), or one training run."""
+    """A validated config's job: evaluate only (config.eval_only) or train its seeds."""
     # Imported here, after the flags and the config are checked: they load TensorFlow (~6 s),
     # and a typo in a flag should fail in a second or two.
-    from alexnet_jax import seeds  # pylint: disable=import-outside-toplevel
     from alexnet_jax import train  # pylint: disable=import-outside-toplevel
     from alexnet_jax.tools import evaluate  # pylint: disable=import-outside-toplevel
     if config.get('eval_only'):
         return evaluate.eval_only(config, workdir)
-    if config.get('num_seeds', 1) > 1:
-        return seeds.train_seeds(config, workdir)
     return train.train_and_evaluate(config, workdir)
 
 

@@ -18,17 +18,16 @@ bug and keeps its traceback.
 import errno
 import functools
 import importlib.util
-import logging
 import os
 import re
 import sys
 
 from absl import flags
-from absl import logging as absl_logging
 from flax import traverse_util
 from ml_collections import config_flags
 
 from alexnet_jax import checkpoints
+from alexnet_jax import console
 from alexnet_jax import errors
 from alexnet_jax import validation
 
@@ -68,41 +67,12 @@ def _one_line(error: BaseException) -> str:
     return ' '.join(text.replace('\\n', ' ').replace("\\'", "'").split())
 
 
-class _QuietLibraries(logging.Filter):
-    """Drops the INFO chatter of orbax, TFDS, XLA's backend probing and clu (its writers echo
-    every scalar; ReportProgress's work-unit notes) from the console (their warnings and errors
-    still show), so the run's own progress lines are readable. Also drops orbax's errors about
-    a full disk: each of its save threads logs one with a traceback, and the run then stops
-    with the one line of `user_message`, which names the path."""
-    NOISY = ('/orbax/', '/tensorflow_datasets/', 'xla_bridge.py', '/clu/metric_writers/',
-             '/clu/platform/')
-
-    def filter(self, record):
-        if '/orbax/' in record.pathname and _NO_SPACE in str(record.msg) + str(record.exc_info):
-            return False
-        return record.levelno >= logging.WARNING or not any(
-            part in record.pathname for part in self.NOISY)
-
-
-_NO_SPACE = 'No space left on device'
-
-
-def _unraisable(error) -> None:
-    """sys.unraisablehook: drops 'Event loop is closed' from tensorstore write callbacks that
-    finish after orbax closed the loop of a save that failed (a full disk: dozens of them);
-    that save's own error is what the run reports."""
-    if not (isinstance(error.exc_value, RuntimeError)
-            and str(error.exc_value) == 'Event loop is closed'):
-        sys.__unraisablehook__(error)
-
-
 def parse_flags(argv):
     """absl `flags_parser`: a typo or bad value in --config.* exits with one line, code 2.
 
-    Also quiets third-party INFO logs (see `_QuietLibraries`) and `_unraisable` noise.
+    Also quiets the console (console.quiet).
     """
-    absl_logging.get_absl_handler().addFilter(_QuietLibraries())
-    sys.unraisablehook = _unraisable
+    console.quiet()
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
@@ -186,7 +156,7 @@ def user_message(error: BaseException) -> str | None:
         if isinstance(e, OSError) and e.errno in _MACHINE_ERRNOS:
             where = f': {e.filename}' if e.filename else ''
             return f'{_MACHINE_ERRNOS[e.errno]}{where}; {_FIX}.'
-        if _NO_SPACE in str(e):  # tensorstore (orbax) reports it as text, with the path.
+        if console.NO_SPACE in str(e):  # tensorstore (orbax) reports it as text, with the path.
             path = re.search(r'(?:local file|Failed writing:) "([^"]+)"', str(e))
             where = f': {path[1].split(".orbax-checkpoint-tmp")[0]}' if path else ''
             return f'no space left on the device{where} ({type(e).__name__}); {_FIX}.'

@@ -1,7 +1,7 @@
 """Evaluation: top-k over every example of a split, the paper's 10 crops, padding masked.
 
-Owns the eval step that training (train.py), the many-seeds loop (seeds.py) and the evaluate
-tool (tools/evaluate.py) all run; it needs only a state's `apply_fn`, `params` and
+Owns the eval step that training (train.py, for one seed or many) and the evaluate tool
+(tools/evaluate.py) run; it needs only a state's `apply_fn`, `params` and
 `batch_stats` (`EvalState` is that much, for weights loaded without an optimizer).
 """
 
@@ -12,6 +12,7 @@ from flax import struct
 import jax
 from jax import lax
 import jax.numpy as jnp
+import numpy as np
 
 from alexnet_jax.data import input_pipeline
 from alexnet_jax.data import preprocess
@@ -57,19 +58,32 @@ def eval_step(state, batch, *, mean, std, crop_size):
     return lax.psum(jax.tree.map(jnp.sum, sums), AXIS)
 
 
-def make_eval_step(mean, std, crop_size, devices=None):
+def make_eval_step(mean, std, crop_size, devices=None, seeds: bool = False):
     """`eval_step` pmapped over AXIS with the data's normalisation (`preprocess.mean_std`) and
-    the net's input size (config.data.image_size: the 10 crops' size)."""
-    return jax.pmap(functools.partial(eval_step, mean=mean, std=std, crop_size=crop_size),
-                    axis_name=AXIS, devices=devices)
+    the net's input size (config.data.image_size: the 10 crops' size); `seeds`: for a state
+    with a leading seed axis (the training loop's), the sums get one too."""
+    step = functools.partial(eval_step, mean=mean, std=std, crop_size=crop_size)
+    return jax.pmap(jax.vmap(step, in_axes=(0, None)) if seeds else step, axis_name=AXIS,
+                    devices=devices)
 
 
-def evaluate(p_eval_step, state, config, split: str) -> dict:
-    """Loss, top-1 and top-5 over every example of `split` (all hosts, padding masked)."""
+def _totals(p_eval_step, state, config, split: str) -> dict:
     totals = None
     for batch in input_pipeline.eval_iterator(config, split):
         sums = p_eval_step(state, batch)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    totals = parallel.unreplicate(totals)
-    count = max(float(totals['count']), 1.0)
-    return {k: float(totals[k]) / count for k in ('loss', 'top1', 'top5')}
+    totals = jax.tree.map(lambda x: np.asarray(x, np.float64), parallel.unreplicate(totals))
+    count = np.maximum(totals.pop('count'), 1.0)
+    return {k: v / count for k, v in totals.items()}
+
+
+def evaluate(p_eval_step, state, config, split: str) -> dict:
+    """Loss, top-1 and top-5 over every example of `split` (all hosts, padding masked)."""
+    return {k: float(v) for k, v in _totals(p_eval_step, state, config, split).items()}
+
+
+def evaluate_seeds(p_eval_step, state, config, split: str) -> list:
+    """`evaluate` of each seed of a state with a leading seed axis (make_eval_step(seeds=True)),
+    in one pass over the split."""
+    means = _totals(p_eval_step, state, config, split)
+    return [{k: float(v[i]) for k, v in means.items()} for i in range(len(means['loss']))]

@@ -48,8 +48,8 @@ class _Kept:
 
 class Recorder:
     def __init__(self, workdir, *, num_steps: int, steps_per_epoch: int, batch_size: int,
-                 plot: bool = True):
-        self.workdir = epath.Path(workdir)
+                 plot: bool = True, label: str = ''):
+        self.workdir, self.label = epath.Path(workdir), label  # label: 'seed 3: ' of several.
         self.lead = jax.process_index() == 0
         self.num_steps, self.steps_per_epoch, self.batch_size = num_steps, steps_per_epoch, batch_size
         self.plot = plot and self.lead
@@ -74,12 +74,12 @@ class Recorder:
             rate = self.kept.scalars.get('steps_per_sec', 0.0)
             scalars.update(steps_per_second=rate, images_per_second=rate * self.batch_size)
             eta = (self.num_steps - step) / max(rate, 1e-9)
-            logging.info('step %d/%d (%.0f%%)  loss %.4f  top1 %.2f%%  lr %.3g  %.1f steps/s  '
-                         '%.0f img/s  ETA %s', step, self.num_steps, 100 * step / self.num_steps,
+            logging.info('%sstep %d/%d (%.0f%%)  loss %.4f  top1 %.2f%%  lr %.3g  %.1f steps/s  '
+                         '%.0f img/s  ETA %s', self.label, step, self.num_steps, 100 * step / self.num_steps,
                          scalars['loss'], 100 * scalars['top1'], scalars['lr'], rate,
                          rate * self.batch_size, time.strftime('%H:%M:%S', time.gmtime(eta)))
         else:
-            logging.info('step %d %s: loss %.4f  top1 %.2f%%  top5 %.2f%%', step, split,
+            logging.info('%sstep %d %s: loss %.4f  top1 %.2f%%  top5 %.2f%%', self.label, step, split,
                          scalars['loss'], 100 * scalars['top1'], 100 * scalars['top5'])
         self.writer.write_scalars(step, {f'{split}/{k}': v for k, v in scalars.items()})
         if not self.lead:

@@ -1,53 +1,33 @@
-"""Many seeds: config.num_seeds > 1 trains seeds seed .. seed + n - 1 together.
+"""Many seeds: their names, workdirs and failures, how they share the machine, and the worker
+processes that run them side by side. No training code: train.train_and_evaluate is the loop.
 
-seeds_mode='processes' (auto on a multi-core CPU) runs them as ordinary runs side by side, one
-spawned worker process per share of the cores. seeds_mode='sequential' runs them one after
-another in this process. Both write seed<k>/ as a standalone run would.
-
-seeds_mode='vmap' / 'map' (auto on GPU/TPU): one program. One process, one data load
-(device-resident, device_data.py), one compile: the state and the run keys (dropout, data
-order and augmentation) carry a leading seed axis and one pmapped step advances every seed
-(`train.make_device_train_step`, seeds='vmap' batched or 'map' one after another inside the
-step). Seed k's trajectory is standalone seed k's: its params, dropout keys
-and data stream come from the same `initial_state` and `device_data.data_key` (equal up to float
-reassociation in batched convolutions; tests/test_seeds.py).
-
-Layout, as the sweep reads it: workdir/seed<k>/ holds seed k's config.json, metrics.jsonl,
-learning curves, results.json (or failed.json, when its loss went non-finite: that seed stops
-being reported, the others go on). The stacked state is one orbax checkpoint in
-workdir/checkpoints (its fingerprint names the seeds); a rerun resumes it exactly. With data
-that is not device-resident, 'auto' falls back to one run after another.
+config.num_seeds > 1 trains seeds seed .. seed + n - 1, each in workdir/seed<k> as a standalone
+run would (config.json, checkpoints, metrics.jsonl, learning curves, results.json, or
+failed.json when its loss went non-finite). `resolve_mode` decides, once per run, how:
+'vmap' / 'map' (auto on GPU/TPU) step them together in the loop, 'sequential' runs them one
+after another, 'processes' (auto on a multi-core CPU) side by side in spawned worker
+processes, one per share of the cores (`run_in_processes`). A rerun in any mode resumes each
+seed where it stopped.
 """
 
 from concurrent import futures
 import contextlib
 import ctypes
-import functools
 import json
 import multiprocessing
 import os
 import signal
-import time
 
 from absl import logging
 from etils import epath
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import checkpoints
-from alexnet_jax import cli
-from alexnet_jax.data import device_data
-from alexnet_jax import evaluation
-from alexnet_jax.data import input_pipeline
-from alexnet_jax import metrics as metrics_lib
-from alexnet_jax import optim
-from alexnet_jax import parallel
+from alexnet_jax import console
+from alexnet_jax import errors
 from alexnet_jax import preemption
-from alexnet_jax.data import preprocess
-from alexnet_jax import train
-from alexnet_jax import validation
-from alexnet_jax.parallel import AXIS
+
+MODES = ('auto', 'vmap', 'map', 'sequential', 'processes')
 
 
 def seed_list(config) -> list:
@@ -65,45 +45,35 @@ def seed_dir(workdir, seed: int) -> epath.Path:
     return epath.Path(workdir) / f'seed{seed}'
 
 
-def train_seeds(config, workdir: str, seeds=None) -> dict:
-    """Trains `seeds` (default: config's) of config; returns {seed: results dict or
-    {'failed': reason}}; {'preempted_at_step': s} when stopped by a signal. `config` must be
-    validated (launch.py and tools/sweep.py do it at the entry point)."""
-    seeds = seed_list(config) if seeds is None else list(seeds)
-    info = input_pipeline.get_info(config)
-    mode = train.seeds_mode(config)
-    on_device = device_data.enabled(config, info)
-    if mode != 'sequential' and not on_device:
-        validation.check(config.get('seeds_mode', 'auto') == 'auto', 'seeds_mode',
-                         f'{config.seeds_mode!r} needs device-resident data, and '
-                         f'{config.data.train_split!r} is not (data.device_resident='
-                         f'{config.data.device_resident!r}); raise data.device_max_bytes or use '
-                         'seeds_mode=sequential.')
-        mode = 'sequential'
-    if mode == 'processes':
-        validation.check(train.processes_supported(), 'seeds_mode',
-                         "'processes' needs one process on a Linux host (it pins workers to "
-                         'cores); use seeds_mode=sequential.')
-    if mode == 'processes' and len(seeds) > 1:
-        return _train_in_processes(config, workdir, seeds)
-    if mode in ('sequential', 'processes') or len(seeds) == 1:
-        out = {}
-        for s in seeds:  # A preempted seed stops the rest: rerun to resume.
-            out[s] = _train_one(config, workdir, s)
-            if 'preempted_at_step' in out[s]:
-                break
-        return out
-    config = config.copy_and_resolve_references()
-    config.seeds_mode = mode
-    return _train_together(config, info, workdir, seeds)
+def processes_supported() -> bool:
+    """'processes' pins workers to cores (Linux) and runs them beside one process."""
+    return hasattr(os, 'sched_setaffinity') and jax.process_count() == 1
 
 
-def _train_one(config, workdir, seed) -> dict:
-    """One seed as an ordinary run; a non-finite loss fails that seed only (failed.json)."""
-    try:
-        return train.train_and_evaluate(seed_config(config, seed), str(seed_dir(workdir, seed)))
-    except train.NonFiniteLossError as e:
-        return {'failed': record_failure(seed_dir(workdir, seed), e)}
+def resolve_mode(config, num_seeds: int, on_device: bool) -> str:
+    """How `num_seeds` seeds share the machine: 'single' for one; else config.seeds_mode, with
+    'auto' the faster on this backend (benchmarks/RESULTS.md): 'vmap' on GPU/TPU (with
+    device-resident data), 'processes' on a multi-core CPU host (XLA:CPU runs seeds stepped in
+    one program ~5x slower than one after another, and one run does not keep 2 cores busy),
+    else 'sequential'. `on_device`: the training split is device-resident (device_data.py),
+    which 'vmap' and 'map' need: their seeds gather their batches inside the step."""
+    mode = config.get('seeds_mode', 'auto')
+    errors.check(mode in MODES, 'seeds_mode', f'{mode!r} is not one of {list(MODES)}.')
+    if num_seeds == 1:
+        return 'single'
+    if mode == 'auto':
+        if jax.default_backend() in ('gpu', 'tpu'):
+            return 'vmap' if on_device else 'sequential'
+        several = processes_supported() and len(os.sched_getaffinity(0)) > 1
+        return 'processes' if several else 'sequential'
+    errors.check(mode not in ('vmap', 'map') or on_device, 'seeds_mode',
+                 f'{mode!r} needs device-resident training data (data.device_resident=auto '
+                 'below data.device_max_bytes with train_augment=small, or always); raise '
+                 'data.device_max_bytes or use seeds_mode=sequential.')
+    errors.check(mode != 'processes' or processes_supported(), 'seeds_mode',
+                 "'processes' needs one process on a Linux host (it pins workers to cores); "
+                 'use seeds_mode=sequential.')
+    return mode
 
 
 def worker_cores(config, num_seeds: int) -> list:
@@ -115,9 +85,9 @@ def worker_cores(config, num_seeds: int) -> list:
     return [[int(c) for c in share] for share in np.array_split(cores, n)]
 
 
-def _train_in_processes(config, workdir, seeds) -> dict:
-    """Seeds as ordinary runs (`_train_one`), several at once: one spawned worker process per
-    share of the CPU cores, pinned to it. XLA:CPU does not keep 2 cores busy on a small net:
+def run_in_processes(train_one, config, workdir, seeds) -> dict:
+    """`train_one(config, workdir, seed)` (train.train_one_seed: a plain run) for each seed,
+    several at once: one spawned worker process per share of the CPU cores, pinned to it. XLA:CPU does not keep 2 cores busy on a small net:
     two 1-core digits runs at once train ~1.5x the images/s of one 2-core run after another
     (benchmarks/RESULTS.md). Each worker imports and loads once and runs seed after seed
     (and, inside `shared_workers`, point after point).
@@ -148,7 +118,8 @@ def _train_in_processes(config, workdir, seeds) -> dict:
             # while a worker imports jax would kill it and break the pool (BrokenProcessPool).
             mask = signal.pthread_sigmask(signal.SIG_BLOCK, preemption.PreemptionGuard.SIGNALS)
             try:
-                running = {pool.submit(_train_next, config, workdir, s): s for s in seeds}
+                running = {pool.submit(_train_next, train_one, config, workdir, s): s
+                           for s in seeds}
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             while running:
@@ -240,7 +211,7 @@ def _start_worker(queue, stop, parent, cache_dir, cache_min_seconds, verbosity) 
         jax.config.update('jax_compilation_cache_dir', cache_dir)
         jax.config.update('jax_persistent_cache_min_compile_time_secs', cache_min_seconds)
     logging.use_absl_handler()  # The parent's log format (no app.run here) and console filter:
-    logging.get_absl_handler().addFilter(cli._QuietLibraries())  # pylint: disable=protected-access
+    console.quiet()
     logging.set_verbosity(verbosity)
 
 
@@ -261,9 +232,9 @@ def _die_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _train_next(config, workdir, seed) -> dict | None:
+def _train_next(train_one, config, workdir, seed) -> dict | None:
     """A worker's task: the seed's run, or None once the parent is stopping."""
-    return None if _stop.is_set() else _train_one(config, workdir, seed)
+    return None if _stop.is_set() else train_one(config, workdir, seed)
 
 
 def record_failure(workdir, error) -> str:
@@ -276,159 +247,3 @@ def record_failure(workdir, error) -> str:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / 'failed.json').write_text(json.dumps({'reason': reason}) + '\n')
     return reason
-
-
-def _stack(trees):
-    """Leaves stacked on a new leading (seed) axis, in the structure of the first tree (the
-    states' static fields, e.g. the optimizer, are equal but not identical objects)."""
-    leaves = [jax.tree.leaves(t) for t in trees]
-    return jax.tree.unflatten(jax.tree.structure(trees[0]),
-                              [np.stack([np.asarray(v) for v in x]) for x in zip(*leaves)])
-
-
-def _train_together(config, info, workdir, seeds):
-    """The seeds as one program (seeds_mode 'vmap' or 'map'). As `train.train_and_evaluate`,
-    it holds the workdir's lock while it runs: a second run on the workdir stops at once."""
-    lock = checkpoints.lock_workdir(workdir)
-    try:
-        return _train_together_locked(config, info, workdir, seeds)
-    finally:
-        lock.release()
-
-
-def _train_together_locked(config, info, workdir, seeds):
-    configs = [seed_config(config, s) for s in seeds]
-    num_steps, steps_per_epoch = train.num_train_steps(config)
-    t = config.train
-    eval_every = steps_per_epoch if t.eval_every_steps is None else t.eval_every_steps
-    states, dropout_keys = zip(*[train.initial_state(c, info, steps_per_epoch, num_steps)
-                                 for c in configs])
-    state = _stack(states)
-    keys = {'dropout': jnp.stack(dropout_keys),
-            'data': jnp.stack([device_data.data_key(s) for s in seeds])}
-    fingerprint = dict(checkpoints.config_fingerprint(config), seeds=seeds)
-    ckpt = checkpoints.Checkpointer(workdir, config_fingerprint=fingerprint,
-                                    keep=t.keep_checkpoints, best_metric=None,
-                                    async_save=t.async_checkpoints)
-    recorders, val = {}, None
-    try:
-        meta = {}
-        restored = ckpt.restore(state)
-        if restored is not None:
-            state, meta = restored
-            checkpoints.check_resume(meta, config, workdir)
-            logging.info('Resumed %d seeds from step %d of %s.', len(seeds), int(state.step[0]),
-                         workdir)
-        # Only now, when the workdir is known to fit this config, is anything written to it.
-        for c, s in zip(configs, seeds):
-            checkpoints.write_config(c, str(seed_dir(workdir, s)))
-        recorders = {s: metrics_lib.Recorder(seed_dir(workdir, s), num_steps=num_steps,
-                                             steps_per_epoch=steps_per_epoch,
-                                             batch_size=t.batch_size, plot=t.plot) for s in seeds}
-        plateaus = [optim.Plateau.from_config(config.optim, p)
-                    for p in meta.get('plateau', [None] * len(seeds))]
-        failed = {int(k): v for k, v in meta.get('failed', {}).items()}
-        start_step, elapsed = int(state.step[0]), meta.get('elapsed', 0.0)
-        state = parallel.replicate(state)
-        mean, std = preprocess.mean_std(config.data, info.image_shape[-1])
-        eval_one = functools.partial(evaluation.eval_step, mean=mean, std=std,
-                                     crop_size=config.data.image_size)
-        p_eval = jax.pmap(jax.vmap(eval_one, in_axes=(0, None)), axis_name=AXIS)
-        t0 = time.time()
-
-        def save(step):
-            meta = {'plateau': [p.state() for p in plateaus], 'failed': failed,
-                    'elapsed': elapsed + time.time() - t0,
-                    'fixed': checkpoints.resume_fixed(config),
-                    'topology': checkpoints.topology()}
-            ckpt.save(step, parallel.unreplicate(state), meta)
-
-        if start_step < num_steps:
-            step_fn, p_keys, data = train.device_step_inputs(config, info, keys)
-            pending = []
-            with preemption.PreemptionGuard() as guard:
-                for step in range(start_step + 1, num_steps + 1):
-                    state, step_metrics = step_fn(state, p_keys, data)
-                    pending.append(step_metrics)
-                    stop = guard.should_stop(step, t.log_every_steps)
-                    is_eval = train._at(step, eval_every, num_steps)  # pylint: disable=protected-access
-                    is_ckpt = train._at(step, t.checkpoint_every_steps, num_steps) or stop  # pylint: disable=protected-access
-                    if train._at(step, t.log_every_steps, num_steps) or is_ckpt:  # pylint: disable=protected-access
-                        _log(recorders, seeds, failed, step, pending)
-                        pending = []
-                    if is_eval:
-                        val = _evaluate(p_eval, state, config, config.data.eval_split, seeds)
-                        for s in seeds:
-                            if s not in failed:
-                                recorders[s].write(step, 'val', val[s])
-                        state = _update_plateaus(plateaus, state, val, config.optim, seeds)
-                    if is_ckpt:
-                        save(step)
-                    if stop:
-                        logging.warning('Preempted: saved step %d; rerun to resume.', step)
-                        return {'preempted_at_step': step}
-        ckpt.wait()
-        elapsed += time.time() - t0
-        d = config.data
-        test = (val if val is not None and d.test_split == d.eval_split
-                else _evaluate(p_eval, state, config, d.test_split, seeds))
-        out = {}
-        for s in seeds:
-            if s in failed:
-                out[s] = {'failed': record_failure(seed_dir(workdir, s), failed[s])}
-                continue
-            out[s] = {
-                'variant': config.get('variant', 'custom'), 'test_split': d.test_split,
-                'test_top1': test[s]['top1'], 'test_top5': test[s]['top5'],
-                'test_loss': test[s]['loss'], 'steps': num_steps,
-                'train_seconds': elapsed,  # Wall time of the whole program (all seeds).
-                'seeds_together': len(seeds), 'seeds_mode': config.seeds_mode,
-                'images_per_second': num_steps * t.batch_size / max(elapsed, 1e-9),
-            }
-            recorders[s].write(num_steps, 'test', test[s])
-            recorders[s].write_results(out[s])
-        return out
-    finally:
-        ckpt.close()
-        for r in recorders.values():
-            r.close()
-
-
-def _log(recorders, seeds, failed, step, pending):
-    """Per seed: train.log_train on its slice; a non-finite seed is marked failed, not fatal."""
-    host = parallel.unreplicate(pending)  # Leaves [seeds].
-    for i, s in enumerate(seeds):
-        if s in failed:
-            continue
-        mine = [jax.tree.map(lambda x, i=i: np.asarray(x)[i:i + 1], m) for m in host]
-        try:
-            train.log_train(recorders[s], step, mine)  # Its unreplicate takes [0]: seed i.
-        except train.NonFiniteLossError as e:
-            logging.warning('seed %d failed: %s', s, e)
-            failed[s] = f'{type(e).__name__}: {str(e).splitlines()[0]}'
-    if len(failed) == len(seeds):
-        raise train.NonFiniteLossError(f'Every seed stopped on a non-finite loss: {failed}')
-
-
-def _evaluate(p_eval, state, config, split, seeds) -> dict:
-    """{seed: {'loss', 'top1', 'top5'}} over every example of `split`, one pass for all seeds."""
-    totals = None
-    for batch in input_pipeline.eval_iterator(config, split):
-        sums = p_eval(state, batch)
-        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    totals = jax.tree.map(np.asarray, parallel.unreplicate(totals))
-    return {s: {k: float(totals[k][i]) / max(float(totals['count'][i]), 1.0)
-                for k in ('loss', 'top1', 'top5')} for i, s in enumerate(seeds)}
-
-
-def _update_plateaus(plateaus, state, val, o, seeds):
-    """train.update_plateau per seed: each seed's lr follows its own validation error."""
-    if o.schedule != 'plateau':
-        return state
-    changed = [p.update(1.0 - val[s]['top1']) for p, s in zip(plateaus, seeds)]
-    if not any(changed):
-        return state
-    lr = np.asarray([o.learning_rate * p.scale for p in plateaus], np.float32)
-    logging.info('Validation error plateaued: learning rates -> %s.', lr)
-    return state.replace(opt_state=optim.set_learning_rate(state.opt_state,
-                                                           parallel.replicate(lr)))

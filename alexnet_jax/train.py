@@ -1,20 +1,26 @@
 """Training and evaluation loop: `train_and_evaluate(config, workdir)`, after flax's imagenet.
 
+One loop for one seed or many. The state, the run keys (dropout, data) and the metrics carry a
+leading seed axis (size 1 for a plain run); config.seeds_mode only decides how the step is
+compiled (`make_seeds_step`: 'vmap', 'map') or, for 'sequential' and 'processes', that each
+seed runs this loop as a plain run (seeds.py schedules the processes). Each seed owns a workdir
+(`Seed`): the plain run's, or workdir/seed<k> of several, with its checkpoints, config.json,
+metrics and results as a standalone run's, so a rerun in any mode resumes each seed.
+
 Data parallel with `jax.pmap` over every device of every host (axis `parallel.AXIS`): the state
 is replicated, each device takes its slice of the global batch, gradients, batch statistics and
-metrics are averaged across devices inside the step. Side jobs (log, eval, checkpoint, plot)
-each run at their own interval; the host waits for the devices only there.
+metrics are averaged across devices inside the step. Side jobs (log, eval, checkpoint) run when
+`due`; the host waits for the devices only there.
 
 Resuming is exact: the state (params, optimizer state, step) and the plateau tracker come from
 the latest checkpoint, the data iterator restarts at that step, and the dropout key of step s
 on device d is fold_in(fold_in(key(seed), s), d), a function of the step alone. The learning
 rate is the configured one (`configured_learning_rate`); what else may change on resume is
-checkpoints.RESUME_FIXED's rule. Process 0 locks the workdir for the run.
+checkpoints.check_resume's rule. Each seed's workdir is locked for the run.
 """
 
 import functools
 import math
-import os
 import time
 from typing import Any
 
@@ -39,6 +45,7 @@ from alexnet_jax import models
 from alexnet_jax import optim
 from alexnet_jax import parallel
 from alexnet_jax import preemption
+from alexnet_jax import seeds as seeds_lib
 from alexnet_jax.data import preprocess
 from alexnet_jax import validation
 from alexnet_jax.parallel import AXIS
@@ -183,72 +190,41 @@ def device_train_step(state: TrainState, keys, data, *, spec, mean, std):
     return train_step(state, batch, dropout_key=keys['dropout'], mean=mean, std=std)
 
 
-SEED_MODES = ('vmap', 'map')
-
-
-def make_device_train_step(spec, mean, std, seeds: str | None = None, devices=None):
-    """`device_train_step` pmapped: (state, keys, data) -> (state, metrics), one dispatch a step.
-
-    seeds='vmap': state, keys and metrics carry a leading seed axis and the seeds train as one
-    batched program (jax.vmap); 'map': the same signature, seeds one after another inside the
-    step (lax.map: one program, one compile, unbatched convolutions). The data set is shared.
-    """
-    fn = functools.partial(device_train_step, spec=spec, mean=mean, std=std)
-    if seeds == 'vmap':
-        fn = jax.vmap(fn, in_axes=(0, 0, None))
-    elif seeds == 'map':
-        one = fn
+def make_seeds_step(one, mode: str, devices=None):
+    """`one(state, keys, data) -> (state, metrics)` pmapped over AXIS for a state, keys and
+    metrics with a leading seed axis, one dispatch a step: 'vmap' batches the seeds in one
+    program, 'map' steps them one after another inside it (lax.map: unbatched convolutions),
+    'single' (one seed) drops the axis inside the step, so a plain run compiles the plain step.
+    `data` (a tf.data batch, or the device-resident set) is shared by the seeds."""
+    if mode == 'vmap':
+        fn = jax.vmap(one, in_axes=(0, 0, None))
+    elif mode == 'map':
         fn = lambda state, keys, data: lax.map(lambda sk: one(*sk, data), (state, keys))  # noqa: E731
-    elif seeds is not None:
-        raise ValueError(f'seeds={seeds!r}: one of {SEED_MODES} or None.')
+    else:
+        first = functools.partial(jax.tree.map, lambda x: x[0])
+        fn = lambda state, keys, data: jax.tree.map(  # noqa: E731
+            lambda x: x[None], one(first(state), first(keys), data))
     return jax.pmap(fn, axis_name=AXIS, devices=devices)
 
 
-def device_step_inputs(config, info, keys, devices=None):
-    """(pmapped device step, replicated keys, placed data) for config; keys as in
-    `device_train_step`, with a leading seed axis when config.num_seeds > 1."""
+def step_runner(config, info, keys, start_step: int, mode: str, devices=None):
+    """state -> (state, metrics) of the next step for a state with a leading seed axis, on
+    device-resident data (batches gathered in the step) or on tf.data batches (one seed).
+    keys: {'dropout', 'data'} [seeds]."""
     mean, std = preprocess.mean_std(config.data, info.image_shape[-1])
-    seeds = seeds_mode(config) if config.get('num_seeds', 1) > 1 else None
-    step = make_device_train_step(device_data.make_spec(config), tuple(mean.tolist()),
-                                  tuple(std.tolist()), seeds,
-                                  devices)
-    data = device_data.place(device_data.load(config), devices)
-    return step, parallel.replicate(keys, devices), data
-
-
-def seeds_mode(config) -> str:
-    """config.seeds_mode, with 'auto' -> the faster on this backend (benchmarks/RESULTS.md)."""
-    mode = config.get('seeds_mode', 'auto')
-    if mode != 'auto':
-        return mode
-    if jax.default_backend() in ('gpu', 'tpu'):
-        return 'vmap'
-    # XLA:CPU runs seeds stepped inside one program ~5x slower than one after another (batched
-    # kernels become grouped convolutions; lax.map's loop body loses the fast conv path), and
-    # one run does not keep 2 cores busy: runs side by side in processes, one per core.
-    several = processes_supported() and len(os.sched_getaffinity(0)) > 1
-    return 'processes' if several else 'sequential'
-
-
-def processes_supported() -> bool:
-    """seeds_mode='processes' pins workers to cores (Linux) and runs them beside one process."""
-    return hasattr(os, 'sched_setaffinity') and jax.process_count() == 1
-
-
-def step_runner(config, info, dropout_key, start_step: int):
-    """state -> (state, metrics) of the next step: device-resident data or tf.data batches."""
+    keys = parallel.replicate(keys, devices)
     if device_data.enabled(config, info):
-        keys = {'dropout': dropout_key, 'data': device_data.data_key(config.seed)}
-        step, keys, data = device_step_inputs(config, info, keys)
+        one = functools.partial(device_train_step, spec=device_data.make_spec(config),
+                                mean=mean, std=std)
+        step = make_seeds_step(one, mode, devices)
+        data = device_data.place(device_data.load(config), devices)
         logging.info('Training data on the device (%s).', config.data.train_split)
         return lambda state: step(state, keys, data)
-    mean, std = preprocess.mean_std(config.data, info.image_shape[-1])
-    p_train_step = make_train_step(dropout_key, mean=mean, std=std)
+    step = make_seeds_step(lambda state, keys, batch: train_step(
+        state, batch, dropout_key=keys['dropout'], mean=mean, std=std), mode, devices)
     batches = parallel.prefetch_to_device(
         input_pipeline.train_iterator(config, start_step=start_step))
-    return lambda state: p_train_step(state, next(batches))
-
-
+    return lambda state: step(state, keys, next(batches))
 
 
 def num_train_steps(config) -> tuple[int, int]:
@@ -259,123 +235,253 @@ def num_train_steps(config) -> tuple[int, int]:
     return int(math.ceil(config.train.num_epochs * steps_per_epoch)), steps_per_epoch
 
 
-def _at(step: int, every: int, last: int) -> bool:
+def due(step: int, every: int, last: int) -> bool:
+    """The loop's one timing rule for its side jobs (log, evaluate, checkpoint): every `every`
+    steps (0: never) and at the last step."""
     return step == last or (every > 0 and step % every == 0)
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-    """Trains (or resumes) one seed in `workdir`, evaluates on the test split; returns
-    results.json's dict.
+def train_and_evaluate(config, workdir: str, seeds=None) -> dict:
+    """Trains (or resumes) config's seeds, evaluates them on the test split; returns
+    results.json's dict for a plain run, else {seed: results, or {'failed': reason}}.
+
+    A plain run (config.num_seeds = 1, no `seeds`) trains in `workdir`; several seeds (or a
+    sweep's `seeds`) each in workdir/seed<k>, as standalone runs would (seeds.seed_dir). How they
+    share the machine is `seeds.resolve_mode`: stepped together by this loop ('vmap', 'map'),
+    or scheduled as plain runs, one after another ('sequential') or side by side in worker
+    processes ('processes'). A non-finite loss stops a plain run (NonFiniteLossError); of
+    several seeds it fails that seed only (failed.json). SIGTERM/SIGINT save and stop: the
+    result then has 'preempted_at_step' (per seed for several).
 
     `config` must be validated (validation.validate_config): launch.py and tools/sweep.py do
     it once, at the entry point. config.init_from: a fresh run starts from those weights
-    (finetune.py); config.freeze: those layers stay fixed (optim.py). Several seeds
-    (config.num_seeds > 1) train through seeds.train_seeds, evaluation alone
-    (config.eval_only) through tools/evaluate.eval_only: launch.py routes both.
+    (finetune.py); config.freeze: those layers stay fixed (optim.py).
     """
-    validation.check(config.get('num_seeds', 1) == 1, 'num_seeds',
-                     f'{config.num_seeds} seeds train through seeds.train_seeds '
-                     '(launch.py routes them); train_and_evaluate trains one.')
     config = finetune.resolve_config(config)  # init_from: its net and preprocessing.
     info = input_pipeline.get_info(config)
-    validation.check(config.model.num_classes == info.num_classes, 'model.num_classes',
-                     f'{config.model.num_classes} != {info.num_classes} classes in '
-                     f'{config.data.name!r}; set --config.model.num_classes={info.num_classes}.')
-    check_batch_fits(config, info)
-    num_steps, steps_per_epoch = num_train_steps(config)
-    t = config.train
-    eval_every = steps_per_epoch if t.eval_every_steps is None else t.eval_every_steps
-
-    state, dropout_key = initial_state(config, info, steps_per_epoch, num_steps)
-    lock = checkpoints.lock_workdir(workdir)  # A second run on this workdir stops here.
-    ckpt = recorder = None
+    check_data_fits(config, info)
+    plain = seeds is None and config.get('num_seeds', 1) == 1
+    seeds = seeds_lib.seed_list(config) if seeds is None else list(seeds)
+    mode = seeds_lib.resolve_mode(config, len(seeds), device_data.enabled(config, info))
+    if plain:
+        return _train_seeds(config, info, [(int(config.seed), workdir)], 'single', raise_nan=True)
+    lock = checkpoints.lock_workdir(workdir)  # One multi-seed run per workdir.
     try:
-        ckpt = checkpoints.Checkpointer(
-            workdir, config_fingerprint=checkpoints.config_fingerprint(config),
-            keep=t.keep_checkpoints, best_metric='val_top1', async_save=t.async_checkpoints)
-        meta = {}
-        restored = ckpt.restore(state)
-        if restored is not None:
-            state, meta = restored
-            checkpoints.check_resume(meta, config, workdir)
-            logging.info('Resumed from step %d of %s.', int(state.step), workdir)
-        elif config.get('init_from'):  # Only a fresh run: a resumed one has its own weights.
-            state = finetune.load_into(state, config.init_from)
-        plateau = optim.Plateau.from_config(config.optim, meta.get('plateau'))
-        state = configured_learning_rate(state, config.optim, plateau)
-        # Only now, when the workdir is known to fit this config, is anything written to it:
-        # a refused rerun leaves no config.json and no TensorBoard file behind.
-        checkpoints.write_config(config, workdir)
-        recorder = metrics_lib.Recorder(workdir, num_steps=num_steps,
-                                        steps_per_epoch=steps_per_epoch,
-                                        batch_size=t.batch_size, plot=t.plot)
-        start_step = int(state.step)
-        last_saved = start_step if restored is not None else None
-        best_top1 = meta.get('best_val_top1', -math.inf)
-        elapsed = meta.get('elapsed', 0.0)
-        state = parallel.replicate(state)
-
-        mean, std = preprocess.mean_std(config.data, info.image_shape[-1])
-        p_eval_step = evaluation.make_eval_step(mean, std, config.data.image_size)
-
-        def save(step, val=None):
-            nonlocal last_saved
-            meta = {'plateau': plateau.state(), 'elapsed': elapsed + time.time() - t0,
-                    'best_val_top1': best_top1, 'fixed': checkpoints.resume_fixed(config),
-                    'topology': checkpoints.topology()}
-            ckpt.save(step, parallel.unreplicate(state), meta,
-                      metrics=None if val is None else {'val_top1': val['top1']})
-            last_saved = step
-
-        t0 = time.time()
-        val = None
-        if start_step < num_steps:
-            logging.info('Training steps %d..%d (%d per epoch).', start_step + 1, num_steps,
-                         steps_per_epoch)
-            run_step = step_runner(config, info, dropout_key, start_step)
-            pending = []  # Device metrics since the last log; fetched only at log time.
-            with preemption.PreemptionGuard() as guard:
-                for step in range(start_step + 1, num_steps + 1):
-                    state, step_metrics = run_step(state)
-                    pending.append(step_metrics)
-                    stop = guard.should_stop(step, t.log_every_steps)
-                    is_eval = _at(step, eval_every, num_steps)
-                    is_ckpt = _at(step, t.checkpoint_every_steps, num_steps) or stop
-                    if _at(step, t.log_every_steps, num_steps) or is_ckpt or is_eval:
-                        # Raises on NaN/inf, before an evaluation or a save.
-                        log_train(recorder, step, pending, last_saved=last_saved)
-                        pending = []
-                    improved = False
-                    if is_eval:
-                        val = evaluation.evaluate(p_eval_step, state, config,
-                                                  config.data.eval_split)
-                        recorder.write(step, 'val', val)
-                        state = update_plateau(plateau, state, val, config.optim, step)
-                        improved = val['top1'] > best_top1
-                        best_top1 = max(best_top1, val['top1'])
-                    if is_ckpt or improved:  # Every new best is saved: keep-best ranks it.
-                        save(step, val if is_eval else None)
-                    if stop:
-                        logging.warning('Preempted: saved step %d; rerun to resume.', step)
-                        return {'preempted_at_step': step}
-        ckpt.wait()
-        elapsed += time.time() - t0
-        return final_results(p_eval_step, state, config, val, num_steps, elapsed, recorder)
+        if mode == 'processes':
+            return seeds_lib.run_in_processes(train_one_seed, config, workdir, seeds)
+        if mode == 'sequential':
+            out = {}
+            for s in seeds:  # A preempted seed stops the rest: rerun to resume.
+                out[s] = train_one_seed(config, workdir, s)
+                if 'preempted_at_step' in out[s]:
+                    break
+            return out
+        return _train_seeds(config, info, [(s, seeds_lib.seed_dir(workdir, s)) for s in seeds],
+                            mode)
     finally:
-        if ckpt is not None:
-            ckpt.close()  # Waits for an async save in flight, even when stopping on NaN.
-        if recorder is not None:
-            recorder.close()
         lock.release()
 
 
-def check_batch_fits(config, info) -> None:
-    """A training batch larger than the training split would train 0 steps: refused up front."""
+def train_one_seed(config, workdir, seed) -> dict:
+    """Seed `seed` of config as a plain run in workdir/seed<k>; a non-finite loss fails that
+    seed only (failed.json). What the 'sequential' and 'processes' modes run for each seed."""
+    directory = seeds_lib.seed_dir(workdir, seed)
+    try:
+        return train_and_evaluate(seeds_lib.seed_config(config, seed), str(directory))
+    except NonFiniteLossError as e:
+        return {'failed': seeds_lib.record_failure(directory, e)}
+
+
+def check_data_fits(config, info) -> None:
+    """The config against the data: its classes, and a batch the training split can fill."""
     d, batch = config.data, config.train.batch_size
+    validation.check(config.model.num_classes == info.num_classes, 'model.num_classes',
+                     f'{config.model.num_classes} != {info.num_classes} classes in '
+                     f'{d.name!r}; set --config.model.num_classes={info.num_classes}.')
     n = info.num_examples[d.train_split]
     validation.check(batch <= n, 'train.batch_size',
                      f'{batch} is larger than the {n} examples of split {d.train_split!r} of '
                      f'{d.name!r}; set --config.train.batch_size to at most {n}.')
+
+
+class Seed:
+    """One seed's side of the loop: its workdir (locked for the run), checkpoints (keep-best
+    by validation top-1), metrics, plateau schedule, best score and failure. Its state starts
+    as the checkpoint's (resume), init_from's (a fresh fine-tuning run) or a fresh one."""
+
+    def __init__(self, config, info, seed: int, workdir, num_steps: int, steps_per_epoch: int,
+                 label: str = ''):
+        self.config = seeds_lib.seed_config(config, seed)
+        self.seed, self.workdir = seed, str(workdir)
+        self.failed = self.results = None  # The NonFiniteLossError / the results.json dict.
+        t = config.train
+        self.lock = checkpoints.lock_workdir(self.workdir)  # A second run here stops now.
+        self.ckpt = self.recorder = None
+        try:
+            self.state, self.dropout_key = initial_state(self.config, info, steps_per_epoch,
+                                                         num_steps)
+            self.ckpt = checkpoints.Checkpointer(
+                self.workdir, config_fingerprint=checkpoints.config_fingerprint(config),
+                keep=t.keep_checkpoints, best_metric='val_top1', async_save=t.async_checkpoints)
+            meta, restored = {}, self.ckpt.restore(self.state)
+            if restored is not None:
+                self.state, meta = restored
+                checkpoints.check_resume(meta, self.config, self.workdir)
+                logging.info('Resumed from step %d of %s.', int(self.state.step), self.workdir)
+            elif config.get('init_from'):  # Only a fresh run: a resumed one has its own weights.
+                self.state = finetune.load_into(self.state, config.init_from)
+            self.plateau = optim.Plateau.from_config(config.optim, meta.get('plateau'))
+            self.state = configured_learning_rate(self.state, config.optim, self.plateau)
+        except BaseException:
+            self.close()
+            raise
+        self.start = int(self.state.step)
+        self.last_saved = self.start if restored is not None else None
+        self.best_top1 = meta.get('best_val_top1', -math.inf)
+        self.elapsed = meta.get('elapsed', 0.0)
+        self._recorder_args = dict(num_steps=num_steps, steps_per_epoch=steps_per_epoch,
+                                   batch_size=t.batch_size, plot=t.plot, label=label)
+
+    def begin(self) -> None:
+        """Writes config.json and opens the metrics: only once every seed of the run is known
+        to fit its workdir, so a refused rerun leaves no file behind."""
+        checkpoints.write_config(self.config, self.workdir)
+        self.recorder = metrics_lib.Recorder(self.workdir, **self._recorder_args)
+
+    def save(self, step: int, state, elapsed: float, val: dict | None = None) -> None:
+        meta = {'plateau': self.plateau.state(), 'elapsed': self.elapsed + elapsed,
+                'best_val_top1': self.best_top1, 'fixed': checkpoints.resume_fixed(self.config),
+                'topology': checkpoints.topology()}
+        self.ckpt.save(step, state, meta, metrics=None if val is None else {'val_top1': val['top1']})
+        self.last_saved = step
+
+    def close(self) -> None:
+        if self.ckpt is not None:
+            self.ckpt.close()  # Waits for an async save in flight, even when stopping on NaN.
+        if self.recorder is not None:
+            self.recorder.close()
+        self.lock.release()
+
+
+def _train_seeds(config, info, seed_dirs, mode: str, raise_nan: bool = False) -> dict:
+    """The loop for `seed_dirs` [(seed, workdir)], stepped together (`mode`); seeds resumed at
+    different steps (a rerun after another mode) train in groups, one per start step."""
+    num_steps, steps_per_epoch = num_train_steps(config)
+    several = len(seed_dirs) > 1
+    seeds, out = [], {}
+    try:
+        for s, directory in seed_dirs:
+            seeds.append(Seed(config, info, s, directory, num_steps, steps_per_epoch,
+                              label=f'seed {s}: ' if several else ''))
+        for s in seeds:
+            s.begin()
+        with preemption.PreemptionGuard() as guard:
+            for start in sorted({s.start for s in seeds}):
+                group = [s for s in seeds if s.start == start]
+                stopped = _train_group(config, info, group, mode, num_steps, steps_per_epoch,
+                                       guard)
+                if stopped:
+                    logging.warning('Preempted: saved step %d; rerun to resume.', stopped)
+                    out = {s.seed: {'preempted_at_step': stopped} for s in group}
+                    return out if several else out[seeds[0].seed]
+        for s in seeds:
+            if s.failed and raise_nan:
+                raise s.failed
+            out[s.seed] = ({'failed': seeds_lib.record_failure(s.workdir, s.failed)}
+                           if s.failed else s.results)
+    finally:
+        for s in seeds:
+            s.close()
+    return out if several else out[seeds[0].seed]
+
+
+def _stack(trees):
+    """Leaves stacked on a new leading (seed) axis, in the structure of the first tree (the
+    states' static fields, e.g. the optimizer, are equal but not identical objects)."""
+    leaves = [jax.tree.leaves(t) for t in trees]
+    return jax.tree.unflatten(jax.tree.structure(trees[0]),
+                              [np.stack([np.asarray(v) for v in x]) for x in zip(*leaves)])
+
+
+def _train_group(config, info, seeds: list, mode: str, num_steps: int, steps_per_epoch: int,
+                 guard) -> int | None:
+    """Trains `seeds` (all at the same step) to num_steps and evaluates them on the test
+    split (each Seed's `results`); returns the step it stopped at on a signal, else None."""
+    t, d = config.train, config.data
+    eval_every = steps_per_epoch if t.eval_every_steps is None else t.eval_every_steps
+    state = parallel.replicate(_stack([s.state for s in seeds]))
+    keys = {'dropout': jnp.stack([s.dropout_key for s in seeds]),
+            'data': jnp.stack([device_data.data_key(s.seed) for s in seeds])}
+    for s in seeds:
+        s.state = None  # The stacked copy is the state now.
+    mean, std = preprocess.mean_std(d, info.image_shape[-1])
+    p_eval = evaluation.make_eval_step(mean, std, d.image_size, seeds=True)
+    start, val, t0 = seeds[0].start, None, time.time()
+    if start < num_steps:
+        logging.info('Training steps %d..%d (%d per epoch)%s.', start + 1, num_steps,
+                     steps_per_epoch, f' of seeds {[s.seed for s in seeds]}' * (len(seeds) > 1))
+        run_step = step_runner(config, info, keys, start, mode)
+        pending = []  # Device metrics since the last log; fetched only at log time.
+        for step in range(start + 1, num_steps + 1):
+            state, step_metrics = run_step(state)
+            pending.append(step_metrics)
+            stop = guard.should_stop(step, t.log_every_steps)
+            is_eval = due(step, eval_every, num_steps)
+            is_ckpt = due(step, t.checkpoint_every_steps, num_steps) or stop
+            if due(step, t.log_every_steps, num_steps) or is_ckpt or is_eval:
+                _log(seeds, step, pending)  # Fails a seed on NaN/inf, before eval or save.
+                pending = []
+                if all(s.failed for s in seeds):
+                    return None
+            improved = [False] * len(seeds)
+            if is_eval:
+                val = evaluation.evaluate_seeds(p_eval, state, config, d.eval_split)
+                improved = [_record_eval(s, step, v) for s, v in zip(seeds, val)]
+                state = update_plateaus(seeds, state, val, config.optim, step)
+            if is_ckpt or any(improved):  # Every new best is saved: keep-best ranks it.
+                host = parallel.unreplicate(state)
+                for i, s in enumerate(seeds):
+                    if not s.failed and (is_ckpt or improved[i]):
+                        s.save(step, jax.tree.map(lambda x, i=i: x[i], host), time.time() - t0,
+                               val[i] if is_eval else None)
+            if stop:
+                return step
+    for s in seeds:
+        s.ckpt.wait()
+    test = (val if val is not None and d.test_split == d.eval_split
+            else evaluation.evaluate_seeds(p_eval, state, config, d.test_split))
+    elapsed = time.time() - t0
+    for s, v in zip(seeds, test):
+        if not s.failed:
+            s.results = final_results(s, config, v, num_steps, s.elapsed + elapsed, mode,
+                                      len(seeds))
+    return None
+
+
+def _record_eval(seed, step: int, val: dict) -> bool:
+    """Writes a seed's validation metrics; True if they are its best so far."""
+    if seed.failed:
+        return False
+    seed.recorder.write(step, 'val', val)
+    improved = val['top1'] > seed.best_top1
+    seed.best_top1 = max(seed.best_top1, val['top1'])
+    return improved
+
+
+def _log(seeds, step: int, pending: list) -> None:
+    """Per seed, its metrics since the last log (`log_train`); a non-finite loss fails that
+    seed only: it is no longer logged, evaluated or saved, and the others go on."""
+    host = jax.tree.map(lambda *x: np.stack(x), *parallel.unreplicate(pending))  # [steps, seeds]
+    for i, s in enumerate(seeds):
+        if s.failed:
+            continue
+        try:
+            log_train(s.recorder, step, jax.tree.map(lambda x, i=i: x[:, i], host),
+                      last_saved=s.last_saved)
+        except NonFiniteLossError as e:
+            if len(seeds) > 1:
+                logging.warning('Seed %d failed, the others go on: %s', s.seed, e)
+            s.failed = e
 
 
 def configured_learning_rate(state, o, plateau):
@@ -397,14 +503,15 @@ def configured_learning_rate(state, o, plateau):
                                                            np.asarray(new, old.dtype)))
 
 
-def log_train(recorder, step: int, pending: list, last_saved: int | None = None) -> None:
-    """Averages the steps' device metrics, stops on a non-finite loss, writes them.
+def log_train(recorder, step: int, stacked: dict, last_saved: int | None = None) -> None:
+    """Averages one seed's metrics of the steps since the last log ({name: [steps]}), raises
+    NonFiniteLossError on a non-finite loss, writes them.
 
     With dynamic loss scaling a step that overflowed was skipped (nothing updated, the scale
     lowered): it is not an error unless its scale was already at MIN_LOSS_SCALE, and it is left
     out of the averages (its loss may be inf); `skipped_steps` counts such steps.
     """
-    stacked = jax.tree.map(lambda *x: np.stack(x), *parallel.unreplicate(pending))
+    stacked = dict(stacked)
     losses = np.asarray(stacked['loss'])
     ok = np.isfinite(losses)
     if 'skipped' in stacked:
@@ -429,33 +536,33 @@ def log_train(recorder, step: int, pending: list, last_saved: int | None = None)
                    num_steps_since=len(losses))
 
 
-def update_plateau(plateau, state, val: dict, o, step: int):
-    """The paper's schedule: lr / 10 when the validation error stops improving."""
+def update_plateaus(seeds, state, val: list, o, step: int):
+    """The paper's schedule, per seed: its lr / 10 when its validation error stops improving."""
     if o.schedule != 'plateau':
         return state
-    if plateau.update(1.0 - val['top1']):
-        lr = o.learning_rate * plateau.scale
-        logging.info('Validation error plateaued at step %d: learning rate -> %g.', step, lr)
-        lr = parallel.replicate(np.float32(lr))  # Same type and placement: no recompile.
-        state = state.replace(opt_state=optim.set_learning_rate(state.opt_state, lr))
-    return state
+    lowered = [not s.failed and s.plateau.update(1.0 - v['top1']) for s, v in zip(seeds, val)]
+    if not any(lowered):
+        return state
+    lr = np.asarray([o.learning_rate * s.plateau.scale for s in seeds], np.float32)
+    logging.info('Validation error plateaued at step %d: learning rate -> %s.', step,
+                 ', '.join(f'{x:g}' for x in lr))
+    lr = parallel.replicate(lr)  # Same type and placement: no recompile.
+    return state.replace(opt_state=optim.set_learning_rate(state.opt_state, lr))
 
 
-def final_results(p_eval_step, state, config, val, num_steps, elapsed, recorder) -> dict:
-    """Test-split metrics (reusing the last eval when it is the same split) -> results.json."""
-    d = config.data
-    if val is None or d.test_split != d.eval_split:
-        test = evaluation.evaluate(p_eval_step, state, config, d.test_split)
-    else:
-        test = val
+def final_results(seed, config, test: dict, num_steps: int, elapsed: float, mode: str,
+                  together: int) -> dict:
+    """A seed's test-split metrics -> its results.json."""
     results = {
         'variant': config.get('variant', 'custom'),
-        'test_split': d.test_split,
+        'test_split': config.data.test_split,
         'test_top1': test['top1'], 'test_top5': test['top5'], 'test_loss': test['loss'],
         'steps': num_steps,
-        'train_seconds': elapsed,
+        'train_seconds': elapsed,  # Wall time of the run (of all seeds stepped together).
         'images_per_second': num_steps * config.train.batch_size / max(elapsed, 1e-9),
     }
-    recorder.write(num_steps, 'test', test)
-    recorder.write_results(results)
+    if together > 1:
+        results.update(seeds_together=together, seeds_mode=mode)
+    seed.recorder.write(num_steps, 'test', test)
+    seed.recorder.write_results(results)
     return results

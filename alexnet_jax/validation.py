@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from alexnet_jax import errors
 from alexnet_jax import models
+from alexnet_jax import seeds
 
 
 ConfigError = errors.ConfigError
@@ -59,7 +60,6 @@ TRAIN_AUGMENTS = ('paper', 'inception', 'small')  # See alexnet_jax/data/augment
 EVAL_CROPS = ('center', 'ten')
 CACHE_MODES = ('auto', 'always', 'never')
 DEVICE_RESIDENT = ('auto', 'always', 'never')  # See alexnet_jax/data/device_data.py.
-SEEDS_MODES = ('auto', 'vmap', 'map', 'sequential', 'processes')  # See alexnet_jax/seeds.py.
 
 
 def validate_data(d) -> None:
@@ -186,12 +186,8 @@ def validate_seeds(config) -> None:
         w = config.seed_workers
         check(isinstance(w, int) and w >= 0, 'seed_workers',
               f'must be an integer >= 0 (0: one per CPU core), got {w!r}.')
-    if 'seeds_mode' in config:
-        _one_of(config, '', 'seeds_mode', SEEDS_MODES)
-        vectorised = config.seeds_mode in ('vmap', 'map') and config.get('num_seeds', 1) > 1
-        check(not vectorised or config.get('data', {}).get('device_resident') != 'never',
-              'seeds_mode', f'{config.seeds_mode!r} trains seeds on device-resident data; '
-              "set data.device_resident=auto (or always), or seeds_mode=sequential.")
+    if 'seeds_mode' in config:  # What a mode needs is checked where it is resolved.
+        _one_of(config, '', 'seeds_mode', seeds.MODES)
 
 
 def validate_finetune(config) -> None:

@@ -26,6 +26,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
+from alexnet_jax.data import device_data  # noqa: E402
 from alexnet_jax.data import input_pipeline  # noqa: E402
 from alexnet_jax import models  # noqa: E402
 from alexnet_jax import parallel  # noqa: E402
@@ -49,8 +50,9 @@ def main(argv):
     batch = config.train.batch_size
     num_steps, spe = train.num_train_steps(config)
     state, key = train.initial_state(config, info, spe, num_steps)
-    run_step = train.step_runner(config, info, key, 0)
-    p_state = parallel.replicate(state)
+    keys = {'dropout': key[None], 'data': device_data.data_key(config.seed)[None]}  # One seed.
+    run_step = train.step_runner(config, info, keys, 0, 'single')
+    p_state = parallel.replicate(jax.tree.map(lambda x: np.asarray(x)[None], state))
     log_every = config.train.log_every_steps
 
     def loop(n):

@@ -2,7 +2,7 @@ r"""Whole seed runs, as a sweep point trains them: seeds_mode 'sequential' vs 'p
 
   python benchmarks/seed_runs.py [--num_seeds=2 --variant=digits --epochs=4 --modes=...]
 
-Each mode trains the same seeds from scratch (`seeds.train_seeds`, fresh workdirs: data load,
+Each mode trains the same seeds from scratch (`train.train_and_evaluate`, fresh workdirs: data load,
 compile or cache load, evaluations, checkpoints, everything a run does) and prints its wall
 time and seed-images/s (seeds x steps x batch / wall). The modes alternate per round
 (--repeats), so a busy machine slows both alike; compare the ratio within one run. The XLA
@@ -21,7 +21,6 @@ from absl import logging
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 
 from alexnet_jax import cli  # noqa: E402
-from alexnet_jax import seeds as seeds_lib  # noqa: E402
 from alexnet_jax import train  # noqa: E402
 from configs import alexnet  # noqa: E402
 
@@ -47,7 +46,7 @@ def main(argv):
             config.seeds_mode = mode
             with tempfile.TemporaryDirectory() as workdir:
                 start = time.perf_counter()
-                out = seeds_lib.train_seeds(config, workdir)
+                out = train.train_and_evaluate(config, workdir)
                 walls[mode].append(time.perf_counter() - start)
             assert all('test_top1' in v for v in out.values()), out
             logging.info('round %d %s: %.1f s', r, mode, walls[mode][-1])

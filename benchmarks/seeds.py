@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
 from alexnet_jax.data import device_data  # noqa: E402
 from alexnet_jax.data import input_pipeline  # noqa: E402
@@ -47,26 +48,25 @@ def main(argv):
     keys = [{'dropout': k, 'data': device_data.data_key(s)} for k, s in zip(dkeys, seeds)]
     runners, compile_s = {}, {}
     for mode in FLAGS.modes:
-        if mode == 'sequential':
-            step, _, data = train.device_step_inputs(configs[0], info, keys[0])
-            parts = [[parallel.replicate(st), parallel.replicate(k)] for st, k in zip(states, keys)]
+        if mode == 'sequential':  # One seed's steps after another's, as separate runs.
+            parts = [[parallel.replicate(jax.tree.map(lambda x: np.asarray(x)[None], st)),
+                      train.step_runner(configs[0], info, jax.tree.map(lambda x: x[None], k), 0,
+                                        'single')] for st, k in zip(states, keys)]
 
-            def run(n, step=step, data=data, parts=parts):
-                for part in parts:  # One seed's steps after another's, as separate runs.
+            def run(n, parts=parts):
+                for part in parts:
                     for _ in range(n):
-                        part[0], _ = step(part[0], part[1], data)
+                        part[0], _ = part[1](part[0])
                 return [p[0].params for p in parts]
         else:
-            c = configs[0].copy_and_resolve_references()
-            c.update(num_seeds=len(seeds), seeds_mode=mode)
             stacked = {'dropout': jnp.stack([k['dropout'] for k in keys]),
                        'data': jnp.stack([k['data'] for k in keys])}
-            step, p_keys, data = train.device_step_inputs(c, info, stacked)
-            holder = [parallel.replicate(seeds_lib._stack(states))]  # pylint: disable=protected-access
+            step = train.step_runner(configs[0], info, stacked, 0, mode)
+            holder = [parallel.replicate(train._stack(states))]  # pylint: disable=protected-access
 
-            def run(n, step=step, data=data, p_keys=p_keys, holder=holder):
+            def run(n, step=step, holder=holder):
                 for _ in range(n):
-                    holder[0], _ = step(holder[0], p_keys, data)
+                    holder[0], _ = step(holder[0])
                 return holder[0].params
         t = time.perf_counter()
         jax.block_until_ready(run(1))

@@ -48,6 +48,28 @@ TINY = ['--config=configs/alexnet.py:fake', '--config.model.width=0.05',
         '--config.train.eval_batch_size=8', '--config.train.plot=False']
 
 
+MODES = ('one', 'vmap', 'map')  # The loop's paths: one seed, several stepped together.
+
+
+def in_mode(config, mode: str):
+    """config as `mode` runs it: 'one' unchanged; 'vmap' / 'map' two seeds stepped together,
+    on the device-resident data they need."""
+    if mode != 'one':
+        config.data.update(train_augment='small', device_resident='always', pad=4)
+        config.update(num_seeds=2, seeds_mode=mode)
+    return config
+
+
+def seed_dirs(workdir, mode: str) -> list:
+    """The workdirs of the seeds of a run in `mode` (its own for one seed, else seed<k>/)."""
+    workdir = pathlib.Path(workdir)
+    return [workdir] if mode == 'one' else [workdir / 'seed0', workdir / 'seed1']
+
+
+def seed_results(out, mode: str) -> list:
+    return [out] if mode == 'one' else [out[0], out[1]]
+
+
 def device_config(**train_overrides):
     """tiny_config with its training set resident on the devices (augmentation in the step)."""
     c = tiny_config(**train_overrides)

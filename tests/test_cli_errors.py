@@ -82,7 +82,7 @@ def test_a_preempted_sweep_exits_cleanly(tmp_path, monkeypatch, capsys):
     config.num_seeds = 1
     calls = []
 
-    def preempted(config, workdir):  # As train_and_evaluate returns after SIGTERM.
+    def preempted(config, workdir, seeds):  # As train_and_evaluate returns after SIGTERM.
         calls.append(workdir)
         return {'preempted_at_step': 3}
     monkeypatch.setattr(train, 'train_and_evaluate', preempted)

@@ -66,7 +66,7 @@ class _HostReads:
                 self.outside.append(self.step)
             return real_value.fget(arr)
         monkeypatch.setattr(jax_array.ArrayImpl, '_value', property(value))
-        real_make = train.make_train_step
+        real_make = train.make_seeds_step
 
         def make(*args, **kwargs):
             step = real_make(*args, **kwargs)
@@ -79,8 +79,8 @@ class _HostReads:
                     jax.config.update('jax_transfer_guard_device_to_host', 'disallow')
                 return step(*a)
             return counted
-        monkeypatch.setattr(train, 'make_train_step', make)
-        for module, name in ((train, 'log_train'), (evaluation, 'evaluate'),
+        monkeypatch.setattr(train, 'make_seeds_step', make)
+        for module, name in ((train, 'log_train'), (evaluation, 'evaluate_seeds'),
                              (train, 'final_results'), (parallel, 'unreplicate')):
             monkeypatch.setattr(module, name, self._allowed(getattr(module, name)))
 

@@ -11,9 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpoints
 from alexnet_jax.data import input_pipeline
-from alexnet_jax import evaluation
 from alexnet_jax import train
 from alexnet_jax import validation
 from tests.helpers import TINY, assert_trees_close, launch, saved_state, subprocess_env, tiny_config
@@ -85,14 +83,6 @@ def _records(workdir, split):
             if json.loads(l)['split'] == split]
 
 
-def _scripted_evaluate(monkeypatch, top1_at_step):
-    """evaluation.evaluate (as the loop calls it) returning the given val top-1 for the state's step (else 0)."""
-    def evaluate(p_eval_step, state, config, split):
-        top1 = top1_at_step.get(int(np.asarray(state.step)[0]), 0.0)
-        return {'loss': 1.0 - top1, 'top1': top1, 'top5': 1.0}
-    monkeypatch.setattr(evaluation, 'evaluate', evaluate)
-
-
 def test_keep_zero_checkpoints_is_refused_before_anything_is_written(tmp_path):
     config = tiny_config(keep_checkpoints=0)
     with pytest.raises(validation.ConfigError, match='config.train.keep_checkpoints: must keep'):
@@ -107,37 +97,6 @@ def test_a_failed_first_save_stops_the_run_at_once(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match='absolute'):
         train.train_and_evaluate(config, 'runs/rel')
     assert max(r['step'] for r in _records(tmp_path / 'runs/rel', 'train')) == 3
-
-
-@pytest.mark.parametrize('schedule, top1, scale', [
-    ('constant', {}, 1.0),
-    ('plateau', {2: 0.5, 4: 0.5}, 0.1),   # No improvement at step 4: one reduction (x0.1).
-])
-def test_resume_uses_the_configured_learning_rate(tmp_path, monkeypatch, schedule, top1, scale):
-    _scripted_evaluate(monkeypatch, top1)
-    config = tiny_config(num_steps=4, checkpoint_every_steps=4, eval_every_steps=2,
-                         log_every_steps=1)
-    config.optim.update(schedule=schedule, learning_rate=0.02, plateau_patience=1)
-    train.train_and_evaluate(config, str(tmp_path))
-    config.train.num_steps, config.optim.learning_rate = 6, 0.001
-    train.train_and_evaluate(config, str(tmp_path))
-    lrs = {r['step']: r['lr'] for r in _records(tmp_path, 'train')}
-    assert lrs[4] == pytest.approx(0.02)  # (The plateau reduction comes after step 4's log.)
-    assert lrs[5] == lrs[6] == pytest.approx(0.001 * scale)
-
-
-def test_resume_refuses_a_new_batch_size_and_writes_nothing(tmp_path):
-    config = tiny_config(num_steps=2, checkpoint_every_steps=2, eval_every_steps=0)
-    train.train_and_evaluate(config, str(tmp_path))
-    before = sorted((p.name, p.stat().st_mtime_ns) for p in tmp_path.rglob('*'))
-    config.train.update(batch_size=16, num_steps=4)
-    with pytest.raises(checkpoints.ConfigMismatchError, match=r'config\.train\.batch_size=16'):
-        train.train_and_evaluate(config, str(tmp_path))
-    other = tiny_config(num_steps=4)
-    other.model.width = 0.1  # A different model: refused, and no new TensorBoard file either.
-    with pytest.raises(checkpoints.ConfigMismatchError, match='width'):
-        train.train_and_evaluate(other, str(tmp_path))
-    assert sorted((p.name, p.stat().st_mtime_ns) for p in tmp_path.rglob('*')) == before
 
 
 @pytest.mark.slow  # A launch.py subprocess on one device.
@@ -157,29 +116,6 @@ def test_batch_larger_than_the_training_split_is_refused_up_front(tmp_path):
     with pytest.raises(validation.ConfigError, match='128 is larger than the 64 examples'):
         train.train_and_evaluate(config, str(tmp_path / 'run'))
     assert not (tmp_path / 'run').exists()
-
-
-def test_best_checkpoint_on_disk_is_the_validation_peak(tmp_path, monkeypatch):
-    _scripted_evaluate(monkeypatch, {2: 0.3, 4: 0.7, 6: 0.4, 8: 0.2})
-    config = tiny_config(num_steps=8, eval_every_steps=2, checkpoint_every_steps=8,
-                         keep_checkpoints=1)
-    train.train_and_evaluate(config, str(tmp_path))
-    ckpt = checkpoints.Checkpointer(str(tmp_path), config_fingerprint=checkpoints.config_fingerprint(config))
-    try:
-        assert ckpt.best_step() == 4 and sorted(ckpt.all_steps()) == [4, 8]
-    finally:
-        ckpt.close()
-
-
-def test_a_second_run_on_a_workdir_in_use_is_refused(tmp_path):
-    lock = checkpoints.lock_workdir(str(tmp_path))  # As a running launch.py holds it.
-    try:
-        with pytest.raises(checkpoints.WorkdirError, match='in use by another run'):
-            train.train_and_evaluate(tiny_config(num_steps=2), str(tmp_path))
-    finally:
-        lock.release()
-    assert list(tmp_path.iterdir()) == []
-    train.train_and_evaluate(tiny_config(num_steps=1), str(tmp_path))  # Free again.
 
 
 def test_nan_on_a_fresh_workdir_does_not_claim_a_checkpoint(tmp_path, monkeypatch):

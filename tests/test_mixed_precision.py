@@ -124,10 +124,11 @@ class _Recorder:
 
 
 def _pending(losses, skipped, scales):
-    return [{'loss': np.array([l], np.float32), 'top1': np.zeros(1, np.float32),
-             'top5': np.zeros(1, np.float32), 'lr': np.full(1, 0.01, np.float32),
-             'skipped': np.array([s], np.float32), 'loss_scale': np.array([c], np.float32)}
-            for l, s, c in zip(losses, skipped, scales)]
+    """One seed's metrics of the steps since the last log, as the loop hands them over."""
+    n = len(losses)
+    return {'loss': np.array(losses, np.float32), 'top1': np.zeros(n, np.float32),
+            'top5': np.zeros(n, np.float32), 'lr': np.full(n, 0.01, np.float32),
+            'skipped': np.array(skipped, np.float32), 'loss_scale': np.array(scales, np.float32)}
 
 
 def test_nan_stop_ignores_skipped_overflow_steps():

@@ -14,7 +14,7 @@ from absl import logging
 import pytest
 
 import alexnet_jax
-from alexnet_jax import seeds as seeds_lib
+from alexnet_jax import train
 from tests.helpers import ROOT, TINY, device_config, subprocess_env
 
 # helpers.device_config as flags (a tuple flag extends the tuple: fake_shape is replaced), its
@@ -140,7 +140,7 @@ def _library_files() -> set:
 @pytest.mark.slow  # Spawns two worker processes (each imports jax and TensorFlow).
 def test_workers_keep_the_console_as_quiet_as_the_parent(tmp_path, capfd):
     """The workers' stderr is this process's (captured here): their log lines, by file name,
-    hold no INFO line of orbax or TFDS (`cli._QuietLibraries`, as on the parent's console); a
+    hold no INFO line of orbax or TFDS (`console.quiet`, as on the parent's console); a
     worker's whole log is a few lines a seed (it was hundreds)."""
     config = device_config(num_steps=4, checkpoint_every_steps=2)
     config.update(num_seeds=2, seeds_mode='processes', seed_workers=2)
@@ -148,7 +148,7 @@ def test_workers_keep_the_console_as_quiet_as_the_parent(tmp_path, capfd):
     logging.set_verbosity(logging.INFO)  # As launch.py runs (the workers take the parent's).
     capfd.readouterr()
     try:
-        out = seeds_lib.train_seeds(config, str(tmp_path / 'run'))
+        out = train.train_and_evaluate(config, str(tmp_path / 'run'))
     finally:
         logging.set_verbosity(verbosity)
     assert set(out) == {0, 1} and all('test_loss' in r for r in out.values()), out

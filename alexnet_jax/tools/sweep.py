@@ -4,9 +4,8 @@ r"""Ablation sweeps: every grid point x seed through the same `train_and_evaluat
   python -m alexnet_jax.tools.sweep --config=configs/ablations.py:fig1 --workdir=DIR --print_commands
 
 One workdir per point and seed (`DIR/<labels>/seed<k>`); a point's seeds train together
-(`run_seeds` -> `seeds.train_seeds`: side by side in worker processes on a CPU, the same
-workers for every point, or one vmapped program on GPU/TPU, whose stacked checkpoint is
-`DIR/<labels>/checkpoints`).
+(`run_seeds` -> `train.train_and_evaluate`: side by side in worker processes on a CPU, the
+same workers for every point, or stepped together in one vmapped program on GPU/TPU).
 The sweep is resumable for free: a point
 with results.json is skipped, an interrupted one resumes from its checkpoint, a failed one is
 recorded (failed.json, with the reason) and skipped on the next run unless --retry_failed.
@@ -48,11 +47,12 @@ def run_point(sweep, point: grid.Point, root, *, retry_failed: bool = False) -> 
 
 def run_seeds(sweep, points: list, root, *, retry_failed: bool = False) -> list:
     """Trains the seeds of one grid point (`points` share a name) that have not finished, or
-    failed before unless `retry_failed`, through `seeds.train_seeds` (config.seeds_mode);
+    failed before unless `retry_failed`, through `train.train_and_evaluate` (config.seeds_mode);
     returns their rows. A failure is recorded in
     the seed's failed.json and the grid goes on; a user's error stops it (one line); a
     preempted run raises Preempted (its checkpoint resumes it next time)."""
     from alexnet_jax import seeds as seeds_lib  # Heavy; not needed for --print_commands.
+    from alexnet_jax import train
     group = pathlib.Path(root) / points[0].name
     grid.check_definition(sweep, points[0], group)  # Refuses a changed base or overrides.
 
@@ -69,7 +69,7 @@ def run_seeds(sweep, points: list, root, *, retry_failed: bool = False) -> list:
         config.num_seeds = len(missing)
         logging.info('%s: training seeds %s.', points[0].name, [p.seed for p in missing])
         try:
-            out = seeds_lib.train_seeds(config, str(group), seeds=[p.seed for p in missing])
+            out = train.train_and_evaluate(config, str(group), seeds=[p.seed for p in missing])
         except cli.UserError:  # The user's to fix (data, workdir in use, disk): stop, one line.
             raise
         except Exception as e:  # pylint: disable=broad-except  (recorded, the grid goes on)
