@@ -24,13 +24,12 @@ from flax import traverse_util
 import numpy as np
 
 from alexnet_jax import checkpoints
+from alexnet_jax.data import preprocess
 from alexnet_jax import validation
 
 # Model fields that are this run's choice (they do not change what the loaded weights mean).
 RUN_MODEL_FIELDS = ('num_classes', 'dropout_rate', 'bn_momentum', 'init_scheme', 'dtype',
                     'param_dtype')
-# Data fields that belong to the weights (as in features.PREPROCESSING).
-PREPROCESSING = ('image_size', 'resize_size', 'mean_rgb', 'stddev_rgb')
 
 
 def _fail(message: str):
@@ -56,7 +55,7 @@ def resolve_config(config):
     changes = []
     for section, keys in (('model', [k for k in source.get('model', {})
                                      if k not in RUN_MODEL_FIELDS]),
-                          ('data', PREPROCESSING)):
+                          ('data', preprocess.PREPROCESSING)):
         for key in keys:
             if key in source.get(section, {}) and key in config[section]:
                 new = source[section][key]

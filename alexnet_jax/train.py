@@ -227,9 +227,9 @@ def step_runner(config, info, keys, start_step: int, mode: str, devices=None):
     return lambda state: step(state, keys, next(batches))
 
 
-def num_train_steps(config) -> tuple[int, int]:
+def num_train_steps(config, info=None) -> tuple[int, int]:
     """(total steps, steps per epoch)."""
-    steps_per_epoch = input_pipeline.steps_per_epoch(config)
+    steps_per_epoch = input_pipeline.steps_per_epoch(config, info)
     if config.train.num_steps is not None:
         return int(config.train.num_steps), steps_per_epoch
     return int(math.ceil(config.train.num_epochs * steps_per_epoch)), steps_per_epoch
@@ -366,7 +366,7 @@ class Seed:
 def _train_seeds(config, info, seed_dirs, mode: str, raise_nan: bool = False) -> dict:
     """The loop for `seed_dirs` [(seed, workdir)], stepped together (`mode`); seeds resumed at
     different steps (a rerun after another mode) train in groups, one per start step."""
-    num_steps, steps_per_epoch = num_train_steps(config)
+    num_steps, steps_per_epoch = num_train_steps(config, info)
     several = len(seed_dirs) > 1
     seeds, out = [], {}
     try:

@@ -60,8 +60,9 @@ def get_info(config) -> DatasetInfo:
         skipped_files={s: src.skipped(s) for s in splits if src.skipped(s)})
 
 
-def steps_per_epoch(config) -> int:
-    return get_info(config).num_examples[config.data.train_split] // config.train.batch_size
+def steps_per_epoch(config, info: DatasetInfo | None = None) -> int:
+    info = get_info(config) if info is None else info
+    return info.num_examples[config.data.train_split] // config.train.batch_size
 
 
 def _hosts(process_index, process_count, local_devices):

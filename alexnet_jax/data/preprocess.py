@@ -11,6 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 
 
+# The data fields that belong to a net's weights: they were trained with this input, so a
+# fine-tuning run (finetune.py) and a features extraction (tools/features.py) take them from it.
+PREPROCESSING = ('image_size', 'resize_size', 'mean_rgb', 'stddev_rgb')
+
+
 def mean_std(d, channels: int):
     """Per-channel (mean, std) float32 of config section `d` (config.data); 1-channel data uses
     the mean of the RGB entries (a gray image)."""

@@ -26,14 +26,11 @@ from alexnet_jax import models
 from alexnet_jax import parallel
 from alexnet_jax.data import preprocess
 
-PREPROCESSING = ('image_size', 'resize_size', 'mean_rgb', 'stddev_rgb')  # Belong to the weights.
-
-
 def with_data_from(config, data_config):
     """`config` with `data_config`'s data source but `config`'s preprocessing (a copy)."""
     config = config.copy_and_resolve_references()
     for key, value in data_config.items():
-        if key not in PREPROCESSING:
+        if key not in preprocess.PREPROCESSING:
             config.data[key] = value
     return config
 
