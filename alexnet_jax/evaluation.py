@@ -58,13 +58,19 @@ def eval_step(state, batch, *, mean, std, crop_size):
     return lax.psum(jax.tree.map(jnp.sum, sums), AXIS)
 
 
-def make_eval_step(mean, std, crop_size, devices=None, seeds: bool = False):
+def make_eval_step(mean, std, crop_size, devices=None, seeds: int = 0):
     """`eval_step` pmapped over AXIS with the data's normalisation (`preprocess.mean_std`) and
-    the net's input size (config.data.image_size: the 10 crops' size); `seeds`: for a state
-    with a leading seed axis (the training loop's), the sums get one too."""
+    the net's input size (config.data.image_size: the 10 crops' size). `seeds` > 0: for a state
+    with a leading axis of that many seeds (the training loop's), the sums get one too; one
+    seed is evaluated without it, as the training loop steps it (train.make_seeds_step)."""
     step = functools.partial(eval_step, mean=mean, std=std, crop_size=crop_size)
-    return jax.pmap(jax.vmap(step, in_axes=(0, None)) if seeds else step, axis_name=AXIS,
-                    devices=devices)
+    if seeds == 1:
+        one = step
+        step = lambda state, batch: jax.tree.map(  # noqa: E731
+            lambda x: x[None], one(jax.tree.map(lambda x: x[0], state), batch))
+    elif seeds > 1:
+        step = jax.vmap(step, in_axes=(0, None))
+    return jax.pmap(step, axis_name=AXIS, devices=devices)
 
 
 def _totals(p_eval_step, state, config, split: str) -> dict:
@@ -83,7 +89,7 @@ def evaluate(p_eval_step, state, config, split: str) -> dict:
 
 
 def evaluate_seeds(p_eval_step, state, config, split: str) -> list:
-    """`evaluate` of each seed of a state with a leading seed axis (make_eval_step(seeds=True)),
-    in one pass over the split."""
+    """`evaluate` of each seed of a state with a leading seed axis (make_eval_step(seeds=n)), in
+    one pass over the split."""
     means = _totals(p_eval_step, state, config, split)
     return [{k: float(v[i]) for k, v in means.items()} for i in range(len(means['loss']))]

@@ -415,7 +415,7 @@ def _train_group(config, info, seeds: list, mode: str, num_steps: int, steps_per
     for s in seeds:
         s.state = None  # The stacked copy is the state now.
     mean, std = preprocess.mean_std(d, info.image_shape[-1])
-    p_eval = evaluation.make_eval_step(mean, std, d.image_size, seeds=True)
+    p_eval = evaluation.make_eval_step(mean, std, d.image_size, seeds=len(seeds))
     start, val, t0 = seeds[0].start, None, time.time()
     if start < num_steps:
         logging.info('Training steps %d..%d (%d per epoch)%s.', start + 1, num_steps,

@@ -300,6 +300,59 @@ def test_lr_search_choice(trials, rate, reached, edge):
     assert ('edge' in choice['why']) == edge
 
 
+@pytest.mark.parametrize('epochs, chosen, extended', [
+    ([9, 7, 5, 3], 0.3, 0.9),                  # Fastest at the top edge: try 0.9.
+    ([3, 5, 7, 9], 0.01, 0.0033),              # At the bottom edge: try 0.0033.
+    ([9, 3, 5, 7], 0.03, None),                # Bracketed.
+    ([9, 7, 3, 3], 0.1, None),                 # (A tie goes to the smaller rate, inside.)
+    ([3, 3, 5, 7], 0.01, None),                # Ties its neighbour: no trend past the edge.
+    ([9, 7, 5, None], 0.1, None),              # The top rate failed: bracketed by a failure.
+    ([5, None, None, None], 0.01, 0.001),      # Only the edge worked: a decade at most.
+    ([None, None, None, None], None, None),    # Nothing to go on.
+])
+def test_a_choice_at_an_edge_extends_the_grid_at_its_ratio(epochs, chosen, extended):
+    rates = [0.01, 0.03, 0.1, 0.3] if epochs[1:] != [None] * 3 else [0.01, 1.0, 3.0, 9.0]
+    trials = [lr_search.Trial(r, [e], [None if e is None else 0.1], ['done'])
+              for r, e in zip(rates, epochs)]
+    assert lr_search.past_edge(trials, chosen) == extended
+
+
+def test_the_search_extends_each_point_until_its_choice_is_bracketed(tmp_path):
+    """A fake run whose speed peaks at rate 1.0 for relu and 0.02 for tanh, beyond both
+    edges of the configured grid: each point's search walks out to bracket its own best."""
+    config = ablations.get_config('fig1')
+    config.lr_search_rates, config.lr_search_seeds, config.threshold = (0.03, 0.1, 0.3), 2, 0.25
+    best = {'relu': 1.0, 'tanh': 0.02}
+    ran = []
+
+    def run_point(sweep, point, root):  # Writes what a run writes: its curve and results.
+        if (root / point.dirname / 'results.json').exists():  # Finished: skipped, as sweep's.
+            return
+        ran.append(point.dirname)
+        rate = dict(point.overrides)['optim.learning_rate']
+        speed = 0.1 / (1 + np.log10(rate / best[point.labels[0]]) ** 2)
+        workdir = root / point.dirname
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / 'config.json').write_text(json.dumps({'train': {'log_every_steps': 1}}))
+        (workdir / 'metrics.jsonl').write_text(''.join(
+            json.dumps({'step': t, 'epoch': t / 10, 'split': 'train',
+                        'top1': min(1.0, speed * t)}) + '\n' for t in range(1, 101)))
+        (workdir / 'results.json').write_text(json.dumps({'test_top1': 0.9, 'test_top5': 1.0}))
+
+    choices = lr_search.run(config, tmp_path, run_point)
+    assert choices['relu']['rate'] == 0.9 and choices['tanh']['rate'] == 0.03
+    saved = json.loads((tmp_path / 'lr_search.json').read_text())
+    for name in ('relu', 'tanh'):
+        tried = [t['rate'] for t in saved[name]['trials']]
+        assert min(tried) < choices[name]['rate'] < max(tried), (name, tried)
+        assert 'edge' not in choices[name]['why']
+    assert [t['rate'] for t in saved['relu']['trials']] == [0.03, 0.1, 0.3, 0.9, 2.7]
+    assert [t['rate'] for t in saved['tanh']['trials']] == [0.009, 0.03, 0.1, 0.3]
+    assert len(ran) == 2 * 9  # Each run once: extending trains only the new rates.
+    table = (tmp_path / 'lr_search.md').read_text()
+    assert 'lr 0.009 | lr 0.03' in table and 'lr 2.7 | chosen' in table
+
+
 def test_fig1_protocol_configs():
     """No regularisation, no augmentation, cuda-convnet's init, a rate search, for both grids."""
     for name in ('fig1', 'fig1_cifar10'):
@@ -400,7 +453,7 @@ def test_fig1_print_commands_search_first_then_the_chosen_rates(tmp_path, monkey
 def test_lr_search_runs_resumes_and_applies_the_choice(tmp_path):
     config = tiny_sweep()
     config.axes = (ablations._axis(('relu', {'model.activation': 'relu'})),)
-    config.lr_search_rates, config.lr_search_seeds = (0.01, 1e30), 1
+    config.lr_search_rates, config.lr_search_seeds = (0.01, 0.1, 1e30), 1
     choices = lr_search.run(config, tmp_path, sweep.run_point)
     search = tmp_path / 'lr_search'
     assert (search / 'relu_lr0.01' / 'seed1000' / 'results.json').exists()
@@ -408,7 +461,7 @@ def test_lr_search_runs_resumes_and_applies_the_choice(tmp_path):
     assert choices['relu']['rate'] == 0.01 and choices['relu']['reached']
     saved = json.loads((tmp_path / 'lr_search.json').read_text())
     assert saved['relu']['chosen']['rate'] == 0.01
-    assert [t['status'] for t in saved['relu']['trials']] == [['done'], ['failed']]
+    assert [t['status'] for t in saved['relu']['trials']] == [['done'], ['done'], ['failed']]
     stamp = (search / 'relu_lr0.01' / 'seed1000' / 'metrics.jsonl').stat().st_mtime_ns
     assert lr_search.run(config, tmp_path, sweep.run_point) == choices  # Resumed: nothing ran.
     assert (search / 'relu_lr0.01' / 'seed1000' / 'metrics.jsonl').stat().st_mtime_ns == stamp

@@ -7,7 +7,8 @@ ROOT/lr_search/<point>_lr<rate>/seed<k> (ordinary run dirs: resumable, failures 
 sweep's own points). The chosen rate reaches `sweep.threshold` training error in the fewest
 epochs (mean over the search seeds; a rate that fails or misses the threshold for any search
 seed is not eligible); ties go to the smaller rate. If no rate reaches it, the rate with the
-lowest final training error is taken and the choice says so. The search seeds (1000, 1001, ...)
+lowest final training error is taken and the choice says so. A choice at an edge of the rates
+tried is extended past that edge until it is bracketed (`run`). The search seeds (1000, 1001, ...)
 are disjoint from the grid's seeds (0, 1, ...), so no reported run is the one its rate was
 picked on. The choices go to ROOT/lr_search.json and ROOT/lr_search.md.
 """
@@ -27,13 +28,14 @@ def enabled(sweep) -> bool:
     return bool(tuple(sweep.get('lr_search_rates', ())))
 
 
-def search_points(sweep) -> dict:
-    """{grid point name: {rate: [Point per search seed]}}; a search Point is named
+def search_points(sweep, rates: dict | None = None) -> dict:
+    """{grid point name: {rate: [Point per search seed]}} for `rates` {point name: [rates]}
+    (default: sweep.lr_search_rates for every point); a search Point is named
     <point>_lr<rate> and runs in root_of(ROOT)/<point>_lr<rate>/seed<k>."""
     out = {}
     for cell in (p for p in grid.expand(sweep) if p.seed == 0):
         out[cell.name] = {}
-        for rate in sweep.lr_search_rates:
+        for rate in (rates or {}).get(cell.name, sweep.lr_search_rates):
             out[cell.name][float(rate)] = [
                 grid.Point(cell.labels + (f'lr{rate:g}',), seed, tuple(sorted(
                     {**dict(cell.overrides), 'seed': seed, LR_FIELD: float(rate)}.items())))
@@ -41,8 +43,9 @@ def search_points(sweep) -> dict:
     return out
 
 
-def all_search_points(sweep) -> list:
-    return [p for rates in search_points(sweep).values() for ps in rates.values() for p in ps]
+def all_search_points(sweep, rates: dict | None = None) -> list:
+    return [p for by_rate in search_points(sweep, rates).values() for ps in by_rate.values()
+            for p in ps]
 
 
 def root_of(root) -> pathlib.Path:
@@ -57,12 +60,12 @@ class Trial:
     status: list
 
 
-def trials(sweep, root) -> dict:
+def trials(sweep, root, rates: dict | None = None) -> dict:
     """{grid point name: [Trial per rate]}, read from the search runs' directories."""
     out = {}
-    for name, rates in search_points(sweep).items():
+    for name, by_rate in search_points(sweep, rates).items():
         out[name] = []
-        for rate, points in rates.items():
+        for rate, points in sorted(by_rate.items()):
             epochs, final, status = [], [], []
             for p in points:
                 workdir = root_of(root) / p.dirname
@@ -96,15 +99,56 @@ def choose(trial_list: list, threshold: float) -> dict:
                    f'({statistics.fmean(best.final_error):.1%}); raise train.num_epochs'}
 
 
+MAX_EXTENSIONS = 4  # Rates a point's search may add past an edge of the grid.
+
+
 def run(sweep, root, run_point) -> dict:
     """Runs (or resumes) the search with `run_point(sweep, point, root)`; returns the choices
-    {point name: choose(...)} and writes lr_search.json / .md in `root`."""
-    for point in all_search_points(sweep):
-        run_point(sweep, point, root_of(root))
-    found = trials(sweep, root)
-    choices = {name: choose(t, sweep.threshold) for name, t in found.items()}
+    {point name: choose(...)} and writes lr_search.json / .md in `root`.
+
+    A choice at an edge of its point's rates is not known to be the best: that point gets the
+    next rate past the edge (`past_edge`) and the search goes on, until every choice is
+    bracketed by rates tried on both sides, or MAX_EXTENSIONS rates were added.
+    """
+    rates = {name: sorted(map(float, sweep.lr_search_rates)) for name in search_points(sweep)}
+    for _ in range(MAX_EXTENSIONS + 1):
+        for point in all_search_points(sweep, rates):
+            run_point(sweep, point, root_of(root))
+        found = trials(sweep, root, rates)
+        choices = {name: choose(t, sweep.threshold) for name, t in found.items()}
+        extend = {name: past_edge(found[name], c['rate']) for name, c in choices.items()}
+        extend = {name: rate for name, rate in extend.items() if rate is not None}
+        if not extend:
+            break
+        for name, rate in extend.items():
+            rates[name] = sorted(rates[name] + [rate])
     write(sweep, found, choices, root)
     return choices
+
+
+def past_edge(trial_list: list, chosen: float | None) -> float | None:
+    """The next rate past the edge of the rates tried where `chosen` sits, at the grid's own
+    ratio (at most a decade: 0.1, 0.3 -> 0.9), or None: when it lies inside them, or when it only
+    ties its inner neighbour (no trend points past the edge)."""
+    by_rate = {t.rate: t for t in trial_list}
+    rates = sorted(by_rate)
+    if chosen is None or len(rates) < 2 or rates[0] < chosen < rates[-1]:
+        return None
+    edge, inner = (rates[-1], rates[-2]) if chosen == rates[-1] else (rates[0], rates[1])
+    here, there = _score(by_rate[edge]), _score(by_rate[inner])
+    if there is not None and not here < there:
+        return None
+    ratio = min(max(edge / inner, inner / edge), 10.0)
+    return float(f'{edge * ratio if edge > inner else edge / ratio:.2g}')
+
+
+def _score(trial):
+    """How good a rate is, as `choose` ranks them (lower is better); None if a run failed."""
+    if trial.epochs and all(e is not None for e in trial.epochs):
+        return (0, statistics.fmean(trial.epochs))
+    if trial.final_error and None not in trial.final_error:
+        return (1, statistics.fmean(trial.final_error))
+    return None
 
 
 def apply(points: list, choices: dict) -> list:
@@ -128,15 +172,19 @@ def write(sweep, found: dict, choices: dict, root) -> str:
                      'trials': [dataclasses.asdict(t) for t in found[name]]} for name in found}
     (root / 'lr_search.json').write_text(json.dumps(record, indent=2) + '\n')
     seeds = ', '.join(str(SEARCH_SEED0 + k) for k in range(sweep.lr_search_seeds))
+    by_rate = {name: {t.rate: t for t in trial_list} for name, trial_list in found.items()}
+    all_rates = sorted({r for rates in by_rate.values() for r in rates})
     lines = [f'# Learning-rate search (`{sweep.grid}`, search seeds {seeds})', '',
              f'Epochs to {sweep.threshold:.0%} training error per rate (mean over the search '
              f'seeds; "-": not reached or failed); final training error in brackets.', '',
-             '| point | ' + ' | '.join(f'lr {t.rate:g}' for t in next(iter(found.values())))
-             + ' | chosen | why |',
-             '|---|' + '---|' * (len(sweep.lr_search_rates) + 2)]
+             '| point | ' + ' | '.join(f'lr {r:g}' for r in all_rates) + ' | chosen | why |',
+             '|---|' + '---|' * (len(all_rates) + 2)]
     for name, trial_list in found.items():
         cells = []
-        for t in trial_list:
+        for t in (by_rate[name].get(r) for r in all_rates):
+            if t is None:  # A rate another point's search added.
+                cells.append('')
+                continue
             e = ('-' if any(x is None for x in t.epochs) else f'{statistics.fmean(t.epochs):.2f}')
             f = ('failed' if None in t.final_error else f'{statistics.fmean(t.final_error):.1%}')
             cells.append(f'{e} ({f})')
