@@ -75,12 +75,12 @@ class Recorder:
             scalars.update(steps_per_second=rate, images_per_second=rate * self.batch_size)
             eta = (self.num_steps - step) / max(rate, 1e-9)
             logging.info('%sstep %d/%d (%.0f%%)  loss %.4f  top1 %.2f%%  lr %.3g  %.1f steps/s  '
-                         '%.0f img/s  ETA %s', self.label, step, self.num_steps, 100 * step / self.num_steps,
-                         scalars['loss'], 100 * scalars['top1'], scalars['lr'], rate,
+                         '%.0f img/s  ETA %s', self.label, step, self.num_steps,
+                         100 * step / self.num_steps, scalars['loss'], 100 * scalars['top1'], scalars['lr'], rate,
                          rate * self.batch_size, time.strftime('%H:%M:%S', time.gmtime(eta)))
         else:
-            logging.info('%sstep %d %s: loss %.4f  top1 %.2f%%  top5 %.2f%%', self.label, step, split,
-                         scalars['loss'], 100 * scalars['top1'], 100 * scalars['top5'])
+            logging.info('%sstep %d %s: loss %.4f  top1 %.2f%%  top5 %.2f%%', self.label, step,
+                         split, scalars['loss'], 100 * scalars['top1'], 100 * scalars['top5'])
         self.writer.write_scalars(step, {f'{split}/{k}': v for k, v in scalars.items()})
         if not self.lead:
             return

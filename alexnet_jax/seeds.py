@@ -87,8 +87,9 @@ def worker_cores(config, num_seeds: int) -> list:
 
 def run_in_processes(train_one, config, workdir, seeds) -> dict:
     """`train_one(config, workdir, seed)` (train.train_one_seed: a plain run) for each seed,
-    several at once: one spawned worker process per share of the CPU cores, pinned to it. XLA:CPU does not keep 2 cores busy on a small net:
-    two 1-core digits runs at once train ~1.5x the images/s of one 2-core run after another
+    several at once: one spawned worker process per share of the CPU cores, pinned to it.
+    XLA:CPU does not keep 2 cores busy on a small net: two 1-core digits runs at once train
+    ~1.5x the images/s of one 2-core run after another
     (benchmarks/RESULTS.md). Each worker imports and loads once and runs seed after seed
     (and, inside `shared_workers`, point after point).
 

@@ -199,7 +199,8 @@ def make_seeds_step(one, mode: str, devices=None):
     if mode == 'vmap':
         fn = jax.vmap(one, in_axes=(0, 0, None))
     elif mode == 'map':
-        fn = lambda state, keys, data: lax.map(lambda sk: one(*sk, data), (state, keys))  # noqa: E731
+        fn = lambda state, keys, data: lax.map(  # noqa: E731
+            lambda sk: one(*sk, data), (state, keys))
     else:
         first = functools.partial(jax.tree.map, lambda x: x[0])
         fn = lambda state, keys, data: jax.tree.map(  # noqa: E731
@@ -352,7 +353,8 @@ class Seed:
         meta = {'plateau': self.plateau.state(), 'elapsed': self.elapsed + elapsed,
                 'best_val_top1': self.best_top1, 'fixed': checkpoints.resume_fixed(self.config),
                 'topology': checkpoints.topology()}
-        self.ckpt.save(step, state, meta, metrics=None if val is None else {'val_top1': val['top1']})
+        self.ckpt.save(step, state, meta,
+                       metrics=None if val is None else {'val_top1': val['top1']})
         self.last_saved = step
 
     def close(self) -> None:
@@ -378,8 +380,8 @@ def _train_seeds(config, info, seed_dirs, mode: str, raise_nan: bool = False) ->
         with preemption.PreemptionGuard() as guard:
             for start in sorted({s.start for s in seeds}):
                 group = [s for s in seeds if s.start == start]
-                stopped = _train_group(config, info, group, mode, num_steps, steps_per_epoch,
-                                       guard)
+                stopped = _train_group(config, info, group, mode if len(group) > 1 else 'single',
+                                       num_steps, steps_per_epoch, guard)
                 if stopped:
                     logging.warning('Preempted: saved step %d; rerun to resume.', stopped)
                     out = {s.seed: {'preempted_at_step': stopped} for s in group}
