@@ -37,7 +37,8 @@ def seed_list(config) -> list:
 def seed_config(config, seed: int):
     """The standalone config of one seed (what seed<k>/config.json records)."""
     c = config.copy_and_resolve_references()
-    c.seed, c.num_seeds = seed, 1
+    with c.unlocked():  # A config file may have no num_seeds field.
+        c.seed, c.num_seeds = seed, 1
     return c
 
 
@@ -141,17 +142,19 @@ def run_in_processes(train_one, config, workdir, seeds) -> dict:
         if guard.requested:
             logging.warning('Stopped by %s: seeds that were training saved a checkpoint; rerun '
                             'to resume.', guard.signal_name)
+            for s in seeds:  # Seeds the stop kept from starting: a rerun trains them.
+                out.setdefault(s, {'preempted_at_step': None})
     return {s: out[s] for s in seeds if s in out}
 
 
 _workers_live = None  # The worker pool: {'shares', 'pool', 'stop'} (`_workers`).
-_keep_workers = False  # Inside `shared_workers`: the pool outlives a `train_seeds` call.
+_keep_workers = False  # Inside `shared_workers`: the pool outlives a `run_in_processes` call.
 
 
 @contextlib.contextmanager
 def shared_workers():
     """Inside this block seeds_mode='processes' keeps its worker processes from one
-    `train_seeds` call to the next, so a sweep's points after the first skip the workers'
+    `run_in_processes` call to the next, so a sweep's points after the first skip the workers'
     start (spawn, importing jax and TensorFlow: ~10 s a point on 2 cores) and reuse what each
     worker loaded (the device-resident data set)."""
     global _keep_workers  # pylint: disable=global-statement  (one pool per parent process)
@@ -225,7 +228,7 @@ def _die_with_parent(parent: int) -> None:
     each), deaf to SIGTERM, and hold their workdirs against the rerun. Killing it mid-save is
     safe: orbax writes a checkpoint to a temporary directory and renames it when complete, and
     a rerun ignores the temporary one. The kernel's "parent" is the thread that spawned the
-    worker: `submit`, in the thread that calls `train_seeds` (the main thread)."""
+    worker: `submit`, in the thread that calls `run_in_processes` (the main thread)."""
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
         raise OSError(ctypes.get_errno(), 'prctl(PR_SET_PDEATHSIG)')

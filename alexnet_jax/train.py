@@ -25,6 +25,7 @@ import time
 from typing import Any
 
 from absl import logging
+from etils import epath
 import flax.linen as nn
 from flax.training import dynamic_scale as dynamic_scale_lib
 from flax.training import train_state
@@ -267,6 +268,10 @@ def train_and_evaluate(config, workdir: str, seeds=None) -> dict:
     if plain:
         return _train_seeds(config, info, [(int(config.seed), workdir)], 'single', raise_nan=True)
     lock = checkpoints.lock_workdir(workdir)  # One multi-seed run per workdir.
+    if (epath.Path(workdir) / checkpoints.CHECKPOINT_SUBDIR).exists():
+        logging.warning('%s/%s holds all seeds stacked, as runs before the one loop saved them; '
+                        'it is not resumed: each seed trains in %s/seed<k>.', workdir,
+                        checkpoints.CHECKPOINT_SUBDIR, workdir)
     try:
         if mode == 'processes':
             return seeds_lib.run_in_processes(train_one_seed, config, workdir, seeds)
@@ -311,9 +316,9 @@ class Seed:
     as the checkpoint's (resume), init_from's (a fresh fine-tuning run) or a fresh one."""
 
     def __init__(self, config, info, seed: int, workdir, num_steps: int, steps_per_epoch: int,
-                 label: str = ''):
+                 label: str = '', stop_on_nan: bool = False):
         self.config = seeds_lib.seed_config(config, seed)
-        self.seed, self.workdir = seed, str(workdir)
+        self.seed, self.workdir, self.stop_on_nan = seed, str(workdir), stop_on_nan
         self.failed = self.results = None  # The NonFiniteLossError / the results.json dict.
         t = config.train
         self.lock = checkpoints.lock_workdir(self.workdir)  # A second run here stops now.
@@ -357,6 +362,14 @@ class Seed:
                        metrics=None if val is None else {'val_top1': val['top1']})
         self.last_saved = step
 
+    def fail(self, error: NonFiniteLossError) -> None:
+        """Its loss went non-finite: it is no longer logged, evaluated or saved. A plain run
+        stops on it (the loop raises it); a seed of several records it now (failed.json), so a
+        rerun, or a sweep, knows whatever ends the run later."""
+        self.failed = error
+        if not self.stop_on_nan:
+            self.results = {'failed': seeds_lib.record_failure(self.workdir, error)}
+
     def close(self) -> None:
         if self.ckpt is not None:
             self.ckpt.close()  # Waits for an async save in flight, even when stopping on NaN.
@@ -374,7 +387,7 @@ def _train_seeds(config, info, seed_dirs, mode: str, raise_nan: bool = False) ->
     try:
         for s, directory in seed_dirs:
             seeds.append(Seed(config, info, s, directory, num_steps, steps_per_epoch,
-                              label=f'seed {s}: ' if several else ''))
+                              label=f'seed {s}: ' if several else '', stop_on_nan=raise_nan))
         for s in seeds:
             s.begin()
         with preemption.PreemptionGuard() as guard:
@@ -382,15 +395,14 @@ def _train_seeds(config, info, seed_dirs, mode: str, raise_nan: bool = False) ->
                 group = [s for s in seeds if s.start == start]
                 stopped = _train_group(config, info, group, mode if len(group) > 1 else 'single',
                                        num_steps, steps_per_epoch, guard)
+                for s in group:
+                    if s.failed and s.stop_on_nan:
+                        raise s.failed
+                    out[s.seed] = (s.results if s.failed or not stopped
+                                   else {'preempted_at_step': stopped})
                 if stopped:
                     logging.warning('Preempted: saved step %d; rerun to resume.', stopped)
-                    out = {s.seed: {'preempted_at_step': stopped} for s in group}
-                    return out if several else out[seeds[0].seed]
-        for s in seeds:
-            if s.failed and raise_nan:
-                raise s.failed
-            out[s.seed] = ({'failed': seeds_lib.record_failure(s.workdir, s.failed)}
-                           if s.failed else s.results)
+                    break
     finally:
         for s in seeds:
             s.close()
@@ -422,7 +434,9 @@ def _train_group(config, info, seeds: list, mode: str, num_steps: int, steps_per
     if start < num_steps:
         logging.info('Training steps %d..%d (%d per epoch)%s.', start + 1, num_steps,
                      steps_per_epoch, f' of seeds {[s.seed for s in seeds]}' * (len(seeds) > 1))
-        run_step = step_runner(config, info, keys, start, mode)
+        # seeds[0].config: a one-seed tf.data stream is that seed's (device-resident batches
+        # follow each seed's data key, in `keys`).
+        run_step = step_runner(seeds[0].config, info, keys, start, mode)
         pending = []  # Device metrics since the last log; fetched only at log time.
         for step in range(start + 1, num_steps + 1):
             state, step_metrics = run_step(state)
@@ -450,9 +464,9 @@ def _train_group(config, info, seeds: list, mode: str, num_steps: int, steps_per
                 return step
     for s in seeds:
         s.ckpt.wait()
+    elapsed = time.time() - t0  # Training, as results.json's train_seconds says.
     test = (val if val is not None and d.test_split == d.eval_split
             else evaluation.evaluate_seeds(p_eval, state, config, d.test_split))
-    elapsed = time.time() - t0
     for s, v in zip(seeds, test):
         if not s.failed:
             s.results = final_results(s, config, v, num_steps, s.elapsed + elapsed, mode,
@@ -483,7 +497,7 @@ def _log(seeds, step: int, pending: list) -> None:
         except NonFiniteLossError as e:
             if len(seeds) > 1:
                 logging.warning('Seed %d failed, the others go on: %s', s.seed, e)
-            s.failed = e
+            s.fail(e)
 
 
 def configured_learning_rate(state, o, plateau):

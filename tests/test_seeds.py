@@ -18,6 +18,7 @@ from alexnet_jax.data import input_pipeline
 from alexnet_jax import parallel
 from alexnet_jax import seeds as seeds_lib
 from alexnet_jax import train
+from alexnet_jax import validation
 from tests.helpers import assert_trees_close, device_config, saved_state
 
 
@@ -55,6 +56,10 @@ def test_the_mode_is_resolved_once_with_one_rule():
     assert seeds_lib.resolve_mode(config, 2, on_device=True) == 'vmap'
     with pytest.raises(errors.ConfigError, match="config.seeds_mode: 'vmap' needs device-resident"):
         seeds_lib.resolve_mode(config, 2, on_device=False)
+    config.data.device_resident = 'never'  # Known from the config alone: refused up front.
+    config.num_seeds = 2
+    with pytest.raises(errors.ConfigError, match="'vmap' needs device-resident"):
+        validation.validate_config(config)
     config.seeds_mode = 'auto'  # On a multi-core CPU: side by side in processes.
     several_cores = len(os.sched_getaffinity(0)) > 1
     assert seeds_lib.resolve_mode(config, 2, on_device=True) == (
@@ -100,3 +105,12 @@ def test_seeds_in_processes_equal_standalone_and_a_signal_stops_them_resumably(t
         assert int(state.step) == out[s]['preempted_at_step'] < 100_000
         assert not (workdir / f'seed{s}' / 'results.json').exists()
     assert not (workdir / 'seed2').exists()
+
+
+def test_a_seed_config_of_a_locked_config_without_num_seeds():
+    """launch.py locks its config; a config file need not have num_seeds (a plain run)."""
+    config = device_config()
+    del config['num_seeds']
+    config.lock()
+    one = seeds_lib.seed_config(config, 3)
+    assert (one.seed, one.num_seeds) == (3, 1) and 'num_seeds' not in config

@@ -158,6 +158,12 @@ def test_a_rerun_with_a_changed_definition_is_refused_and_more_seeds_share_the_r
     assert (tmp_path / 'relu' / 'seed0' / 'results.json').read_text() == results
     assert json.loads((tmp_path / 'relu' / 'point.json').read_text())['overrides'][
         'model.activation'] == 'relu'
+    # A field the code added or removed since (only one side has it) is not a change of the user's.
+    record = json.loads((tmp_path / 'relu' / 'point.json').read_text())
+    del record['config']['train.num_epochs']
+    (tmp_path / 'relu' / 'point.json').write_text(json.dumps(record))
+    assert [r['status'] for r in sweep.run_seeds(config, grid_lib.expand(config), tmp_path)] == [
+        'done', 'done']
 
 
 @pytest.mark.slow  # One spawned seed worker (it imports jax and TensorFlow) and two tiny runs.
@@ -215,6 +221,10 @@ def test_epochs_to_threshold_do_not_depend_on_where_a_preemption_logged(tmp_path
     step, epoch, error = grid_lib.training_error_curve(tmp_path / 'resumed89')[40]
     assert (step, epoch) == (82, 82 / 19)
     assert error == pytest.approx(np.mean(errors[62:82]), abs=1e-9)
+    # train.log_every_steps=0 (log only at the end, as validation allows): one window a record.
+    _write_run(tmp_path / 'end_only', errors, [steps], 0, per_epoch)
+    assert grid_lib.training_error_curve(tmp_path / 'end_only') == [
+        (steps, steps / 19, pytest.approx(np.mean(errors)))]  # The record averages them all.
 
 
 def grid_rows(errors: dict, epochs: dict = None) -> list:
@@ -325,7 +335,11 @@ def test_the_search_extends_each_point_until_its_choice_is_bracketed(tmp_path):
     best = {'relu': 1.0, 'tanh': 0.02}
     ran = []
 
-    def run_point(sweep, point, root):  # Writes what a run writes: its curve and results.
+    def run_seeds(sweep, points, root):  # Writes what a run writes: its curve and results.
+        for point in points:
+            run_point(sweep, point, root)
+
+    def run_point(sweep, point, root):
         if (root / point.dirname / 'results.json').exists():  # Finished: skipped, as sweep's.
             return
         ran.append(point.dirname)
@@ -339,7 +353,7 @@ def test_the_search_extends_each_point_until_its_choice_is_bracketed(tmp_path):
                         'top1': min(1.0, speed * t)}) + '\n' for t in range(1, 101)))
         (workdir / 'results.json').write_text(json.dumps({'test_top1': 0.9, 'test_top5': 1.0}))
 
-    choices = lr_search.run(config, tmp_path, run_point)
+    choices = lr_search.run(config, tmp_path, run_seeds)
     assert choices['relu']['rate'] == 0.9 and choices['tanh']['rate'] == 0.03
     saved = json.loads((tmp_path / 'lr_search.json').read_text())
     for name in ('relu', 'tanh'):
@@ -454,7 +468,7 @@ def test_lr_search_runs_resumes_and_applies_the_choice(tmp_path):
     config = tiny_sweep()
     config.axes = (ablations._axis(('relu', {'model.activation': 'relu'})),)
     config.lr_search_rates, config.lr_search_seeds = (0.01, 0.1, 1e30), 1
-    choices = lr_search.run(config, tmp_path, sweep.run_point)
+    choices = lr_search.run(config, tmp_path, sweep.run_seeds)
     search = tmp_path / 'lr_search'
     assert (search / 'relu_lr0.01' / 'seed1000' / 'results.json').exists()
     assert 'NonFiniteLossError' in (search / 'relu_lr1e+30' / 'seed1000' / 'failed.json').read_text()
@@ -463,7 +477,7 @@ def test_lr_search_runs_resumes_and_applies_the_choice(tmp_path):
     assert saved['relu']['chosen']['rate'] == 0.01
     assert [t['status'] for t in saved['relu']['trials']] == [['done'], ['done'], ['failed']]
     stamp = (search / 'relu_lr0.01' / 'seed1000' / 'metrics.jsonl').stat().st_mtime_ns
-    assert lr_search.run(config, tmp_path, sweep.run_point) == choices  # Resumed: nothing ran.
+    assert lr_search.run(config, tmp_path, sweep.run_seeds) == choices  # Resumed: nothing ran.
     assert (search / 'relu_lr0.01' / 'seed1000' / 'metrics.jsonl').stat().st_mtime_ns == stamp
     (point,) = lr_search.apply(grid_lib.expand(config), choices)
     assert dict(point.overrides)['optim.learning_rate'] == 0.01 and point.dirname == 'relu/seed0'

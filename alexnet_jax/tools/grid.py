@@ -78,7 +78,7 @@ def point_config(sweep, point: Point):
 # Fields that decide how a point's seeds run, not what they train: a rerun may change them.
 NOT_DEFINING = ('seed', 'num_seeds', 'seeds_mode', 'seed_workers', 'train.async_checkpoints',
                 'train.keep_checkpoints', 'train.checkpoint_every_steps', 'train.plot',
-                'data.data_dir', 'data.num_parallel_calls', 'data.cache')
+                'train.eval_batch_size', 'data.data_dir', 'data.num_parallel_calls', 'data.cache')
 DEFINITION_FILE = 'point.json'
 
 
@@ -106,8 +106,8 @@ def check_definition(sweep, point: Point, group) -> None:
         recorded = {p: definition(ml_collections.ConfigDict(json.loads(p.read_text())))
                     for p in sorted(group.glob('seed*/config.json')) if p.is_file()}
     for where, theirs in recorded.items():
-        changed = [f'{k}: {theirs.get(k, "(none)")!r} -> {ours.get(k, "(none)")!r}'
-                   for k in sorted(ours.keys() | theirs.keys()) if ours.get(k) != theirs.get(k)]
+        changed = [f'{k}: {theirs[k]!r} -> {ours[k]!r}'  # A field only one side has: code.
+                   for k in sorted(ours.keys() & theirs.keys()) if ours[k] != theirs[k]]
         if changed:
             raise DefinitionError(
                 f'{group} was trained with another definition ({where}): '
@@ -165,7 +165,7 @@ def training_error_curve(workdir) -> list:
     train = [h for h in metrics.read_history(workdir) if h['split'] == 'train']
     if not train:
         return []
-    every = json.loads((workdir / 'config.json').read_text())['train']['log_every_steps']
+    every = max(1, json.loads((workdir / 'config.json').read_text())['train']['log_every_steps'])
     steps_per_epoch = train[-1]['step'] / train[-1]['epoch']
     windows = {}  # Window index -> [sum of error x steps, steps, last step].
     previous = 0

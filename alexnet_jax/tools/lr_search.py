@@ -102,9 +102,10 @@ def choose(trial_list: list, threshold: float) -> dict:
 MAX_EXTENSIONS = 4  # Rates a point's search may add past an edge of the grid.
 
 
-def run(sweep, root, run_point) -> dict:
-    """Runs (or resumes) the search with `run_point(sweep, point, root)`; returns the choices
-    {point name: choose(...)} and writes lr_search.json / .md in `root`.
+def run(sweep, root, run_seeds) -> dict:
+    """Runs (or resumes) the search with `run_seeds(sweep, points, root)` (a rate's search seeds
+    together, as a grid point's); returns the choices {point name: choose(...)} and writes
+    lr_search.json / .md in `root`.
 
     A choice at an edge of its point's rates is not known to be the best: that point gets the
     next rate past the edge (`past_edge`) and the search goes on, until every choice is
@@ -112,8 +113,9 @@ def run(sweep, root, run_point) -> dict:
     """
     rates = {name: sorted(map(float, sweep.lr_search_rates)) for name in search_points(sweep)}
     for _ in range(MAX_EXTENSIONS + 1):
-        for point in all_search_points(sweep, rates):
-            run_point(sweep, point, root_of(root))
+        for by_rate in search_points(sweep, rates).values():
+            for points in by_rate.values():
+                run_seeds(sweep, points, root_of(root))
         found = trials(sweep, root, rates)
         choices = {name: choose(t, sweep.threshold) for name, t in found.items()}
         extend = {name: past_edge(found[name], c['rate']) for name, c in choices.items()}

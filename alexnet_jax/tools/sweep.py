@@ -345,7 +345,7 @@ def main(argv):
             notes = []
             if search:  # Fig. 1's protocol: each point trains at the rate its search found fastest.
                 choices = lr_search.run(sweep, root, functools.partial(
-                    run_point, retry_failed=FLAGS.retry_failed))
+                    run_seeds, retry_failed=FLAGS.retry_failed))
                 print((root / 'lr_search.md').read_text())
                 points = lr_search.apply(points, choices)
                 notes = ['Learning rates (lr_search.md): ' + ', '.join(
