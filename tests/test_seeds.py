@@ -99,7 +99,8 @@ def test_seeds_in_processes_equal_standalone_and_a_signal_stops_them_resumably(t
         os.kill(os.getpid(), signal.SIGTERM)
     threading.Thread(target=signal_once_both_saved, daemon=True).start()
     out = train.train_and_evaluate(config, str(workdir))
-    assert set(out) == {0, 1} and all('preempted_at_step' in r for r in out.values()), out
+    assert set(out) == {0, 1, 2} and all('preempted_at_step' in r for r in out.values()), out
+    assert out[2]['preempted_at_step'] is None  # Never started: the rerun trains it.
     for s in (0, 1):
         state, _ = saved_state(seeds_lib.seed_config(config, s), str(workdir / f'seed{s}'))
         assert int(state.step) == out[s]['preempted_at_step'] < 100_000
