@@ -99,35 +99,63 @@ def test_a_second_run_on_a_workdir_in_use_is_refused(tmp_path, mode):
     train.train_and_evaluate(config, str(tmp_path))  # Free again.
 
 
-def _poison_seed(monkeypatch, bad_seed):
-    """Seed `bad_seed` starts from NaN weights: its loss is NaN from the first step."""
+def _poison_seed(monkeypatch, *bad_seeds):
+    """`bad_seeds` start from NaN weights: their loss is NaN from the first step."""
     real = train.initial_state
 
     def initial_state(config, *args):
         state, key = real(config, *args)
-        if config.seed == bad_seed:
+        if config.seed in bad_seeds:
             state = state.replace(params=jax.tree.map(lambda x: x * np.nan, state.params))
         return state, key
     monkeypatch.setattr(train, 'initial_state', initial_state)
 
 
 @pytest.mark.parametrize('mode', MODES)
-def test_a_non_finite_loss_fails_that_seed_only(tmp_path, monkeypatch, mode):
+def test_a_non_finite_loss_fails_that_seed_only(tmp_path, monkeypatch, caplog, mode):
     config = in_mode(tiny_config(num_steps=4, log_every_steps=2, eval_every_steps=2), mode)
-    _poison_seed(monkeypatch, bad_seed=0 if mode == 'one' else 1)
+    _poison_seed(monkeypatch, 0 if mode == 'one' else 1)
     if mode == 'one':  # A plain run stops on it, one line, no failed.json.
         with pytest.raises(train.NonFiniteLossError, match='No checkpoint was saved yet'):
             train.train_and_evaluate(config, str(tmp_path))
         assert not (tmp_path / 'failed.json').exists()
         return
-    out = train.train_and_evaluate(config, str(tmp_path))
+    with caplog.at_level('INFO'):
+        out = train.train_and_evaluate(config, str(tmp_path))
     assert out[0]['steps'] == 4 and 'NonFiniteLossError' in out[1]['failed']
+    assert any(r.getMessage().startswith('seed 0: step 4/4') for r in caplog.records)
     good, bad = seed_dirs(tmp_path, mode)
     assert (good / 'results.json').exists() and not (good / 'failed.json').exists()
     assert json.loads((bad / 'failed.json').read_text())['reason'].startswith('NonFiniteLossError')
     assert not (bad / 'results.json').exists()
     assert not (bad / 'metrics.jsonl').exists() or not _records(bad, 'val')  # Not evaluated.
     assert not list((bad / 'checkpoints').glob('[0-9]*'))
+
+
+@pytest.mark.parametrize('mode', ['vmap', 'map'])
+def test_every_seed_failing_records_each_and_says_which_seed_logged_what(tmp_path, monkeypatch,
+                                                                         caplog, mode):
+    config = in_mode(tiny_config(num_steps=4, log_every_steps=2, eval_every_steps=0), mode)
+    _poison_seed(monkeypatch, 0, 1)
+    with caplog.at_level('WARNING'):
+        out = train.train_and_evaluate(config, str(tmp_path))  # No exception: a sweep goes on.
+    assert all('NonFiniteLossError' in out[s]['failed'] for s in (0, 1))
+    for workdir in seed_dirs(tmp_path, mode):
+        assert (workdir / 'failed.json').exists() and not (workdir / 'results.json').exists()
+    assert [r.getMessage()[:7] for r in caplog.records if 'failed, the others go on' in
+            r.getMessage()] == ['Seed 0 ', 'Seed 1 ']
+
+
+@pytest.mark.parametrize('mode', MODES)
+def test_the_data_checks_run_on_every_path(tmp_path, mode):
+    config = in_mode(tiny_config(batch_size=128), mode)  # The fake train split has 64.
+    with pytest.raises(train.validation.ConfigError, match='128 is larger than the 64 examples'):
+        train.train_and_evaluate(config, str(tmp_path / 'run'))
+    config = in_mode(tiny_config(), mode)
+    config.model.num_classes = 5  # The data has 10.
+    with pytest.raises(train.validation.ConfigError, match='model.num_classes: 5 != 10'):
+        train.train_and_evaluate(config, str(tmp_path / 'run'))
+    assert not (tmp_path / 'run').exists()
 
 
 @pytest.mark.parametrize('mode', ['vmap', 'map'])
@@ -142,7 +170,7 @@ def test_a_sweep_point_records_a_failed_seed_and_goes_on(tmp_path, monkeypatch, 
         'train.num_steps': 2, 'train.plot': False, 'seeds_mode': mode}.items()))
     config.axes = (config.axes[0][:1],)
     config.num_seeds = 2
-    _poison_seed(monkeypatch, bad_seed=1)
+    _poison_seed(monkeypatch, 1)
     rows = sweep.run_grid(config, grid.expand(config), tmp_path)
     assert [r['status'] for r in rows] == ['done', 'failed']
     assert rows[1]['reason'].startswith('NonFiniteLossError')
