@@ -1,20 +1,19 @@
 """Image transforms as small pure TF functions (Sec. 4.1 of the paper, plus common options).
 
 Every random op takes an explicit stateless `seed` (a [2] int tensor) and draws nothing else, so
-the same (seed, image) gives the same output in eager code, inside `Dataset.map`, on any host,
-and after a resume. Deterministic cores (`crop`, `flip`, `pca_lighting`, `ten_crops`, the window
-functions) take their parameters explicitly, which is what the tests check against numpy.
+the same (seed, image) gives the same output eagerly, inside `Dataset.map`, on any host and after
+a resume. Deterministic cores (`crop`, `flip`, `pca_lighting`, `ten_crops`, the windows) take
+their parameters explicitly, for the tests to check against numpy.
 
-Geometry of the paper's train transform: "rescale the shorter side to 256, take the central
-256x256, then a random 227x227 patch" is done as one crop window in the *original* image's pixels
-(`paper_window`), decoded with `tf.image.decode_and_crop_jpeg` and resized to 227. The full image
-is never decoded to be thrown away; for a 256x256 source the window is exact and no resampling
-happens. Crop-then-resize differs from resize-then-crop only by interpolation at the edges.
+The paper's train transform (shorter side to 256, central 256x256, random 227x227 patch) is one
+crop window in the *original* image's pixels (`paper_window`), decoded alone and resized to 227:
+the full image is never decoded to be thrown away, a 256x256 source needs no resampling, and
+crop-then-resize differs from resize-then-crop only by interpolation at the edges.
 
-Outputs are uint8 (the input boundary, DESIGN.md Sec. 8): resized pixels are rounded and clipped
-(resize -> round -> crop/flip), so a device-side augmentation of the same uint8 image gives the
-same pixels. Floats happen on the device: `alexnet_jax/preprocess.normalize_batch` adds the PCA
-lighting offset (computed here per example, `random_lighting`) and subtracts the mean.
+Outputs are uint8 (the input boundary, DESIGN.md Sec. 8), rounded after resizing, so a
+device-side augmentation of the same uint8 image gives the same pixels. The PCA lighting offset
+(`random_lighting`, per example) and the mean are applied on the device
+(`preprocess.normalize_batch`).
 """
 
 import numpy as np
@@ -58,10 +57,7 @@ def crop(image, window):
 
 def decode_and_crop(image, window, channels: int = 3):
     """Decodes (if encoded) only the pixels of `window` [y, x, h, w]; uint8 [h, w, channels].
-
-    JPEG goes through `tf.image.decode_and_crop_jpeg` (skips the discarded blocks); PNG and
-    already-decoded tensors are decoded (if needed) and sliced.
-    """
+    A JPEG's discarded blocks are skipped (`decode_and_crop_jpeg`); other formats are sliced."""
     if image.dtype != tf.string:
         return crop(image, window)
     out = tf.cond(tf.io.is_jpeg(image),
@@ -71,11 +67,9 @@ def decode_and_crop(image, window, channels: int = 3):
 
 
 def paper_window(shape, resize_size: int, crop_size: int, dy, dx):
-    """Crop window [y, x, h, w] in original pixels of the paper's crop at offset (dy, dx).
-
-    (dy, dx) is the crop's top-left corner inside the central resize_size^2 square of the image
-    rescaled so that its shorter side is resize_size; 0 <= dy, dx <= resize_size - crop_size.
-    """
+    """Window [y, x, h, w] in original pixels of the paper's crop with top-left corner (dy, dx)
+    in the central resize_size^2 square of the image rescaled to shorter side resize_size
+    (0 <= dy, dx <= resize_size - crop_size)."""
     h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
     side = tf.minimum(h, w)
     scale = side / resize_size  # Original pixels per rescaled pixel.
@@ -113,12 +107,9 @@ def to_uint8(image):
 
 
 def resize(image, size: int):
-    """Bilinear resize of a uint8 image to size x size, rounded to uint8; the identity (no
-    float round trip) when it is already that size, as for every crop of a 256x256 source.
-
-    No anti-aliasing: like Caffe's OpenCV INTER_LINEAR, and 2.5x cheaper; crops shrink by
-    less than 2x on ImageNet, where aliasing is negligible.
-    """
+    """Bilinear resize to size x size, rounded to uint8; the identity when already that size
+    (every crop of a 256x256 source). No anti-aliasing: like Caffe's OpenCV INTER_LINEAR, 2.5x
+    cheaper, and ImageNet crops shrink by less than 2x, where aliasing is negligible."""
     same = tf.reduce_all(tf.equal(tf.shape(image)[:2], size))
     out = tf.cond(same, lambda: tf.cast(image, tf.uint8),
                   lambda: to_uint8(tf.image.resize(image, [size, size])))
@@ -174,8 +165,7 @@ def ten_crops(image, crop_size: int):
     """The paper's 10 test crops of `image` [S, S', C]: center, the 4 corners (top-left,
     top-right, bottom-left, bottom-right), then the same 5 mirrored; [10, crop, crop, C].
     The host reference of `preprocess.ten_crops` (which the eval step uses)."""
-    h, w = tf.shape(image)[0], tf.shape(image)[1]
-    c = crop_size
+    h, w, c = tf.shape(image)[0], tf.shape(image)[1], crop_size
     corners = [((h - c) // 2, (w - c) // 2), (0, 0), (0, w - c), (h - c, 0), (h - c, w - c)]
     crops = [image[y:y + c, x:x + c] for y, x in corners]
     crops += [tf.reverse(x, [-2]) for x in crops]
@@ -185,8 +175,7 @@ def ten_crops(image, crop_size: int):
 # --- whole transforms, as the pipeline uses them ------------------------------------------------
 
 def paper_train(image, seed, *, resize_size=256, crop_size=227, mirror=True, channels=3):
-    """Sec. 4.1: random 227 crop of the central 256^2, mirror; uint8 (lighting:
-    `random_lighting`)."""
+    """Sec. 4.1: random crop of the central square, mirror; uint8 (lighting: `random_lighting`)."""
     window = random_paper_window(image_shape(image), subseed(seed, CROP), resize_size, crop_size)
     return _mirror(resize(decode_and_crop(image, window, channels), crop_size), seed, mirror)
 
@@ -208,21 +197,16 @@ def small_train(image, seed, *, size, pad=4, mirror=True, channels=3):
     out = resize(_decoded(image, channels), size)
     if pad:
         out = random_pad_and_crop(out, subseed(seed, CROP), pad)
-    if mirror:
-        out = random_flip(out, subseed(seed, FLIP))
-    return out
+    return _mirror(out, seed, mirror)
 
 
 def paper_eval(image, *, resize_size=256, crop_size=227, crops='center', channels=3):
     """Center crop of the central square [crop, crop, C], or for the 10 crops the square itself
     [resize, resize, C], from which `preprocess.ten_crops` cuts them on the device (7.7x fewer
     bytes than the crops); uint8. Only the pixels of the crop (or the square) are decoded."""
-    shape = image_shape(image)
-    if crops == 'center':
-        window = center_window(shape, resize_size, crop_size)
-        return resize(decode_and_crop(image, window, channels), crop_size)
-    square = paper_window(shape, resize_size, resize_size, 0, 0)
-    return resize(decode_and_crop(image, square, channels), resize_size)
+    size = crop_size if crops == 'center' else resize_size
+    window = center_window(image_shape(image), resize_size, size)
+    return resize(decode_and_crop(image, window, channels), size)
 
 
 def small_eval(image, *, size, pad=4, crops='center', channels=3):

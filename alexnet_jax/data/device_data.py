@@ -2,10 +2,9 @@
 
 When the training split fits (`data.device_resident`: 'auto' below `data.device_max_bytes` of
 uint8 pixels at the net's input size with the `small` transform, 'always', 'never'), this
-host's share of it is read from TFDS once (through `datasets.sources`, as the tf.data path
-reads it), resized to image_size, rounded to uint8 [n, H, W, C] and placed on every local
-device. Each train step then builds its own batch inside the jitted step, with no host work and
-no host-to-device copy:
+host's share of it is read once (through `sources`, as the tf.data path reads it), resized to
+uint8 [n, H, W, C] and placed on every local device. Each train step then builds its own batch
+inside the jitted step, with no host work and no host-to-device copy:
 
   stream position p = step * host_batch + slot * per_device + j   (slot: this device's place
                                                                    among the host's devices)
@@ -13,14 +12,12 @@ no host-to-device copy:
   crop offset, flip ~ fold_in(augment_key, p)                       (one key per example)
 
 so the batch and its augmentation are a pure function of (seed, process, step): a resumed run
-gets the uninterrupted run's batches, and seed k of a vectorised run (alexnet_jax/seeds.py)
-gets standalone seed k's. The stream has the tf.data path's semantics (each host its own even
-split, each device its slice of the host batch, epochs reshuffled, batches spanning epoch ends)
-but not its bit-identical order. The augmentation is the `small` train transform
-(`augment.small_train`): zero-pad by `pad`, a crop offset uniform in {0..2 pad}^2, a mirror with
-probability 1/2; it works on uint8 pixels, as the host transform does since the input boundary
-moved to uint8 (resize -> round -> crop/flip), so both give the same pixels for the same draws.
-Evaluation stays on tf.data (once per epoch, not worth a second copy on the device).
+gets the uninterrupted run's batches, and seed k of a vectorised run gets standalone seed k's.
+The stream has the tf.data path's semantics (each host its own even split, each device its
+slice of the host batch, epochs reshuffled, batches spanning epoch ends) but not its
+bit-identical order. The augmentation is `augment.small_train`'s on the same uint8 pixels, so
+both give the same pixels for the same draws. Evaluation stays on tf.data (once per epoch, not
+worth a second copy on the device).
 """
 
 import dataclasses
@@ -35,7 +32,6 @@ from alexnet_jax.data import augment
 from alexnet_jax import parallel
 from alexnet_jax.data import sources
 
-MODES = ('auto', 'always', 'never')
 ORDER, AUGMENT = 1, 2        # Sub-key tags of a run's data key.
 CROP, FLIP = augment.CROP, augment.FLIP  # Sub-key tags of one example's key (as on the host).
 
@@ -60,10 +56,8 @@ def enabled(config, info) -> bool:
     """Whether the training split lives on the device (validation checks 'always' is possible)."""
     d = config.data
     mode = d.get('device_resident', 'never')
-    if mode == 'always':
-        return True
-    return (mode == 'auto' and d.train_augment == 'small'
-            and train_bytes(config, info) <= d.device_max_bytes)
+    return mode == 'always' or (mode == 'auto' and d.train_augment == 'small'
+                                and train_bytes(config, info) <= d.device_max_bytes)
 
 
 def make_spec(config, local_devices: int | None = None,
@@ -105,13 +99,11 @@ def _read(d, process_index: int, process_count: int) -> dict:
     raw, n = src.read(d.train_split, process_index, process_count, drop_remainder=True)
 
     @tf.autograph.experimental.do_not_convert  # (Why: alexnet_jax/data/__init__.py.)
-    def resize(ex):  # The `small` transform's resize, rounded: the uint8 input boundary.
-        image = augment.small_eval(ex['image'], size=d.image_size, channels=src.channels)
-        return {'image': tf.saturate_cast(tf.round(image), tf.uint8),
+    def resize(ex):  # The `small` transform's resize (uint8).
+        return {'image': augment.small_eval(ex['image'], size=d.image_size, channels=src.channels),
                 'label': tf.cast(ex['label'], tf.int32)}
     ds = raw.map(resize, num_parallel_calls=tf.data.AUTOTUNE).batch(max(n, 1))
-    data = next(iter(ds.as_numpy_iterator()))
-    return {'image': data['image'], 'label': data['label']}
+    return next(ds.as_numpy_iterator())
 
 
 def place(data: dict, devices=None) -> dict:

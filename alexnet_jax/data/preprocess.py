@@ -1,10 +1,8 @@
 """The device side of the input boundary: a uint8 batch -> the model's float input.
 
 Batches cross from host to device as uint8 (4x fewer bytes than float32, no float work on the
-host; DESIGN.md Sec. 8). Inside the jitted step, `normalize_batch` adds the per-image PCA
-lighting offset (when the batch carries one) and normalises per channel. The host pipeline
-(input_pipeline.py) and on-device data both produce the same batch dict and call this one
-function, so there is one place where pixels become model inputs.
+host; DESIGN.md Sec. 8). The host pipeline and on-device data produce the same batch dict and
+call `normalize_batch` inside the jitted step: one place where pixels become model inputs.
 """
 
 import jax.numpy as jnp
