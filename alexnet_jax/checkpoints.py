@@ -14,9 +14,10 @@ State goes in and comes out unreplicated (`parallel.unreplicate` before `save`,
 What a step directory holds (orbax `Composite`):
   state/            the pytree (StandardSave: OCDBT + zarr)
   meta/             the caller's JSON dict (data position, schedule state, wall time, ...)
-  checkpoint_info/  ours: format version, config fingerprint, and per leaf shape, dtype and
-                    crc32 of the saved bytes (integrity.py: orbax does not checksum array data);
-                    every restore recomputes the crc32s and treats a mismatch as corruption.
+  checkpoint_info/  ours, the one record of what the step fits: format version, config
+                    fingerprint (`check_fits`), topology, and per leaf shape, dtype and crc32
+                    of the saved bytes; the crc32s stay because orbax does not checksum array
+                    data: every restore recomputes them, a mismatch is corruption.
   metrics/          written by orbax when metrics are given; drives keep-best.
 
 Atomicity is orbax's: a step is written into `<step>.orbax-checkpoint-tmp` and renamed to
@@ -53,7 +54,6 @@ from alexnet_jax import integrity
 FORMAT_VERSION = 1
 CHECKPOINT_SUBDIR = 'checkpoints'
 CORRUPT_SUBDIR = 'checkpoints_corrupt'   # Unreadable steps are moved here, never deleted.
-FINGERPRINT_FILE = 'config_fingerprint.json'
 _INFO = 'checkpoint_info'
 _ITEMS = ('state', 'meta', _INFO)
 
@@ -67,14 +67,14 @@ class CorruptCheckpointError(errors.UserError, RuntimeError):
 
 
 def config_fingerprint(config) -> dict:
-    """The config fields that decide the shapes of the saved state (JSON-ready).
+    """What a workdir's checkpoints must share with the config that resumes them (JSON-ready;
+    saved in each step's checkpoint_info and checked by `check_fits`).
 
-    The whole model section (num_classes, width, groups, dtypes, ...), the input shape, and
-    what shapes the optimizer state (optimizer, loss scaling, frozen layers).
-    A resumed run whose fingerprint differs from the workdir's gets a ConfigMismatchError.
+    The fields that decide the saved state's shapes: the model section, the input shape, and
+    what shapes the optimizer state (optimizer, loss scaling, frozen layers); and under
+    'stream', the RESUME_FIXED fields.
     """
     fingerprint = {'model': _jsonable(_to_dict(config.model))}
-    # These decide the optimizer state's structure: a change is a clear error, not a tree error.
     optim = {k: config.optim[k] for k in ('optimizer', 'loss_scale')
              if 'optim' in config and k in config.optim}
     if optim:
@@ -83,6 +83,7 @@ def config_fingerprint(config) -> dict:
         fingerprint['freeze'] = list(config.freeze)
     if 'data' in config and 'image_size' in config.data:
         fingerprint['input_shape'] = [config.data.image_size, config.data.image_size, 3]
+    fingerprint['stream'] = {field: _jsonable(_get(config, field)) for field in RESUME_FIXED}
     return fingerprint
 
 
@@ -93,46 +94,51 @@ RESUME_FIXED = ('seed', 'train.batch_size', 'data.name', 'data.train_split', 'da
                 'data.shuffle_buffer', 'data.fake_train_examples')
 
 
-def resume_fixed(config) -> dict:
-    """The RESUME_FIXED values of `config` (saved in each checkpoint's meta)."""
-    out = {}
-    for field in RESUME_FIXED:
-        node = config
-        for key in field.split('.'):
-            node = node.get(key) if hasattr(node, 'get') else None
-        out[field] = _jsonable(node)
-    return out
+def _get(config, field: str):
+    for key in field.split('.'):
+        config = config.get(key) if hasattr(config, 'get') else None
+    return config
 
 
 def topology() -> dict:
-    """The processes and devices a run trains on (saved in each checkpoint's meta)."""
+    """The processes and devices a run trains on (saved in each step's checkpoint_info)."""
     return {'processes': jax.process_count(), 'devices': jax.device_count()}
 
 
-def check_resume(meta: dict, config, workdir) -> None:
-    """Raises ConfigMismatchError naming each RESUME_FIXED field the config changed (the
-    checkpoint's meta['fixed']); logs a change of topology (meta['topology']), which is allowed.
+def check_fits(info: dict, fingerprint: dict, where, target: dict | None = None) -> None:
+    """The one answer to "may this config resume this checkpoint", from its checkpoint_info.
 
-    The global batches (images, order, augmentation) do not depend on the device count; what
-    does: dropout masks (drawn per device) and the float summation order, so a run resumed on
-    other devices continues the same data with a different trajectory. Other host counts split
-    the data differently, so the stream changes too.
+    Raises ConfigMismatchError with one line per differing field: a model or optimizer field
+    (the state's shapes), a RESUME_FIXED field (the data stream and random numbers), or, when
+    the fields agree, a leaf whose shape or dtype differs from `target` (a code change). A
+    change of topology is allowed and logged: the global batches do not depend on the device
+    count, but dropout masks (drawn per device) and the float summation order do, and another
+    host count splits the data differently too.
     """
-    ours = resume_fixed(config)
-    changed = [f'config.{k}={ours[k]!r} (it was trained with {v!r})'
-               for k, v in (meta.get('fixed') or {}).items() if k in ours and ours[k] != v]
-    if changed:
+    theirs, ours = (traverse_util.flatten_dict(d, sep='.') for d in (info['fingerprint'],
+                                                                      fingerprint))
+    if ours.keys() ^ theirs.keys():  # A field added or removed by a code change.
+        logging.warning('Config fingerprint fields %s are in only one of the config and %s.',
+                        sorted(ours.keys() ^ theirs.keys()), where)
+    causes = [f'config.{k[7:]}={ours[k]!r} (it was trained with {theirs[k]!r}): the data stream '
+              'and the random numbers depend on it' if k.startswith('stream.') else
+              f'{k}: workdir has {theirs[k]!r}, config has {ours[k]!r}'
+              for k in sorted(ours.keys() & theirs.keys()) if ours[k] != theirs[k]]
+    if not causes and target is not None:
+        causes = integrity.differences(info['leaves'], target)
+    if causes:
+        more = f'\n  ... and {len(causes) - 10} more' if len(causes) > 10 else ''
         raise ConfigMismatchError(
-            f'{workdir} cannot resume with {", ".join(changed)}: the data stream and the random '
-            f'numbers depend on it. Set it back to resume, or use a new --workdir.')
-    was, now = meta.get('topology'), topology()
+            f'{where} does not fit this config:\n  ' + '\n  '.join(causes[:10]) + more
+            + '\nSet those values back to resume, or use a new --workdir for this config.')
+    was, now = info.get('topology'), topology()
     if was and was != now:
         what = ('the same batches; dropout masks (drawn per device) and float summation order '
                 'differ' if was['processes'] == now['processes'] else
                 'each host reads another share of the data, so the batches differ too; so do '
                 'dropout masks and float summation order')
         logging.warning('Resuming %s on %d process(es) / %d device(s), trained on %d / %d: %s, '
-                        'so the run will not match an uninterrupted one.', workdir,
+                        'so the run will not match an uninterrupted one.', where,
                         now['processes'], now['devices'], was['processes'], was['devices'], what)
 
 
@@ -228,7 +234,7 @@ class Checkpointer:
         self._async = async_save
         self._closed = False
         self._barriers = 0
-        self._fingerprint_checked = False
+        self._fits_checked = False  # Against the latest step: by `restore`, or the first save.
         self._saved_once = False
         _warn_if_local_multihost(str(workdir))
         self._warn_about_unfinished_saves()
@@ -284,14 +290,15 @@ class Checkpointer:
             logging.info('Checkpoint for step %d already exists in %s; not saving again.',
                          step, self.directory)
             return
-        if not self._fingerprint_checked:  # Once per process: the file never changes.
-            self._check_fingerprint_file()
-            self._write_fingerprint_file()
-            self._fingerprint_checked = True
+        if not self._fits_checked and self._mgr.latest_step() is not None:
+            latest = self._mgr.latest_step()  # Never write into another config's workdir.
+            check_fits(_read_info(self._mgr, latest), self.fingerprint, self._step_dir(latest))
+        self._fits_checked = True
         self._mgr.check_for_errors()  # A failed earlier async save stops the run here.
         meta = _json_copy(meta, 'meta')   # A copy: the caller may change its dict meanwhile.
         info = {'format': FORMAT_VERSION, 'step': step, 'fingerprint': self.fingerprint,
-                'saved_at': time.time(), 'leaves': integrity.describe(state, checksums=True)}
+                'topology': topology(), 'saved_at': time.time(),
+                'leaves': integrity.describe(state, checksums=True)}
         saved = self._mgr.save(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardSave(state),
@@ -347,7 +354,6 @@ class Checkpointer:
         ConfigMismatchError if the workdir was written by a different model config and
         CorruptCheckpointError if checkpoints exist but none can be restored.
         """
-        self._check_fingerprint_file()
         steps = sorted(self._mgr.all_steps(), reverse=True)
         if not steps:
             return None
@@ -378,14 +384,8 @@ class Checkpointer:
 
     def _restore_step(self, step, target_state, target):
         info = _read_info(self._mgr, step)
-        self._compare_fingerprint(info['fingerprint'], f'checkpoint {self._step_dir(step)}')
-        problems = integrity.differences(info['leaves'], target)
-        if problems:
-            more = f'\n  ... and {len(problems) - 10} more' if len(problems) > 10 else ''
-            raise ConfigMismatchError(
-                f'{self._step_dir(step)} does not fit the model/optimizer being trained '
-                f'({len(problems)} difference(s)):\n  ' + '\n  '.join(problems[:10]) + more
-                + '\nUse a new --workdir for this config.')
+        check_fits(info, self.fingerprint, self._step_dir(step), target)
+        self._fits_checked = True
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_state)
         return _restore_checked(self._mgr, step, ocp.args.StandardRestore(abstract),
                                 info['leaves'], meta=True)
@@ -424,38 +424,6 @@ class Checkpointer:
 
     def _step_dir(self, step) -> epath.Path:
         return self.directory / str(step)
-
-    # -- fingerprint ---------------------------------------------------------------------------
-
-    def _fingerprint_path(self) -> epath.Path:
-        return self.directory / FINGERPRINT_FILE
-
-    def _check_fingerprint_file(self):
-        path = self._fingerprint_path()
-        if path.exists():
-            self._compare_fingerprint(json.loads(path.read_text()), str(path))
-
-    def _write_fingerprint_file(self):
-        path = self._fingerprint_path()
-        if jax.process_index() == 0 and not path.exists():
-            self.directory.mkdir(parents=True, exist_ok=True)
-            tmp = path.parent / (path.name + '.tmp')
-            tmp.write_text(json.dumps(self.fingerprint, indent=2, sort_keys=True))
-            tmp.rename(path)
-
-    def _compare_fingerprint(self, saved: dict, where: str):
-        ours, theirs = (traverse_util.flatten_dict(d, sep='.') for d in (self.fingerprint, saved))
-        differing = [f'{k}: workdir has {theirs[k]!r}, config has {ours[k]!r}'
-                     for k in sorted(ours.keys() & theirs.keys()) if ours[k] != theirs[k]]
-        one_sided = sorted(ours.keys() ^ theirs.keys())
-        if one_sided:  # A field added or removed by a code change: shapes are checked anyway.
-            logging.warning('Config fingerprint fields %s are in only one of the config and %s.',
-                            one_sided, where)
-        if differing:
-            raise ConfigMismatchError(
-                f'{self.workdir} was written by a different model config ({where}):\n  '
-                + '\n  '.join(differing)
-                + '\nUse a new --workdir for this config (or restore those values to resume).')
 
 
 # -- reading a step: Checkpointer.restore and the tools' load_variables --------------------------

@@ -16,7 +16,7 @@ Resuming is exact: the state (params, optimizer state, step) and the plateau tra
 the latest checkpoint, the data iterator restarts at that step, and the dropout key of step s
 on device d is fold_in(fold_in(key(seed), s), d), a function of the step alone. The learning
 rate is the configured one (`configured_learning_rate`); what else may change on resume is
-checkpoints.check_resume's rule. Each seed's workdir is locked for the run.
+checkpoints.check_fits's rule. Each seed's workdir is locked for the run.
 """
 
 import functools
@@ -327,12 +327,11 @@ class Seed:
             self.state, self.dropout_key = initial_state(self.config, info, steps_per_epoch,
                                                          num_steps)
             self.ckpt = checkpoints.Checkpointer(
-                self.workdir, config_fingerprint=checkpoints.config_fingerprint(config),
+                self.workdir, config_fingerprint=checkpoints.config_fingerprint(self.config),
                 keep=t.keep_checkpoints, best_metric='val_top1', async_save=t.async_checkpoints)
             meta, restored = {}, self.ckpt.restore(self.state)
             if restored is not None:
                 self.state, meta = restored
-                checkpoints.check_resume(meta, self.config, self.workdir)
                 logging.info('Resumed from step %d of %s.', int(self.state.step), self.workdir)
             elif config.get('init_from'):  # Only a fresh run: a resumed one has its own weights.
                 self.state = finetune.load_into(self.state, config.init_from)
@@ -356,8 +355,7 @@ class Seed:
 
     def save(self, step: int, state, elapsed: float, val: dict | None = None) -> None:
         meta = {'plateau': self.plateau.state(), 'elapsed': self.elapsed + elapsed,
-                'best_val_top1': self.best_top1, 'fixed': checkpoints.resume_fixed(self.config),
-                'topology': checkpoints.topology()}
+                'best_val_top1': self.best_top1}
         self.ckpt.save(step, state, meta,
                        metrics=None if val is None else {'val_top1': val['top1']})
         self.last_saved = step

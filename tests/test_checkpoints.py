@@ -89,13 +89,14 @@ def test_round_trip_exact(tmp_path):
     with ckpt(tmp_path) as c:
         assert c.latest_step() == 2
         restored, restored_meta = c.restore(make_state(seed=7))
+        info = checkpoints._read_info(c._mgr, 2)  # The one record of what the step fits.
+    assert info['fingerprint'] == FP and info['topology'] == checkpoints.topology()
     assert isinstance(restored, train_state.TrainState)
     assert int(restored.step) == 2
     assert_states_equal(restored, state)
     assert restored_meta == {**meta, 'wall_time': 3.5}
     # The momentum buffer came back, not a fresh zero one.
     assert any(np.abs(np.asarray(t)).sum() > 0 for t in jax.tree.leaves(restored.opt_state))
-    assert (tmp_path / 'checkpoints' / checkpoints.FINGERPRINT_FILE).exists()
 
 
 def test_async_save_then_wait_is_restorable(tmp_path):
@@ -367,15 +368,15 @@ def test_a_killed_run_does_not_leave_its_workdir_locked(tmp_path):
     ('train.checkpoint_every_steps', 7, True),
 ])
 def test_resume_rule_names_the_changed_field(field, value, allowed):
-    saved = {'fixed': checkpoints.resume_fixed(_load_config('digits'))}
+    saved = {'fingerprint': config_fingerprint(_load_config('digits'))}
     config = _load_config('digits')
     section, _, name = field.rpartition('.')
     (config[section] if section else config)[name] = value
     if allowed:
-        checkpoints.check_resume(saved, config, '/w')
+        checkpoints.check_fits(saved, config_fingerprint(config), '/w')
     else:
         with pytest.raises(ConfigMismatchError, match=rf'config\.{field}={value!r}'):
-            checkpoints.check_resume(saved, config, '/w')
+            checkpoints.check_fits(saved, config_fingerprint(config), '/w')
 
 
 @pytest.mark.parametrize('was, line', [
@@ -385,10 +386,10 @@ def test_resume_rule_names_the_changed_field(field, value, allowed):
 ])
 def test_a_resume_on_other_devices_is_logged_in_one_line(caplog, was, line):
     config = _load_config('digits')
-    meta = {'fixed': checkpoints.resume_fixed(config), **({'topology': was} if was else {})}
+    info = {'fingerprint': config_fingerprint(config), **({'topology': was} if was else {})}
     assert checkpoints.topology() == {'processes': 1, 'devices': 2}  # conftest's 2 devices.
     with caplog.at_level('WARNING'):
-        checkpoints.check_resume(meta, config, '/w')
+        checkpoints.check_fits(info, config_fingerprint(config), '/w')
     logged = [r.getMessage() for r in caplog.records if 'Resuming' in r.getMessage()]
     if line is None:
         assert not logged
