@@ -43,7 +43,7 @@ from alexnet_jax.data import augment
 SIZE = 256          # The paper's fixed resolution.
 JPEG_QUALITY = 90   # Re-encoding quality: ~20 KB per image, visually lossless at 256x256.
 CHUNK_SIZE = 10_000  # Examples per resumable unit of work (~3 minutes on 16 cores).
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')  # What TFDS's ImageFolder reads.
 
 
 class SourceNotFoundError(errors.UserError, FileNotFoundError):

@@ -1,23 +1,19 @@
-"""From `config.data` to sharded numpy batches: [local_devices, per_device, ...].
-
-Sources (`sources.py`): any TFDS set, 'digits' (embedded, built offline on first use),
-'folder' (root/<split>/<class>/*.jpg through TFDS's ImageFolder), 'fake'.
+"""From `config.data` to sharded numpy batches [local_devices, per_device, ...] (sources.py).
 
 Per host: train reads `tfds.even_splits(split, process_count, drop_remainder=True)[index]`, so
 hosts never share an example and all see the same number; eval reads the even split *without*
 dropping, pads every host to the same number of batches and marks padding with mask=False, so
 each example is counted exactly once and pmapped collectives never wait for a missing batch.
 
-Determinism and resume (per-epoch seeds plus skipping, no iterator state to save): the host's
-raw (still encoded) records are shuffled once per epoch with seed (config.seed, epoch) and
-numbered by their position in the infinite stream, i = epoch * n_host + position. Every random
-augmentation of element i is a stateless op seeded by (config.seed, process_index, i). Batch k
-is elements [k * host_batch, (k + 1) * host_batch). Resuming at step s therefore starts at epoch
-s * host_batch // n_host and skips the rest of the offset *before* decoding: the cost is reading
-at most one epoch of raw records (instant when cached in memory; for ImageNet read from disk,
-up to a few minutes), and the batches are bit-identical to the uninterrupted run's.
-The stream depends on (seed, process_count, batch size), not on the local device count: each
-device takes its slice of the same host batch (checkpoints.check_resume logs a changed topology).
+Determinism and resume, with no iterator state to save: the host's raw (still encoded) records
+are shuffled once per epoch with seed (config.seed, epoch) and numbered by their position in the
+infinite stream, i = epoch * n_host + position; every random augmentation of element i is
+seeded by (config.seed, process_index, i); batch k is elements [k * host_batch, (k + 1) *
+host_batch). Resuming at step s starts at epoch s * host_batch // n_host and skips the rest
+*before* decoding (at most one epoch of raw reads: instant when cached in memory, minutes for
+ImageNet on disk), and the batches are bit-identical to the uninterrupted run's. The stream
+depends on (seed, process_count, batch size), not on the local device count: each device takes
+its slice of the same host batch (a changed topology is logged on resume, checkpoints.py).
 """
 
 import dataclasses
@@ -124,12 +120,13 @@ def train_dataset(config, start_step, process_index, process_count, local_device
 
 def eval_dataset(config, split, process_index, process_count, local_devices):
     # Memoised: a cached source is read from memory on every later evaluation.
-    return _eval_dataset(_Key(config), split, process_index, process_count, local_devices)
+    key = sources.Hashed(config, config.to_json_best_effort(sort_keys=True))
+    return _eval_dataset(key, split, process_index, process_count, local_devices)
 
 
 @functools.lru_cache(maxsize=16)
 def _eval_dataset(key, split, process_index, process_count, local_devices):
-    config = key.config
+    config = key.value
     d = config.data
     src = sources.get_source(d)
     per_device = parallel.per_device_batch_size(config.train.eval_batch_size, process_count,
@@ -151,19 +148,6 @@ def _eval_dataset(key, split, process_index, process_count, local_devices):
         tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), ds.element_spec))
     ds = ds.concatenate(padding.repeat(batches * host_batch - n)).batch(host_batch)
     return _finish(ds, local_devices)
-
-
-class _Key:
-    """A config, hashable by its JSON (for memoising eval datasets)."""
-
-    def __init__(self, config):
-        self.config, self._json = config, config.to_json_best_effort(sort_keys=True)
-
-    def __hash__(self):
-        return hash(self._json)
-
-    def __eq__(self, other):
-        return self._json == other._json
 
 
 def _finish(ds, local_devices):
@@ -192,8 +176,9 @@ def _check_augment(d, src):
 
 def _transform(d, channels, train):
     """(encoded or uint8 image, seed) -> {'image': uint8 [H, W, C] (eval 10 crops: the square
-    [S, S, C] they are cut from on the device, `preprocess.ten_crops`)} plus, for the ImageNet train transforms with data.pca_lighting > 0,
-    'lighting': the float32 [C] PCA offset that `preprocess.normalize_batch` adds on the device."""
+    [S, S, C] they are cut from on the device, `preprocess.ten_crops`)} plus, for the ImageNet
+    train transforms with data.pca_lighting > 0, 'lighting': the float32 [C] PCA offset that
+    `preprocess.normalize_batch` adds on the device."""
     size, small = d.image_size, d.train_augment == 'small'
     if train and small:
         fn = functools.partial(augment.small_train, size=size, pad=d.pad, mirror=d.random_flip,

@@ -11,6 +11,7 @@ Images stay *encoded* (tfds SkipDecoding) so the augmentation decodes only the c
 import functools
 import logging
 import os
+import types
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -20,7 +21,6 @@ from alexnet_jax.data import digits  # noqa: F401  (registers 'digits' with TFDS
 from alexnet_jax.data import downsampled  # (registers 'downsampled')
 
 AUTOCACHE_BYTES = 1 << 30  # cache='auto' keeps a TFDS set's raw records in memory below this.
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')  # What TFDS's ImageFolder reads.
 _NO_CACHE_WARNING = tfds.ReadConfig(try_autocache=False)  # We decide about caching ourselves.
 
 
@@ -111,10 +111,11 @@ class FolderSource:
             if not tf.io.gfile.isdir(class_dir):
                 continue
             images = [os.path.join(class_dir, f) for f in tf.io.gfile.listdir(class_dir)
-                      if f.lower().endswith(IMAGE_EXTENSIONS)]
+                      if f.lower().endswith(downsampled.IMAGE_EXTENSIONS)]
             if not images:
-                raise DataError(f'Class directory {class_dir} has no {"/".join(IMAGE_EXTENSIONS)}'
-                                 f' images; remove it or add images.')
+                raise DataError(f'Class directory {class_dir} has no '
+                                f'{"/".join(downsampled.IMAGE_EXTENSIONS)} images; remove it or '
+                                f'add images.')
             files += images
         if not files:
             raise DataError(f'Split directory {split_dir} has no images in class '
@@ -237,7 +238,8 @@ def _not_prepared(d, builder):
 
 
 @functools.lru_cache(maxsize=None)
-def _cached_source(d):
+def _cached_source(key):
+    d = key.value
     if d.name == 'fake':
         return FakeSource(d)
     if d.name == 'folder':
@@ -254,22 +256,22 @@ SOURCE_FIELDS = ('name', 'downsample_source', 'data_dir', 'manual_dir', 'folder_
                  'fake_eval_examples')
 
 
-class _Hashed:
-    """A config section's source fields, frozen, so sources are built (folders scanned) once."""
+class Hashed:
+    """`value`, hashed and compared by the string `key`: a config as a functools cache key."""
 
-    def __init__(self, d):
-        fields = {k: d.get(k) for k in SOURCE_FIELDS}
-        self.__dict__.update(fields)
-        self._key = repr(sorted(fields.items()))
+    def __init__(self, value, key: str):
+        self.value, self.key = value, key
 
     def __hash__(self):
-        return hash(self._key)
+        return hash(self.key)
 
     def __eq__(self, other):
-        return isinstance(other, _Hashed) and self._key == other._key
+        return isinstance(other, Hashed) and self.key == other.key
 
 
 def get_source(d):
-    """The source for config section `d` (config.data), shared by every call with equal `d`."""
-    return _cached_source(_Hashed(d))
+    """The source of config section `d` (config.data): built (a folder scanned) once per
+    SOURCE_FIELDS values."""
+    fields = {k: d.get(k) for k in SOURCE_FIELDS}
+    return _cached_source(Hashed(types.SimpleNamespace(**fields), repr(sorted(fields.items()))))
 
