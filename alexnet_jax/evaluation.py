@@ -17,6 +17,7 @@ import numpy as np
 from alexnet_jax.data import input_pipeline
 from alexnet_jax.data import preprocess
 from alexnet_jax import parallel
+from alexnet_jax import seeds as seeds_lib
 from alexnet_jax.parallel import AXIS
 
 
@@ -61,15 +62,11 @@ def eval_step(state, batch, *, mean, std, crop_size):
 def make_eval_step(mean, std, crop_size, devices=None, seeds: int = 0):
     """`eval_step` pmapped over AXIS with the data's normalisation (`preprocess.mean_std`) and
     the net's input size (config.data.image_size: the 10 crops' size). `seeds` > 0: for a state
-    with a leading axis of that many seeds (the training loop's), the sums get one too; one
-    seed is evaluated without it, as the training loop steps it (train.make_seeds_step)."""
+    with a leading axis of that many seeds (the training loop's), the sums get one too, the
+    seeds evaluated as the loop steps them (`seeds.over_seeds`)."""
     step = functools.partial(eval_step, mean=mean, std=std, crop_size=crop_size)
-    if seeds == 1:
-        one = step
-        step = lambda state, batch: jax.tree.map(  # noqa: E731
-            lambda x: x[None], one(jax.tree.map(lambda x: x[0], state), batch))
-    elif seeds > 1:
-        step = jax.vmap(step, in_axes=(0, None))
+    if seeds:
+        step = seeds_lib.over_seeds(step, 'vmap' if seeds > 1 else 'single')
     return jax.pmap(step, axis_name=AXIS, devices=devices)
 
 

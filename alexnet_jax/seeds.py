@@ -77,6 +77,22 @@ def resolve_mode(config, num_seeds: int, on_device: bool) -> str:
     return mode
 
 
+def over_seeds(fn, mode: str, num_seeded: int = 1):
+    """`fn` for arguments whose first `num_seeded` have a leading seed axis (the outputs get
+    one too), the rest shared by the seeds: 'vmap' batches the seeds in one program, 'map'
+    steps them one after another in it (lax.map: unbatched convolutions), 'single' drops the
+    axis of one seed inside, so a plain run compiles the plain program."""
+    def run(*args):
+        seeded, shared = args[:num_seeded], args[num_seeded:]
+        if mode == 'vmap':
+            return jax.vmap(lambda *s: fn(*s, *shared))(*seeded)
+        if mode == 'map':
+            return jax.lax.map(lambda s: fn(*s, *shared), seeded)
+        out = fn(*jax.tree.map(lambda x: x[0], seeded), *shared)
+        return jax.tree.map(lambda x: x[None], out)
+    return run
+
+
 def worker_cores(config, num_seeds: int) -> list:
     """The cores of each worker process for seeds_mode='processes': config.seed_workers
     processes (0: one per core, at most one per seed), each with its own contiguous share of

@@ -193,20 +193,10 @@ def device_train_step(state: TrainState, keys, data, *, spec, mean, std):
 
 def make_seeds_step(one, mode: str, devices=None):
     """`one(state, keys, data) -> (state, metrics)` pmapped over AXIS for a state, keys and
-    metrics with a leading seed axis, one dispatch a step: 'vmap' batches the seeds in one
-    program, 'map' steps them one after another inside it (lax.map: unbatched convolutions),
-    'single' (one seed) drops the axis inside the step, so a plain run compiles the plain step.
-    `data` (a tf.data batch, or the device-resident set) is shared by the seeds."""
-    if mode == 'vmap':
-        fn = jax.vmap(one, in_axes=(0, 0, None))
-    elif mode == 'map':
-        fn = lambda state, keys, data: lax.map(  # noqa: E731
-            lambda sk: one(*sk, data), (state, keys))
-    else:
-        first = functools.partial(jax.tree.map, lambda x: x[0])
-        fn = lambda state, keys, data: jax.tree.map(  # noqa: E731
-            lambda x: x[None], one(first(state), first(keys), data))
-    return jax.pmap(fn, axis_name=AXIS, devices=devices)
+    metrics with a leading seed axis (`seeds.over_seeds`), one dispatch a step; `data` (a
+    tf.data batch, or the device-resident set) is shared by the seeds."""
+    return jax.pmap(seeds_lib.over_seeds(one, mode, num_seeded=2), axis_name=AXIS,
+                    devices=devices)
 
 
 def step_runner(config, info, keys, start_step: int, mode: str, devices=None):

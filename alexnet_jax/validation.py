@@ -186,11 +186,9 @@ def validate_seeds(config) -> None:
         w = config.seed_workers
         check(isinstance(w, int) and w >= 0, 'seed_workers',
               f'must be an integer >= 0 (0: one per CPU core), got {w!r}.')
-    if 'seeds_mode' in config:  # What a mode needs is seeds.resolve_mode's rule.
-        _one_of(config, '', 'seeds_mode', seeds.MODES)
-        if config.seeds_mode in ('vmap', 'map') and config.get('num_seeds', 1) > 1 and config.get(
-                'data', {}).get('device_resident') == 'never':  # Known before any work.
-            seeds.resolve_mode(config, config.num_seeds, on_device=False)
+    if 'seeds_mode' in config:  # Its names and needs: seeds.resolve_mode's rule, checked now.
+        on_device = config.get('data', {}).get('device_resident') != 'never'  # Else: at start.
+        seeds.resolve_mode(config, config.get('num_seeds', 1), on_device)
 
 
 def validate_finetune(config) -> None:
