@@ -56,18 +56,6 @@ def per_device_batch_size(global_batch_size: int, process_count: int | None = No
     return global_batch_size // devices
 
 
-def shard(batch, local_devices: int | None = None):
-    """Reshapes a host batch [n, ...] to [local_devices, n // local_devices, ...]."""
-    local_devices = jax.local_device_count() if local_devices is None else local_devices
-
-    def _reshape(x):
-        if x.shape[0] % local_devices:
-            raise ValueError(f'A host batch of {x.shape[0]} does not split over '
-                             f'{local_devices} local devices.')
-        return x.reshape((local_devices, x.shape[0] // local_devices) + x.shape[1:])
-    return jax.tree.map(_reshape, batch)
-
-
 def prefetch_to_device(iterator, size: int = 2):
     """Keeps `size` device batches in flight, so the accelerator never waits for the host."""
     return jax_utils.prefetch_to_device(iterator, size, axis_name=AXIS)

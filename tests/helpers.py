@@ -91,6 +91,11 @@ def saved_state(config, workdir):
         ckpt.close()
 
 
+def shard(batch, devices: int):
+    """A host batch [n, ...] as pmap takes it on `devices` devices: [devices, n // devices, ...]."""
+    return jax.tree.map(lambda x: x.reshape((devices, -1) + x.shape[1:]), batch)
+
+
 def assert_trees_close(a, b, atol=1e-6):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=1e-6)

@@ -11,7 +11,7 @@ from alexnet_jax import evaluation
 from alexnet_jax.data import input_pipeline
 from alexnet_jax import parallel
 from alexnet_jax import train
-from tests.helpers import tiny_config
+from tests.helpers import shard, tiny_config
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def test_step_compiles_once_per_device_count(traces, initial, num_devices):
     for _ in range(3):
         batch = {'image': rng.randn(8, 67, 67, 3).astype(np.float32),
                  'label': rng.randint(0, 10, 8).astype(np.int32)}
-        state, _ = step(state, parallel.shard(batch, num_devices))
+        state, _ = step(state, shard(batch, num_devices))
     assert len(traces) == 1
 
 

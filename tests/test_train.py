@@ -15,7 +15,7 @@ from alexnet_jax import models
 from alexnet_jax import parallel
 from alexnet_jax.data import preprocess
 from alexnet_jax import train
-from tests.helpers import assert_trees_close, saved_state, tiny_config
+from tests.helpers import assert_trees_close, saved_state, shard, tiny_config
 
 
 def test_one_real_step_writes_everything(tmp_path):
@@ -41,7 +41,7 @@ def _run_steps(config, devices, batches):
     step = jax.pmap(functools.partial(train.train_step, dropout_key=key, mean=mean, std=std),
                     axis_name=parallel.AXIS, devices=devices)
     for batch in batches:
-        state, metrics = step(state, parallel.shard(batch, len(devices)))
+        state, metrics = step(state, shard(batch, len(devices)))
     return parallel.unreplicate(state), parallel.unreplicate(metrics)
 
 
