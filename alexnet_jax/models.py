@@ -1,18 +1,10 @@
 """AlexNet (Krizhevsky, Sutskever & Hinton, 2012) in Flax, with a switch for every ablation.
 
-Layer table (input 227x227x3; the paper's "224" is a known typo):
-
-  conv1  96 x 11x11 /4, pad 0, act, LRN, maxpool 3/2   55 -> 27
-  conv2  256 x 5x5, pad 2, groups, act, LRN, maxpool   27 -> 13
-  conv3  384 x 3x3, pad 1, act (sees both groups)      13
-  conv4  384 x 3x3, pad 1, groups, act                 13
-  conv5  256 x 3x3, pad 1, groups, act, maxpool        13 -> 6
-  fc6, fc7  4096, act, dropout;  fc8  num_classes (logits)
-
-`architecture='torchvision'` is torchvision's `alexnet` instead (the net its pretrained weights
-fit): 64/192/384/256/256 channels, conv1 padding 2, maxpool 3/2 after conv1, conv2 and conv5,
-then an adaptive average pool to 6x6, and dropout *before* fc6 and fc7. It has no LRN and no
-groups: set lrn=False and groups=1 for the exact torchvision net (the switches stay independent).
+Input 227x227x3 (the paper's "224" is a known typo); the layers are CONV_SPECS, then fc6, fc7
+(4096, dropout) and fc8 (logits). `architecture='torchvision'` is torchvision's `alexnet`
+instead (the net its pretrained weights fit): its channels and conv1 padding, an adaptive
+average pool to 6x6 after pool5, and dropout *before* fc6 and fc7. It has no LRN and no groups:
+set lrn=False and groups=1 for the exact torchvision net (the switches stay independent).
 
 Every layer's output (after its activation) is sown into the 'intermediates' collection as
 `<layer>_out` (a no-op unless that collection is mutable); `LAYERS` lists them in order. The
@@ -55,15 +47,8 @@ LAYERS = ('conv1', 'lrn1', 'pool1', 'conv2', 'lrn2', 'pool2', 'conv3', 'conv4', 
           'fc6', 'fc7', 'fc8')  # Outputs sown as '<layer>_out'; lrn* only when lrn=True.
 # (torchvision: pool5 is the adaptive average pool's output, the input of the classifier.)
 
-ACTIVATIONS = {
-    'relu': nn.relu,
-    'tanh': jnp.tanh,
-    'sigmoid': nn.sigmoid,
-    'elu': nn.elu,
-    'gelu': nn.gelu,
-    'silu': nn.silu,
-    'leaky_relu': nn.leaky_relu,
-}
+ACTIVATIONS = {'relu': nn.relu, 'tanh': jnp.tanh, 'sigmoid': nn.sigmoid, 'elu': nn.elu,
+               'gelu': nn.gelu, 'silu': nn.silu, 'leaky_relu': nn.leaky_relu}
 LRN_CONVENTIONS = ('paper', 'caffe')
 INITS = ('paper', 'he', 'xavier', 'cuda_convnet')
 # init_scheme='cuda_convnet' (Fig1Net): the weight stds of Krizhevsky's cuda-convnet CIFAR-10
@@ -149,10 +134,6 @@ def scaled_features(features: int, width: float, groups: int) -> int:
     return max(groups, int(round(features * width / groups)) * groups)
 
 
-def conv_specs(architecture: str = 'paper'):
-    return ALEXNET_CONV_SPECS[architecture]
-
-
 def adaptive_avg_pool(x: jax.Array, size: int) -> jax.Array:
     """torch's AdaptiveAvgPool2d((size, size)) on NHWC: of n rows (columns), output i averages
     [floor(i * n / size), ceil((i + 1) * n / size))."""
@@ -170,7 +151,7 @@ def spatial_sizes(size: int, pool_window: int = 3, pool_stride: int = 2,
     """Side lengths after conv1, pool1, pool2 and pool5 (before torchvision's adaptive pool), or
     None if the input is too small."""
     sizes = []
-    for name, _, kernel, stride, padding, _ in conv_specs(architecture):
+    for name, _, kernel, stride, padding, _ in ALEXNET_CONV_SPECS[architecture]:
         size = (size + 2 * padding - kernel) // stride + 1
         if size < 1:
             return None
@@ -255,26 +236,27 @@ class AlexNet(nn.Module):
         return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                             dtype=self.dtype, param_dtype=self.param_dtype, name=f'bn_{name}')(x)
 
+    def _layer_args(self, name: str) -> dict:
+        return dict(kernel_init=_kernel_init(self.init_scheme, name),
+                    bias_init=_bias_init(self.init_scheme, name), dtype=jnp.dtype(self.dtype),
+                    param_dtype=jnp.dtype(self.param_dtype), name=name)
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         self._check_input(x)
         act = ACTIVATIONS[self.activation]
-        dtype, param_dtype = jnp.dtype(self.dtype), jnp.dtype(self.param_dtype)
-        x = x.astype(dtype)
+        x = x.astype(jnp.dtype(self.dtype))
         torchvision = self.architecture == 'torchvision'
-        specs = conv_specs(self.architecture)
+        specs = ALEXNET_CONV_SPECS[self.architecture]
 
         if len(self.conv_scale) != len(specs):
             raise ValueError(f'conv_scale needs {len(specs)} entries, got {self.conv_scale}.')
         for (name, features, kernel, stride, padding, grouped), scale in zip(specs,
                                                                              self.conv_scale):
-            x = nn.Conv(
-                scaled_features(features, self.width * scale, self.groups), (kernel, kernel),
-                strides=stride, padding=padding,
-                feature_group_count=self.groups if grouped else 1,
-                conv_general_dilated=grouped_conv,
-                kernel_init=_kernel_init(self.init_scheme, name), bias_init=_bias_init(self.init_scheme, name),
-                dtype=dtype, param_dtype=param_dtype, name=name)(x)
+            x = nn.Conv(scaled_features(features, self.width * scale, self.groups),
+                        (kernel, kernel), strides=stride, padding=padding,
+                        feature_group_count=self.groups if grouped else 1,
+                        conv_general_dilated=grouped_conv, **self._layer_args(name))(x)
             x = act(self._norm(x, name, train))
             self._record(name, x)
             if self.lrn and name in ('conv1', 'conv2'):
@@ -282,8 +264,7 @@ class AlexNet(nn.Module):
                                         self.lrn_convention)
                 self._record('lrn' + name[-1], x)
             if name in ('conv1', 'conv2', 'conv5'):
-                window = (self.pool_window, self.pool_window)
-                x = nn.max_pool(x, window, strides=(self.pool_stride, self.pool_stride))
+                x = nn.max_pool(x, (self.pool_window,) * 2, strides=(self.pool_stride,) * 2)
                 if torchvision and name == 'conv5':
                     x = adaptive_avg_pool(x, TORCHVISION_POOL_SIZE)
                 self._record('pool' + name[-1], x)
@@ -292,17 +273,12 @@ class AlexNet(nn.Module):
         for name in ('fc6', 'fc7'):
             if torchvision:  # Its classifier: Dropout, Linear, ReLU, Dropout, Linear, ReLU, Linear.
                 x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-            x = nn.Dense(scaled_features(FC_FEATURES, self.width, 1),
-                         kernel_init=_kernel_init(self.init_scheme, name),
-                         bias_init=_bias_init(self.init_scheme, name),
-                         dtype=dtype, param_dtype=param_dtype, name=name)(x)
+            x = nn.Dense(scaled_features(FC_FEATURES, self.width, 1), **self._layer_args(name))(x)
             x = act(self._norm(x, name, train))
             self._record(name, x)
             if not torchvision:
                 x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        x = nn.Dense(self.num_classes, kernel_init=_kernel_init(self.init_scheme, 'fc8'),
-                     bias_init=_bias_init(self.init_scheme, 'fc8'),
-                     dtype=dtype, param_dtype=param_dtype, name='fc8')(x)
+        x = nn.Dense(self.num_classes, **self._layer_args('fc8'))(x)
         self._record('fc8', x)
         return x.astype(jnp.float32)
 

@@ -1,29 +1,27 @@
 r"""`downsampled`: the paper's 256x256 images, prepared once from `imagenet2012` or an image folder.
 
 Sec. 2 of the paper: images "down-sampled to a fixed resolution of 256 x 256": the shorter side
-rescaled to 256, then the central 256x256 patch. Stored as JPEG records, so a training run
-decodes 256x256 images (the paper's random 227 crops are then exact slices, no resampling)
-instead of ImageNet's ~500x375 originals. Select it with
+rescaled to 256, then the central 256x256 patch. Stored as JPEG, so a training run decodes
+256x256 images (the random 227 crops are then exact slices, no resampling) instead of
+ImageNet's ~500x375 originals. Select it with
 
   --config.data.name=downsampled --config.data.downsample_source=imagenet2012   # or =folder
   [--config.data.folder_root=/data/imgs]  [--config.data.data_dir=~/tensorflow_datasets]
 
-The first run prepares it in data_dir (all cores, through a parallel tf.data map; ~1 hour per
-million images per 16 cores); or prepare it beforehand:
+The first run prepares it in data_dir (all cores; ~1 hour per million images per 16 cores), or:
 
   python -m alexnet_jax.data.downsampled --source=imagenet2012 --data_dir=DIR
   python -m alexnet_jax.data.downsampled --source=folder --folder_root=/data/imgs --data_dir=DIR
 
-Resumable: the work (decode, resize, encode) is done in chunks of CHUNK_SIZE examples, each
-written atomically to data_dir/downloads/downsampled/...; an interrupted preparation, rerun,
-skips the chunks already written, and TFDS writes the final records to a temporary directory
-that it renames only when complete. The chunks are deleted once the data set is complete.
-Splits and class names are the source's. A source JPEG that already is 256x256 is kept byte for
-byte; any other image is re-encoded at JPEG_QUALITY. Unreadable source images are skipped with
-a warning naming each and a count per split, recorded in the data set's metadata.json as
-`skipped_images` (the folder source's `strict` check is for training on the folder itself).
-A wrong source path fails before anything is written; a full disk removes the half-written
-chunk (TFDS removes its own temporary directory) and keeps the complete ones.
+Resumable: the work is done in chunks of CHUNK_SIZE examples, each written atomically to
+data_dir/downloads/downsampled/... and skipped by a rerun; TFDS writes the final records to a
+temporary directory renamed when complete, and then the chunks are deleted. Splits and class
+names are the source's. A source JPEG that already is 256x256 is kept byte for byte; others are
+re-encoded at JPEG_QUALITY. Unreadable source images are skipped with a warning naming each and
+a count per split, recorded in metadata.json as `skipped_images` (the folder source's `strict`
+check is for training on the folder itself). A wrong source path fails before anything is
+written; a full disk removes the half-written chunk (TFDS its temporary directory) and keeps the
+complete ones.
 """
 
 import dataclasses
