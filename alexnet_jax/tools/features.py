@@ -13,6 +13,8 @@ The .npz holds `features` [n, ...] (float32, in the split's order on this host),
 With several hosts each writes its own part: OUTPUT becomes NAME.process-I-of-N.npz.
 """
 
+import itertools
+import math
 import pathlib
 
 from absl import app
@@ -87,14 +89,24 @@ def load_model(checkpoint: str):
     return config, models.create_model(config.model), variables
 
 
-def split_features(config, model, variables, split: str, layer: str, **kw) -> dict:
+def split_batches(config, split: str, examples: int | None = None):
+    """The split's eval batches, one center crop per image; with `examples`, enough for those."""
     from alexnet_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel  (TF: slow)
     if 'eval_crops' in config.data:
         config = config.copy_and_resolve_references()
         config.data.eval_crops = 'center'
-    mean, std = mean_std(config)
-    return extract(model, variables, input_pipeline.eval_iterator(config, split), layer,
-                   mean=mean, std=std, **kw)
+    batches = input_pipeline.eval_iterator(config, split)
+    if examples is None:
+        return batches
+    return itertools.islice(batches, math.ceil(examples / config.train.eval_batch_size))
+
+
+def split_features(config, model, variables, split: str, layer: str, examples=None, **kw) -> dict:
+    """`extract` over the split (its first `examples`, if given)."""
+    mean, std = mean_std(config)  # The pipeline's batches are uint8.
+    out = extract(model, variables, split_batches(config, split, examples), layer,
+                  mean=mean, std=std, **kw)
+    return out if examples is None else {key: v[:examples] for key, v in out.items()}
 
 
 def mean_std(config):

@@ -14,7 +14,6 @@ The functions take arrays, so they work (and are tested) without data; `main` wi
 checkpoint (checkpoints.load_variables) and the input pipeline to them.
 """
 
-import itertools
 import math
 import pathlib
 
@@ -169,29 +168,14 @@ def gather_images(batches, indices) -> dict:
 
 def neighbour_figure(config, model, variables, path, num_queries=8, k=5, query_split=None,
                      train_split=None, max_train=None, layer='fc7'):
-    from alexnet_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel  (TF: slow)
-    config = config.copy_and_resolve_references()
-    if 'eval_crops' in config.data:
-        config.data.eval_crops = 'center'
     train_split = train_split or config.data.train_split
     query_split = query_split or config.data.test_split
-    per_batch = config.train.eval_batch_size
-
-    def batches(split, examples=None):
-        it = input_pipeline.eval_iterator(config, split)
-        return it if examples is None else itertools.islice(it, math.ceil(examples / per_batch))
-
-    mean, std = features.mean_std(config)  # The pipeline's batches are uint8.
-    train = features.extract(model, variables, batches(train_split, max_train), layer,
-                             mean=mean, std=std)
-    if max_train:
-        train = {key: v[:max_train] for key, v in train.items()}
-    query = features.extract(model, variables, batches(query_split, num_queries), layer,
-                             keep_images=True, mean=mean, std=std)
-    query = {key: v[:num_queries] for key, v in query.items()}
+    train = features.split_features(config, model, variables, train_split, layer, max_train)
+    query = features.split_features(config, model, variables, query_split, layer, num_queries,
+                                     keep_images=True)
     exclude = query['ids'] if query_split == train_split else None
     idx, dist = nearest_neighbours(query['features'], train['features'], k, exclude)
-    images = gather_images(batches(train_split, max_train), idx.reshape(-1))
+    images = gather_images(features.split_batches(config, train_split, max_train), idx.reshape(-1))
     neighbours = np.stack([[images[int(i)] for i in row] for row in idx])
     labels = [[q] + list(train['labels'][row]) for q, row in zip(query['labels'], idx)]
     return plot_neighbours(query['images'], neighbours, path, dist, labels)

@@ -82,21 +82,19 @@ def trials(sweep, root, rates: dict | None = None) -> dict:
 
 def choose(trial_list: list, threshold: float) -> dict:
     """The fastest rate (module doc): {'rate', 'epochs', 'reached', 'why'}."""
-    reached = [t for t in trial_list if t.epochs and all(e is not None for e in t.epochs)]
-    if reached:
-        best = min(reached, key=lambda t: (statistics.fmean(t.epochs), t.rate))
-        edge = best.rate in (min(t.rate for t in trial_list), max(t.rate for t in trial_list))
-        return {'rate': best.rate, 'epochs': statistics.fmean(best.epochs), 'reached': True,
-                'why': f'fewest epochs to {threshold:.0%} training error'
-                       + (' (at the edge of the grid: extend lr_search_rates)' if edge else '')}
-    finite = [t for t in trial_list if t.final_error and None not in t.final_error]
-    if not finite:
+    scored = [(_score(t), t.rate) for t in trial_list if _score(t) is not None]
+    if not scored:
         return {'rate': None, 'epochs': None, 'reached': False,
                 'why': 'every rate failed: widen config.lr_search_rates'}
-    best = min(finite, key=lambda t: (statistics.fmean(t.final_error), t.rate))
-    return {'rate': best.rate, 'epochs': None, 'reached': False,
+    (missed, value), rate = min(scored)  # Ties go to the smaller rate.
+    if not missed:
+        edge = rate in (min(t.rate for t in trial_list), max(t.rate for t in trial_list))
+        return {'rate': rate, 'epochs': value, 'reached': True,
+                'why': f'fewest epochs to {threshold:.0%} training error'
+                       + (' (at the edge of the grid: extend lr_search_rates)' if edge else '')}
+    return {'rate': rate, 'epochs': None, 'reached': False,
             'why': f'no rate reached {threshold:.0%}: lowest final training error '
-                   f'({statistics.fmean(best.final_error):.1%}); raise train.num_epochs'}
+                   f'({value:.1%}); raise train.num_epochs'}
 
 
 MAX_EXTENSIONS = 4  # Rates a point's search may add past an edge of the grid.
@@ -105,12 +103,8 @@ MAX_EXTENSIONS = 4  # Rates a point's search may add past an edge of the grid.
 def run(sweep, root, run_seeds) -> dict:
     """Runs (or resumes) the search with `run_seeds(sweep, points, root)` (a rate's search seeds
     together, as a grid point's); returns the choices {point name: choose(...)} and writes
-    lr_search.json / .md in `root`.
-
-    A choice at an edge of its point's rates is not known to be the best: that point gets the
-    next rate past the edge (`past_edge`) and the search goes on, until every choice is
-    bracketed by rates tried on both sides, or MAX_EXTENSIONS rates were added.
-    """
+    lr_search.json / .md in `root`. A choice at an edge of its point's rates gets the next rate
+    past it (`past_edge`) until every choice is bracketed, or MAX_EXTENSIONS rates were added."""
     rates = {name: sorted(map(float, sweep.lr_search_rates)) for name in search_points(sweep)}
     for _ in range(MAX_EXTENSIONS + 1):
         for by_rate in search_points(sweep, rates).values():
@@ -145,7 +139,8 @@ def past_edge(trial_list: list, chosen: float | None) -> float | None:
 
 
 def _score(trial):
-    """How good a rate is, as `choose` ranks them (lower is better); None if a run failed."""
+    """How good a rate is (lower is better): (0, mean epochs to the threshold) if every search
+    seed reached it, else (1, mean final training error); None if a run failed."""
     if trial.epochs and all(e is not None for e in trial.epochs):
         return (0, statistics.fmean(trial.epochs))
     if trial.final_error and None not in trial.final_error:
@@ -161,9 +156,8 @@ def apply(points: list, choices: dict) -> list:
         if rate is None:
             raise ValueError(f'learning-rate search found no usable rate for {p.name}: '
                              f'{choices[p.name]["why"]}')
-        overrides = dict(p.overrides)
-        overrides[LR_FIELD] = rate
-        out.append(grid.Point(p.labels, p.seed, tuple(sorted(overrides.items()))))
+        overrides = tuple(sorted({**dict(p.overrides), LR_FIELD: rate}.items()))
+        out.append(grid.Point(p.labels, p.seed, overrides))
     return out
 
 

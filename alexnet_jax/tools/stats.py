@@ -40,9 +40,6 @@ class Interval:
     def half_width(self) -> float:
         return (self.hi - self.lo) / 2
 
-    def scaled(self, factor: float) -> 'Interval':
-        return Interval(self.mean * factor, self.lo * factor, self.hi * factor, self.n)
-
     def format(self, scale: float = 1.0, digits: int = 2) -> str:
         """'12.34 [11.90, 12.78]'; '-' with no values; the bare mean when n = 1."""
         if self.n == 0:
@@ -56,22 +53,15 @@ class Interval:
 NONE = Interval(math.nan, math.nan, math.nan, 0)
 
 
-def _finite(values) -> np.ndarray:
-    return np.asarray([float(v) for v in values if v is not None and v != ''], np.float64)
-
-
 def t_quantile(n: int, confidence: float = CONFIDENCE) -> float:
-    """The two-sided t critical value for n values (n - 1 degrees of freedom)."""
+    """Two-sided, n - 1 degrees of freedom."""
     return float(scipy_stats.t.ppf(0.5 + confidence / 2, n - 1))
 
 
 def mean_ci(values, confidence: float = CONFIDENCE, lower: float | None = None) -> Interval:
-    """Mean and t-interval mean ± t_{n-1} * s / sqrt(n) of `values` ('' and None skipped).
-
-    `lower`: the least value the quantity can take (0 for an error rate or a count of epochs);
-    the interval is clipped there, as no mean below it is possible.
-    """
-    x = _finite(values)
+    """mean ± t_{n-1} * s / sqrt(n) of `values` ('' and None skipped), clipped at `lower`: the
+    least value the quantity can take (0 for an error rate or epochs), as no mean is below it."""
+    x = np.asarray([float(v) for v in values if v is not None and v != ''], np.float64)
     n = len(x)
     if n == 0:
         return NONE
@@ -110,12 +100,8 @@ def verdict(ci: Interval, scale: float = 1.0, unit: str = 'points', digits: int 
 
 
 def ratio_ci(baseline: dict, ablated: dict, confidence: float = CONFIDENCE) -> Interval:
-    """Ratio ablated / baseline by seed, as the geometric mean of the per-seed ratios with the
-    t-interval of the log ratios, exponentiated (a paired log-ratio t-interval).
-
-    Ratios live on a log scale (2x and 0.5x are equally far from 1); the interval is not
-    symmetric around the mean. Seeds where either value is missing or not positive are left out.
-    """
+    """Geometric mean of ablated / baseline by seed, with the exponentiated t-interval of the
+    log ratios: 2x and 0.5x are equally far from 1. Seeds without two positive values left out."""
     return geometric_ci([math.log(float(ablated[s]) / float(baseline[s]))
                          for s in paired_differences(baseline, ablated)
                          if float(ablated[s]) > 0 and float(baseline[s]) > 0], confidence)

@@ -4,11 +4,10 @@ r"""Ablation sweeps: every grid point x seed through the same `train_and_evaluat
   python -m alexnet_jax.tools.sweep --config=configs/ablations.py:fig1 --workdir=DIR --print_commands
 
 One workdir per point and seed (`DIR/<labels>/seed<k>`); a point's seeds train together
-(`run_seeds` -> `train.train_and_evaluate`: side by side in worker processes on a CPU, the
-same workers for every point, or stepped together in one vmapped program on GPU/TPU).
-The sweep is resumable for free: a point
-with results.json is skipped, an interrupted one resumes from its checkpoint, a failed one is
-recorded (failed.json, with the reason) and skipped on the next run unless --retry_failed.
+(side by side in worker processes on a CPU, the same workers for every point, or stepped together
+in one vmapped program on GPU/TPU). Resumable for free: a point with results.json is skipped, an
+interrupted one resumes from its checkpoint, a failed one is recorded (failed.json, with the
+reason) and skipped on the next run unless --retry_failed.
 At the end: DIR/results.csv, DIR/results.md (per point the mean and 95% CI over seeds, per
 effect the difference paired by seed, its CI and a verdict: alexnet_jax/tools/stats.py) and the
 figures DIR/fig1_training_error.png and DIR/ablation_deltas.png. A grid with
@@ -46,25 +45,20 @@ def run_point(sweep, point: grid.Point, root, *, retry_failed: bool = False) -> 
 
 
 def run_seeds(sweep, points: list, root, *, retry_failed: bool = False) -> list:
-    """Trains the seeds of one grid point (`points` share a name) that have not finished, or
-    failed before unless `retry_failed`, through `train.train_and_evaluate` (config.seeds_mode);
-    returns their rows. A failure is recorded in
-    the seed's failed.json and the grid goes on; a user's error stops it (one line); a
-    preempted run raises Preempted (its checkpoint resumes it next time)."""
+    """Trains the seeds of one grid point (`points` share a name) that have not finished (nor
+    failed, unless `retry_failed`); returns their rows. A failure is recorded in the seed's
+    failed.json and the grid goes on; a user's error stops it (one line); a preempted run raises
+    Preempted (its checkpoint resumes it next time)."""
     from alexnet_jax import seeds as seeds_lib  # Heavy; not needed for --print_commands.
     from alexnet_jax import train
-    group = pathlib.Path(root) / points[0].name
+    root = pathlib.Path(root)
+    group = root / points[0].name
     grid.check_definition(sweep, points[0], group)  # Refuses a changed base or overrides.
-
-    def todo(p):
-        workdir = group / f'seed{p.seed}'
-        if (workdir / 'results.json').exists():
-            return False
-        return retry_failed or not (workdir / 'failed.json').exists()
-    missing = [p for p in points if todo(p)]
+    missing = [p for p in points if not (root / p.dirname / 'results.json').exists()
+               and (retry_failed or not (root / p.dirname / 'failed.json').exists())]
     if missing:
         for p in missing:
-            (group / f'seed{p.seed}' / 'failed.json').unlink(missing_ok=True)
+            (root / p.dirname / 'failed.json').unlink(missing_ok=True)
         config = grid.point_config(sweep, missing[0])
         config.num_seeds = len(missing)
         logging.info('%s: training seeds %s.', points[0].name, [p.seed for p in missing])
@@ -74,17 +68,16 @@ def run_seeds(sweep, points: list, root, *, retry_failed: bool = False) -> list:
             raise
         except Exception as e:  # pylint: disable=broad-except  (recorded, the grid goes on)
             for p in missing:  # Seeds another worker finished before the error keep their result.
-                if not (group / f'seed{p.seed}' / 'results.json').exists():
-                    seeds_lib.record_failure(group / f'seed{p.seed}', e)
+                if not (root / p.dirname / 'results.json').exists():
+                    seeds_lib.record_failure(root / p.dirname, e)
         else:
             if 'preempted_at_step' in out or any('preempted_at_step' in r for r in out.values()
                                                  if isinstance(r, dict)):
                 raise Preempted(f'{points[0].name} preempted')
-    return [grid.result_row(sweep, p, group / f'seed{p.seed}') for p in points]
+    return [grid.result_row(sweep, p, root / p.dirname) for p in points]
 
 
 def run_grid(sweep, points: list, root, *, retry_failed: bool = False) -> list:
-    """Every point's seeds (`run_seeds`), point after point."""
     rows = []
     for name in dict.fromkeys(p.name for p in points):
         rows += run_seeds(sweep, [p for p in points if p.name == name], root,
@@ -92,9 +85,9 @@ def run_grid(sweep, points: list, root, *, retry_failed: bool = False) -> list:
     return rows
 
 
-METRICS = {  # Row column -> (table heading, scale, unit of an effect); lower is better for all.
-    'top1': ('test top-1 error', 100.0, 'points'),
-    'epochs': ('epochs to threshold', 1.0, 'epochs'),
+METRICS = {  # Row column -> (table heading, {}: the threshold; scale; unit of an effect).
+    'top1': ('test top-1 error', 100.0, 'points'),  # Lower is better for all.
+    'epochs': ('epochs to {} train error', 1.0, 'epochs'),
 }
 _COLUMNS = {'top1': 'test_top1_error', 'top5': 'test_top5_error',
             'epochs': 'epochs_to_threshold', 'steps': 'steps_to_threshold'}
@@ -160,8 +153,7 @@ def axis_effects(sweep, summary) -> list:
 
 
 def write_tables(sweep, rows, root, notes=()) -> str:
-    """results.csv (one row per run) and results.md: per point the mean [95% CI] over seeds,
-    per effect the paired difference, its CI and a verdict; `notes` are added lines."""
+    """results.csv (one row per run) and results.md (module doc); `notes` are added lines."""
     from configs import ablations
     root = pathlib.Path(root)
     with (root / 'results.csv').open('w', newline='') as f:
@@ -191,12 +183,10 @@ def write_tables(sweep, rows, root, notes=()) -> str:
         for e in effects:
             for metric, (heading, scale, unit) in METRICS.items():
                 ci = e[metric]
-                if metric == 'epochs':
-                    heading = f'epochs to {target} train error'
                 paper = ablations.PAPER_TOP1_DELTA.get(e['key']) if metric == 'top1' else None
                 lines.append(
-                    f'| {e["axis"]} | {e["within"] or "all"} | {heading} ({unit}) | {ci.n} | '
-                    f'{_signed(ci.mean * scale)} | {_bracket(ci, scale)} | '
+                    f'| {e["axis"]} | {e["within"] or "all"} | {heading.format(target)} ({unit}) | '
+                    f'{ci.n} | {_signed(ci.mean * scale)} | {_bracket(ci, scale)} | '
                     f'{stats.verdict(ci, scale, unit)} | '
                     f'{"-" if paper is None else f"{paper:+.1f} (ImageNet)"} |')
             r = e['epochs_ratio']
