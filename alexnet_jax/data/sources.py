@@ -32,11 +32,6 @@ class DataError(errors.UserError, ValueError):
     """Data that is there but unusable (an empty class, an unreadable image with strict=True)."""
 
 
-def _unknown_split(name, split, splits):
-    return DataNotFoundError(f'{name} has no split {split!r} (it has {sorted(splits)}); set '
-                             f'config.data.train_split/eval_split/test_split to one of them.')
-
-
 def host_range(n: int, index: int, count: int, drop_remainder: bool):
     """[lo, hi) of host `index` among `count` over n examples, exactly as `tfds.even_splits`."""
     per, rest = divmod(n, count)
@@ -62,7 +57,9 @@ class TfdsSource:
         known = self.builder.info.splits.keys()
         for name in split.split('+'):  # TFDS split syntax: 'train[:90%]', 'train+test', ...
             if name.split('[')[0].strip() not in known:
-                raise _unknown_split(self.builder.name, split, known)
+                raise DataNotFoundError(
+                    f'{self.builder.name} has no split {split!r} (it has {sorted(known)}); set '
+                    f'config.data.train_split/eval_split/test_split to one of them.')
         return self.builder.info.splits[split].num_examples
 
     def skipped(self, split):
@@ -73,8 +70,7 @@ class TfdsSource:
         sub = tfds.even_splits(split, n=count, drop_remainder=drop_remainder)[index]
         ds = self.builder.as_dataset(split=sub, shuffle_files=False, read_config=_NO_CACHE_WARNING,
                                      decoders={'image': tfds.decode.SkipDecoding()})
-        ds = ds.map(_image_and_label)
-        return ds, self.builder.info.splits[sub].num_examples
+        return ds.map(_image_and_label), self.builder.info.splits[sub].num_examples
 
 
 class FolderSource:
