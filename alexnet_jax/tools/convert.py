@@ -74,6 +74,7 @@ TORCHVISION_KEYS = {  # Our layer -> its module in torchvision's alexnet.
 CAFFE_MEAN_BGR = (104.0069879317889, 116.66876761696767, 122.6789143406786)  # ilsvrc_2012_mean.
 TORCHVISION_MEAN = (0.485, 0.456, 0.406)   # Its transforms, on pixels scaled to [0, 1].
 TORCHVISION_STD = (0.229, 0.224, 0.225)
+DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[2] / 'configs' / 'alexnet.py'
 
 
 class ConvertError(errors.UserError, ValueError):
@@ -218,7 +219,7 @@ def torchvision_params(state: dict, config) -> dict:
     params = {}
     for name in LAYER_NAMES:
         key = TORCHVISION_KEYS[name]
-        w, b = np.asarray(state[f'{key}.weight'], np.float32), np.asarray(state[f'{key}.bias'], np.float32)
+        w, b = (np.asarray(state[f'{key}.{part}'], np.float32) for part in ('weight', 'bias'))
         want = expected[name]['kernel'].shape
         if name.startswith('conv'):
             _check_shape('torchvision', f'{key}.weight ({name})', w.shape,
@@ -279,11 +280,8 @@ def source_config(source: str, base, num_classes: int, input_path) -> ml_collect
 
 
 def _sha256(path) -> str:
-    h = hashlib.sha256()
     with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, 'sha256').hexdigest()
 
 
 # --- writing the checkpoint --------------------------------------------------------------------
@@ -327,8 +325,7 @@ def convert(source: str, input_path, output_dir, base_config=None) -> pathlib.Pa
 
 def default_config():
     """configs/alexnet.py's paper config (the base a conversion overrides)."""
-    path = pathlib.Path(__file__).resolve().parents[2] / 'configs' / 'alexnet.py'
-    spec = importlib.util.spec_from_file_location('_alexnet_config', path)
+    spec = importlib.util.spec_from_file_location('_alexnet_config', DEFAULT_CONFIG)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config()
@@ -338,8 +335,7 @@ def define_flags() -> None:
     flags.DEFINE_enum('from', None, list(SOURCES), 'Format of --input.')
     flags.DEFINE_string('input', None, 'bvlc_alexnet.npy, or a torchvision alexnet .pth / .npz.')
     flags.DEFINE_string('output', None, 'Directory to create (must not exist, or be empty).')
-    cli.define_config_flag(default=str(pathlib.Path(__file__).resolve().parents[2] / 'configs'
-                                       / 'alexnet.py'))  # Base config; model/data get overridden.
+    cli.define_config_flag(default=str(DEFAULT_CONFIG))  # Base config; model/data get overridden.
 
 
 @cli.one_line_errors

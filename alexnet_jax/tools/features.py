@@ -54,14 +54,11 @@ def _pmapped(model, layer: str, mean, std):
 
 def extract(model, variables, batches, layer: str, keep_images: bool = False, *, mean=0.0,
             std=1.0) -> dict:
-    """Runs `model` over device batches {'image': [devices, per_device, H, W, C], 'label', 'mask'}.
-
-    The images are normalised on the device with `mean`/`std` (`preprocess.mean_std`, as the
-    pipeline's uint8 batches need); the defaults pass images that already are the model input.
+    """Runs `model` over device batches {'image': [devices, per_device, H, W, C], 'label', 'mask'},
+    normalised on the device with `mean`/`std` (`mean_std` for the pipeline's uint8 batches).
 
     Returns {'features', 'labels', 'ids'} (and 'images' when keep_images) for the unmasked
-    examples, in order; ids count every example seen (padding excluded).
-    """
+    examples, in order; ids count every example seen (padding excluded)."""
     check_layer(model, layer)
     fn = _pmapped(model, layer, mean, std)
     replicated = parallel.replicate(variables)
@@ -96,9 +93,8 @@ def split_batches(config, split: str, examples: int | None = None):
         config = config.copy_and_resolve_references()
         config.data.eval_crops = 'center'
     batches = input_pipeline.eval_iterator(config, split)
-    if examples is None:
-        return batches
-    return itertools.islice(batches, math.ceil(examples / config.train.eval_batch_size))
+    return batches if examples is None else itertools.islice(
+        batches, math.ceil(examples / config.train.eval_batch_size))
 
 
 def split_features(config, model, variables, split: str, layer: str, examples=None, **kw) -> dict:
