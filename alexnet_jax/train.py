@@ -1,22 +1,14 @@
-"""Training and evaluation loop: `train_and_evaluate(config, workdir)`, after flax's imagenet.
+"""The one training loop, `train_and_evaluate(config, workdir)`, after flax's imagenet.
 
-One loop for one seed or many. The state, the run keys (dropout, data) and the metrics carry a
-leading seed axis (size 1 for a plain run); config.seeds_mode only decides how the step is
-compiled (`make_seeds_step`: 'vmap', 'map') or, for 'sequential' and 'processes', that each
-seed runs this loop as a plain run (seeds.py schedules the processes). Each seed owns a workdir
-(`Seed`): the plain run's, or workdir/seed<k> of several, with its checkpoints, config.json,
-metrics and results as a standalone run's, so a rerun in any mode resumes each seed.
+One seed or many: the state, the keys and the metrics carry a leading seed axis (size 1 for a
+plain run); config.seeds_mode only decides how the step is compiled ('vmap', 'map') or that
+each seed runs as a plain run ('sequential', 'processes'). Each seed owns a workdir (`Seed`)
+laid out as a standalone run's, so a rerun in any mode resumes each seed.
 
-Data parallel with `jax.pmap` over every device of every host (axis `parallel.AXIS`): the state
-is replicated, each device takes its slice of the global batch, gradients, batch statistics and
-metrics are averaged across devices inside the step. Side jobs (log, eval, checkpoint) run when
-`due`; the host waits for the devices only there.
-
-Resuming is exact: the state (params, optimizer state, step) and the plateau tracker come from
-the latest checkpoint, the data iterator restarts at that step, and the dropout key of step s
-on device d is fold_in(fold_in(key(seed), s), d), a function of the step alone. The learning
-rate is the configured one (`configured_learning_rate`); what else may change on resume is
-checkpoints.check_fits's rule. Each seed's workdir is locked for the run.
+Data parallel with `jax.pmap` over every device of every host: gradients, batch statistics and
+metrics are averaged inside the step; the host waits for the devices only when a side job is
+`due`. Resuming is exact: state and plateau come from the checkpoint, the data restarts at its
+step, and the dropout key of step s on device d is fold_in(fold_in(key(seed), s), d).
 """
 
 import functools
@@ -65,36 +57,25 @@ class NonFiniteLossError(errors.UserError, FloatingPointError):
 
 def create_train_state(rng, model: nn.Module, tx: optax.GradientTransformation,
                        image_shape, dynamic_scale=None) -> TrainState:
-    """Initialises parameters (and batch statistics) on the host, unreplicated.
-
-    One jitted program makes the parameters and the optimizer state: run eagerly, the
-    optimizer's zeros would compile a small program per parameter shape, every run."""
+    """The state on the host, made by one jitted program: run eagerly, the optimizer's zeros
+    would compile a small program per parameter shape, every run."""
     def init(rng):
         variables = model.init(rng, jnp.zeros((1,) + tuple(image_shape), jnp.float32),
                                train=False)
         return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
-                                 batch_stats=variables.get('batch_stats', {}))
-    state = jax.tree.map(np.asarray, jax.jit(init)(rng))
-    if dynamic_scale is not None:
-        dynamic_scale = dynamic_scale.replace(
-            fin_steps=np.asarray(dynamic_scale.fin_steps, np.int32),
-            scale=np.asarray(dynamic_scale.scale, np.float32))
-    # Host numpy leaves with fixed dtypes (step=0 is a Python int, the lr a weakly typed
-    # scalar): the step's second call would otherwise see new types and compile again.
-    return state.replace(step=np.zeros((), np.int32), dynamic_scale=dynamic_scale)
+                                 batch_stats=variables.get('batch_stats', {}),
+                                 dynamic_scale=dynamic_scale)
+    # Host numpy leaves with fixed dtypes (the step, the lr and the loss scale are Python
+    # scalars): the step's second call would otherwise see new types and compile again.
+    return jax.tree.map(np.asarray, jax.jit(init)(rng))
 
 
 MIN_LOSS_SCALE = 1.0  # An overflow at this scale is a real inf/NaN: the loop stops on it.
 
 
 def create_dynamic_scale(o):
-    """Dynamic loss scaling for config.optim (fp16), or None when `loss_scale` is not set.
-
-    The loss is multiplied by `scale` before the backward pass and the gradients divided by it
-    after (then pmean'd, so every device sees the same gradients). A step whose gradients are
-    not all finite is skipped (params, optimizer state and batch statistics kept) and the scale
-    halved; after `loss_scale_growth_interval` finite steps in a row it doubles.
-    """
+    """fp16 loss scaling (None unless config.optim.loss_scale): a step with non-finite
+    gradients is skipped and the scale halved; it doubles after `growth_interval` good steps."""
     if o.get('loss_scale') is None:
         return None
     return dynamic_scale_lib.DynamicScale(
@@ -112,21 +93,13 @@ def initial_state(config, info, steps_per_epoch: int, num_steps: int):
                               create_dynamic_scale(config.optim)), dropout_key
 
 
-def cross_entropy(logits, labels):
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-
-
 def dropout_rng(key, step):
     """This device's dropout key for `step`: every device and every step draws its own masks."""
     return jax.random.fold_in(jax.random.fold_in(key, step), lax.axis_index(AXIS))
 
 
 def train_step(state: TrainState, batch, *, dropout_key, mean, std):
-    """One SGD step on this device's slice of the batch; runs under pmap over AXIS.
-
-    batch: uint8 'image' (+ 'lighting'), 'label'; `preprocess.normalize_batch` with the data's
-    per-channel `mean`/`std` makes the model input on the device.
-    """
+    """One SGD step on this device's slice of a uint8 batch (normalised here); under pmap."""
     images = preprocess.normalize_batch(batch, mean, std)
     rng = dropout_rng(dropout_key, state.step)
 
@@ -134,7 +107,8 @@ def train_step(state: TrainState, batch, *, dropout_key, mean, std):
         logits, updates = state.apply_fn(
             {'params': params, 'batch_stats': state.batch_stats}, images, train=True,
             rngs={'dropout': rng}, mutable=['batch_stats'])
-        return cross_entropy(logits, batch['label']).mean(), (logits, updates)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
+        return loss.mean(), (logits, updates)
 
     scaler = state.dynamic_scale
     if scaler is None:
@@ -165,15 +139,9 @@ def train_step(state: TrainState, batch, *, dropout_key, mean, std):
 
 
 def make_train_step(dropout_key, devices=None, donate_state: bool = False, *, mean, std):
-    """`train_step` pmapped over AXIS, as the loop runs it; the benchmarks time this very function.
-
-    The state is not donated by default: with pmap's per-device leading axis, XLA (jax 0.10)
-    keeps the old params/momentum alive next to the aliased outputs by copying every donated
-    buffer at the start of the step (see benchmarks/RESULTS.md: ~3 x the state in memory
-    traffic per step, no memory saved, since the copies are as large as the state).
-    The dropout key is an argument of the compiled step, not a constant in it, so another seed
-    runs the same program (from the compilation cache).
-    """
+    """`train_step` pmapped, as the benchmarks time it. Not donated by default: under pmap XLA
+    (jax 0.10) copies every donated buffer at the step's start (benchmarks/RESULTS.md). The
+    dropout key is an argument, so another seed runs the same program."""
     step = jax.pmap(lambda state, batch, key: train_step(state, batch, dropout_key=key,
                                                          mean=mean, std=std),
                     axis_name=AXIS, in_axes=(0, 0, None),
@@ -182,11 +150,8 @@ def make_train_step(dropout_key, devices=None, donate_state: bool = False, *, me
 
 
 def device_train_step(state: TrainState, keys, data, *, spec, mean, std):
-    """`train_step` on the batch gathered and augmented on the device (device_data.py).
-
-    keys: {'dropout', 'data'}, the run's keys (arguments, not constants: a vectorised run
-    passes one per seed); data: the device-resident set (`device_data.place`).
-    """
+    """`train_step` on a batch gathered and augmented on the device from `data` (the
+    device-resident set); keys: {'dropout', 'data'}, arguments so each seed passes its own."""
     batch = device_data.train_batch(data, keys['data'], state.step, spec)
     return train_step(state, batch, dropout_key=keys['dropout'], mean=mean, std=std)
 
@@ -200,9 +165,8 @@ def make_seeds_step(one, mode: str, devices=None):
 
 
 def step_runner(config, info, keys, start_step: int, mode: str, devices=None):
-    """state -> (state, metrics) of the next step for a state with a leading seed axis, on
-    device-resident data (batches gathered in the step) or on tf.data batches (one seed).
-    keys: {'dropout', 'data'} [seeds]."""
+    """state -> (state, metrics) of the next step, on device-resident data or on tf.data
+    batches (one seed); state and keys ({'dropout', 'data'}) have a leading seed axis."""
     mean, std = preprocess.mean_std(config.data, info.image_shape[-1])
     keys = parallel.replicate(keys, devices)
     if device_data.enabled(config, info):
@@ -228,27 +192,16 @@ def num_train_steps(config, info=None) -> tuple[int, int]:
 
 
 def due(step: int, every: int, last: int) -> bool:
-    """The loop's one timing rule for its side jobs (log, evaluate, checkpoint): every `every`
-    steps (0: never) and at the last step."""
+    """The one timing rule of the side jobs: every `every` steps (0: never) and the last."""
     return step == last or (every > 0 and step % every == 0)
 
 
 def train_and_evaluate(config, workdir: str, seeds=None) -> dict:
-    """Trains (or resumes) config's seeds, evaluates them on the test split; returns
-    results.json's dict for a plain run, else {seed: results, or {'failed': reason}}.
-
-    A plain run (config.num_seeds = 1, no `seeds`) trains in `workdir`; several seeds (or a
-    sweep's `seeds`) each in workdir/seed<k>, as standalone runs would (seeds.seed_dir). How they
-    share the machine is `seeds.resolve_mode`: stepped together by this loop ('vmap', 'map'),
-    or scheduled as plain runs, one after another ('sequential') or side by side in worker
-    processes ('processes'). A non-finite loss stops a plain run (NonFiniteLossError); of
-    several seeds it fails that seed only (failed.json). SIGTERM/SIGINT save and stop: the
-    result then has 'preempted_at_step' (per seed for several).
-
-    `config` must be validated (validation.validate_config): launch.py and tools/sweep.py do
-    it once, at the entry point. config.init_from: a fresh run starts from those weights
-    (finetune.py); config.freeze: those layers stay fixed (optim.py).
-    """
+    """Trains (or resumes) a validated config's seeds and tests them: results.json's dict for
+    a plain run, else {seed: results or {'failed': reason}}; 'preempted_at_step' after
+    SIGTERM/SIGINT. A plain run trains in `workdir` and stops on a non-finite loss; several
+    seeds (or a sweep's `seeds`) each in workdir/seed<k>, where a non-finite loss fails that
+    seed only. How seeds share the machine: `seeds.resolve_mode`."""
     config = finetune.resolve_config(config)  # init_from: its net and preprocessing.
     info = input_pipeline.get_info(config)
     check_data_fits(config, info)
@@ -279,8 +232,7 @@ def train_and_evaluate(config, workdir: str, seeds=None) -> dict:
 
 
 def train_one_seed(config, workdir, seed) -> dict:
-    """Seed `seed` of config as a plain run in workdir/seed<k>; a non-finite loss fails that
-    seed only (failed.json). What the 'sequential' and 'processes' modes run for each seed."""
+    """Seed `seed` as a plain run in workdir/seed<k> ('sequential', 'processes')."""
     directory = seeds_lib.seed_dir(workdir, seed)
     try:
         return train_and_evaluate(seeds_lib.seed_config(config, seed), str(directory))
@@ -289,7 +241,7 @@ def train_one_seed(config, workdir, seed) -> dict:
 
 
 def check_data_fits(config, info) -> None:
-    """The config against the data: its classes, and a batch the training split can fill."""
+    """The config's classes and batch against the data, once for all seeds."""
     d, batch = config.data, config.train.batch_size
     validation.check(config.model.num_classes == info.num_classes, 'model.num_classes',
                      f'{config.model.num_classes} != {info.num_classes} classes in '
@@ -301,9 +253,9 @@ def check_data_fits(config, info) -> None:
 
 
 class Seed:
-    """One seed's side of the loop: its workdir (locked for the run), checkpoints (keep-best
-    by validation top-1), metrics, plateau schedule, best score and failure. Its state starts
-    as the checkpoint's (resume), init_from's (a fresh fine-tuning run) or a fresh one."""
+    """One seed's side of the loop: its locked workdir, checkpoints (keep-best by validation
+    top-1), metrics, plateau, best score and failure; its state is the checkpoint's (resume),
+    init_from's (a fresh fine-tuning run) or a fresh one."""
 
     def __init__(self, config, info, seed: int, workdir, num_steps: int, steps_per_epoch: int,
                  label: str = '', stop_on_nan: bool = False):
@@ -338,8 +290,8 @@ class Seed:
                                    batch_size=t.batch_size, plot=t.plot, label=label)
 
     def begin(self) -> None:
-        """Writes config.json and opens the metrics: only once every seed of the run is known
-        to fit its workdir, so a refused rerun leaves no file behind."""
+        """Writes config.json and opens the metrics once every seed fits its workdir, so a
+        refused rerun leaves no file behind."""
         checkpoints.write_config(self.config, self.workdir)
         self.recorder = metrics_lib.Recorder(self.workdir, **self._recorder_args)
 
@@ -351,9 +303,8 @@ class Seed:
         self.last_saved = step
 
     def fail(self, error: NonFiniteLossError) -> None:
-        """Its loss went non-finite: it is no longer logged, evaluated or saved. A plain run
-        stops on it (the loop raises it); a seed of several records it now (failed.json), so a
-        rerun, or a sweep, knows whatever ends the run later."""
+        """No longer logged, evaluated or saved; a seed of several writes failed.json now, so
+        a rerun or a sweep knows, however the run ends (a plain run raises it)."""
         self.failed = error
         if not self.stop_on_nan:
             self.results = {'failed': seeds_lib.record_failure(self.workdir, error)}
@@ -367,8 +318,8 @@ class Seed:
 
 
 def _train_seeds(config, info, seed_dirs, mode: str, raise_nan: bool = False) -> dict:
-    """The loop for `seed_dirs` [(seed, workdir)], stepped together (`mode`); seeds resumed at
-    different steps (a rerun after another mode) train in groups, one per start step."""
+    """The loop for [(seed, workdir)], stepped together; seeds resumed at different steps
+    (after a rerun in another mode) train in groups, one per start step."""
     num_steps, steps_per_epoch = num_train_steps(config, info)
     several = len(seed_dirs) > 1
     seeds, out = [], {}
@@ -398,8 +349,8 @@ def _train_seeds(config, info, seed_dirs, mode: str, raise_nan: bool = False) ->
 
 
 def _stack(trees):
-    """Leaves stacked on a new leading (seed) axis, in the structure of the first tree (the
-    states' static fields, e.g. the optimizer, are equal but not identical objects)."""
+    """Leaves stacked on a new seed axis, in the first tree's structure (the static fields of
+    the states are equal but not identical objects)."""
     leaves = [jax.tree.leaves(t) for t in trees]
     return jax.tree.unflatten(jax.tree.structure(trees[0]),
                               [np.stack([np.asarray(v) for v in x]) for x in zip(*leaves)])
@@ -407,8 +358,8 @@ def _stack(trees):
 
 def _train_group(config, info, seeds: list, mode: str, num_steps: int, steps_per_epoch: int,
                  guard) -> int | None:
-    """Trains `seeds` (all at the same step) to num_steps and evaluates them on the test
-    split (each Seed's `results`); returns the step it stopped at on a signal, else None."""
+    """Trains seeds at the same step to num_steps and tests them (each Seed's `results`);
+    returns the step it stopped at on a signal, else None."""
     t, d = config.train, config.data
     eval_every = steps_per_epoch if t.eval_every_steps is None else t.eval_every_steps
     state = parallel.replicate(_stack([s.state for s in seeds]))
@@ -473,8 +424,7 @@ def _record_eval(seed, step: int, val: dict) -> bool:
 
 
 def _log(seeds, step: int, pending: list) -> None:
-    """Per seed, its metrics since the last log (`log_train`); a non-finite loss fails that
-    seed only: it is no longer logged, evaluated or saved, and the others go on."""
+    """Logs each seed's metrics since the last log; a non-finite loss fails that seed only."""
     host = jax.tree.map(lambda *x: np.stack(x), *parallel.unreplicate(pending))  # [steps, seeds]
     for i, s in enumerate(seeds):
         if s.failed:
@@ -489,10 +439,8 @@ def _log(seeds, step: int, pending: list) -> None:
 
 
 def configured_learning_rate(state, o, plateau):
-    """A restored state's learning rate for 'plateau' and 'constant', whose rate lives in the
-    optimizer state: the configured base rate times the plateau reductions already taken, so
-    a rerun with a new config.optim.learning_rate uses it (logged). Other schedules recompute
-    the rate from the config at every step anyway."""
+    """The configured rate (times the plateau reductions taken) into a restored state, for
+    the schedules whose rate lives in the optimizer state: a rerun may lower it (logged)."""
     if o.schedule not in ('plateau', 'constant'):
         return state
     old = np.asarray(optim.learning_rate(state.opt_state))
@@ -508,13 +456,9 @@ def configured_learning_rate(state, o, plateau):
 
 
 def log_train(recorder, step: int, stacked: dict, last_saved: int | None = None) -> None:
-    """Averages one seed's metrics of the steps since the last log ({name: [steps]}), raises
-    NonFiniteLossError on a non-finite loss, writes them.
-
-    With dynamic loss scaling a step that overflowed was skipped (nothing updated, the scale
-    lowered): it is not an error unless its scale was already at MIN_LOSS_SCALE, and it is left
-    out of the averages (its loss may be inf); `skipped_steps` counts such steps.
-    """
+    """Writes the mean of one seed's metrics since the last log ({name: [steps]}); raises
+    NonFiniteLossError on a non-finite loss. A loss-scaled step that overflowed was skipped:
+    not an error above MIN_LOSS_SCALE, left out of the means, counted in `skipped_steps`."""
     stacked = dict(stacked)
     losses = np.asarray(stacked['loss'])
     ok = np.isfinite(losses)
