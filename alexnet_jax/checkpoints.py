@@ -1,29 +1,11 @@
 """Workdirs, read and written here only: checkpoints (orbax), config.json, lock, resume rule.
 
-    ckpt = Checkpointer(workdir, config_fingerprint=config_fingerprint(config))
-    restored = ckpt.restore(host_state)            # None on a fresh workdir
-    ...
-    ckpt.save(step, host_state, meta, metrics={'val_top1': acc})  # async; returns at once
-    ckpt.close()                                    # waits for the save in flight
-
-    config, variables = load_variables(workdir)     # tools: params (+ batch_stats) only
-
-State goes in and comes out unreplicated (`parallel.unreplicate` before `save`,
-`parallel.replicate` after `restore`): orbax cannot save pmap-replicated arrays as such.
-
-What a step directory holds (orbax `Composite`):
-  state/            the pytree (StandardSave: OCDBT + zarr)
-  meta/             the caller's JSON dict (data position, schedule state, wall time, ...)
-  checkpoint_info/  ours, the one record of what the step fits: format version, config
-                    fingerprint (`check_fits`), topology, and per leaf shape, dtype and crc32
-                    of the saved bytes; the crc32s stay because orbax does not checksum array
-                    data: every restore recomputes them, a mismatch is corruption.
-  metrics/          written by orbax when metrics are given; drives keep-best.
-
-Atomicity is orbax's: a step is written into `<step>.orbax-checkpoint-tmp` and renamed to
-`<step>` when complete (on GCS, a `commit_success.txt` marks completion instead); a save killed
-part way leaves only the tmp directory, which orbax never lists as a step. We warn about such
-leftovers and let orbax delete them (`cleanup_tmp_directories`).
+State goes in and comes out unreplicated: orbax cannot save pmap-replicated arrays as such.
+A step directory (orbax `Composite`) holds `state/` (the pytree), `meta/` (the caller's JSON),
+`metrics/` (keep-best's ranking) and `checkpoint_info/`, ours: the one record of what the step
+fits (config fingerprint, topology, each leaf's shape, dtype and crc32; the crc32s because
+orbax does not checksum array data). A step is written to `<step>.orbax-checkpoint-tmp` and
+renamed when complete, so a killed save never counts as a step.
 """
 
 from __future__ import annotations
@@ -59,7 +41,7 @@ _ITEMS = ('state', 'meta', _INFO)
 
 
 class ConfigMismatchError(errors.UserError, ValueError):
-    """The workdir holds checkpoints of a different model; the message names the fields."""
+    """The workdir's checkpoints do not fit the config; the message names the fields."""
 
 
 class CorruptCheckpointError(errors.UserError, RuntimeError):
@@ -67,13 +49,9 @@ class CorruptCheckpointError(errors.UserError, RuntimeError):
 
 
 def config_fingerprint(config) -> dict:
-    """What a workdir's checkpoints must share with the config that resumes them (JSON-ready;
-    saved in each step's checkpoint_info and checked by `check_fits`).
-
-    The fields that decide the saved state's shapes: the model section, the input shape, and
-    what shapes the optimizer state (optimizer, loss scaling, frozen layers); and under
-    'stream', the RESUME_FIXED fields.
-    """
+    """What a checkpoint must share with the config that resumes it (`check_fits`): the
+    fields that shape the state (model, input, optimizer, loss scaling, frozen layers) and,
+    under 'stream', the RESUME_FIXED fields."""
     fingerprint = {'model': _jsonable(_to_dict(config.model))}
     optim = {k: config.optim[k] for k in ('optimizer', 'loss_scale')
              if 'optim' in config and k in config.optim}
@@ -148,12 +126,9 @@ class WorkdirError(errors.UserError):
 
 
 class WorkdirLock:
-    """An exclusive `flock` on the workdir directory itself, held by process 0 for the run.
-
-    The kernel drops it when the process exits or is killed (kill -9 included), so it is never
-    left stuck; nothing is written into the workdir for it. Not taken on URLs (gs://...) or on
-    file systems without flock (a warning says so).
-    """
+    """An exclusive `flock` on the workdir itself, held by process 0: the kernel drops it when
+    the process dies (kill -9 included), and nothing is written for it. None on URLs and on
+    file systems without flock (a warning says so)."""
 
     def __init__(self, fd: int | None):
         self._fd = fd
@@ -165,7 +140,7 @@ class WorkdirLock:
 
 
 def lock_workdir(workdir) -> WorkdirLock:
-    """Creates `workdir` (one-line errors if it is a file or not writable) and locks it."""
+    """Creates `workdir` and locks it; one-line errors for a file, no permission, a holder."""
     if jax.process_index() != 0:
         return WorkdirLock(None)
     path = epath.Path(workdir)
@@ -211,14 +186,9 @@ pylogging.getLogger('absl').addFilter(_UnrankedSaveFilter())  # orbax logs throu
 
 
 class Checkpointer:
-    """orbax CheckpointManager under `workdir/checkpoints`.
-
-    Keeps the last `keep` checkpoints plus the best one by `metrics[best_metric]`
-    (`best_mode` 'max' or 'min'). Saves are asynchronous when `async_save`: `save` returns once
-    the arrays are copied, the write finishes in the background; the next `save`, `wait`,
-    `close` and interpreter exit all wait for it. All processes must call `save` and
-    `restore` (orbax synchronises them); only process 0 writes the side files.
-    """
+    """orbax CheckpointManager under `workdir/checkpoints`: the last `keep` steps plus the best
+    by `metrics[best_metric]`. An async save returns once the arrays are copied; the next save,
+    `wait`, `close` and interpreter exit wait for it. Every process calls save and restore."""
 
     def __init__(self, workdir: str, *, config_fingerprint: dict, keep: int = 3,
                  best_metric: str | None = 'val_top1', async_save: bool = True,
@@ -277,14 +247,9 @@ class Checkpointer:
 
     # -- save --------------------------------------------------------------------------------
 
-    def save(self, step: int, state, meta: dict, metrics: dict | None = None,
-             force: bool = False) -> None:
-        """Saves `state` (an unreplicated host pytree) and `meta` (JSON) as `step`.
-
-        A step that is already saved is skipped (e.g. the final save right after a periodic
-        one); so is a step older than the latest unless `force`. `metrics[best_metric]`, when
-        present and finite, ranks the checkpoint for keep-best.
-        """
+    def save(self, step: int, state, meta: dict, metrics: dict | None = None) -> None:
+        """Saves a host pytree and a JSON dict as `step`, unless that step is saved already;
+        `metrics[best_metric]`, when finite, ranks it for keep-best."""
         step = int(step)
         if step in self._mgr.all_steps():
             logging.info('Checkpoint for step %d already exists in %s; not saving again.',
@@ -304,10 +269,10 @@ class Checkpointer:
             args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                     meta=ocp.args.JsonSave(meta),
                                     **{_INFO: ocp.args.JsonSave(info)}),
-            metrics=self._ranking_metrics(step, metrics), force=force)
+            metrics=self._ranking_metrics(step, metrics))
         if not saved:
-            logging.info('Skipped checkpoint for step %d (latest saved step is %s; pass '
-                         'force=True to save an older step).', step, self._mgr.latest_step())
+            logging.info('Skipped checkpoint for step %d (latest saved step is %s).', step,
+                         self._mgr.latest_step())
         elif not self._async or not self._saved_once:
             # The first save is waited for and checked, so a save that cannot work (a bad
             # path, no permission, no space) stops the run now, not one interval later.
@@ -346,14 +311,10 @@ class Checkpointer:
     # -- restore -----------------------------------------------------------------------------
 
     def restore(self, target_state) -> tuple[Any, dict] | None:
-        """Restores the newest valid checkpoint into the structure of `target_state`.
-
-        Returns (state, meta), or None if the workdir has no checkpoint. A newest checkpoint
-        that cannot be read or fails its checksums is logged, moved to
-        `workdir/checkpoints_corrupt/` and the previous one is tried. Raises
-        ConfigMismatchError if the workdir was written by a different model config and
-        CorruptCheckpointError if checkpoints exist but none can be restored.
-        """
+        """(state, meta) of the newest intact step in `target_state`'s structure, or None for
+        no checkpoint. A step that cannot be read or fails its checksums is moved to
+        `checkpoints_corrupt/` and the previous one tried; ConfigMismatchError if the config
+        does not fit (`check_fits`), CorruptCheckpointError if no step can be restored."""
         steps = sorted(self._mgr.all_steps(), reverse=True)
         if not steps:
             return None
@@ -467,11 +428,8 @@ def load_config(directory) -> ml_collections.ConfigDict:
 
 
 def load_variables(directory, step: int | None = None):
-    """(config, {'params': ..., ['batch_stats': ...]}) from DIR's latest (or given) step.
-
-    Reads only params/batch_stats of whatever state was saved (a conversion's {'params'} or a
-    training run's TrainState), checked against their crc32s.
-    """
+    """(config, {'params'[, 'batch_stats']}) of DIR's latest (or given) step, whatever state
+    was saved (a conversion's or a TrainState), checked against their crc32s."""
     config = load_config(directory)
     ckpt_dir = epath.Path(directory) / CHECKPOINT_SUBDIR
     mgr = ocp.CheckpointManager(ckpt_dir, item_names=_ITEMS,  # Reads only: no create, no cleanup.
