@@ -155,12 +155,10 @@ def training_error_curve(workdir) -> list:
     """(step, epoch, training error over the epoch that ends there) of a run, as Fig. 1 plots it.
 
     A function of the training trajectory, not of where log records fell (a preemption adds
-    one): each record is the mean over the steps since the one before, so the records are
-    pooled, weighted by their steps, into fixed windows of train.log_every_steps steps; the
-    curve has a point at each window's end, averaging the windows of the epoch that ends there
-    (before the first epoch ends, the steps so far): one lucky batch does not cross the
-    threshold early.
-    """
+    one): the records (each the mean since the one before) are pooled, weighted by their steps,
+    into windows of train.log_every_steps steps; each window's end gets the mean of the windows
+    of the epoch ending there (before the first epoch ends, the steps so far), so one lucky
+    batch does not cross the threshold early."""
     workdir = pathlib.Path(workdir)
     train = [h for h in metrics.read_history(workdir) if h['split'] == 'train']
     if not train:

@@ -3,7 +3,7 @@ r"""Per-layer table of AlexNet: output shape, weights, biases, MACs, activations
   python -m alexnet_jax.tools.summary --config=configs/alexnet.py [--config.model.groups=2]
 
 Everything is read off the live module (`jax.eval_shape` of init and apply, so nothing is
-computed and no memory is allocated), never from a table of constants. Two conventions are
+computed and no memory is allocated), never from a table of constants. The conventions are
 printed side by side because the literature mixes them:
 
   * MACs: multiply-accumulates, k*k*(c_in/groups)*c_out*H*W for a conv, c_in*c_out for an FC.
@@ -83,24 +83,16 @@ def layer_table(model: models.AlexNet, input_shape=(227, 227, 3)) -> list:
 
 def totals(rows) -> dict:
     layers = [r for r in rows if r.weights]
-    conv = [r for r in layers if r.is_conv]
-    fc = [r for r in layers if r.is_fc]
-    total = lambda rs, f: sum(f(r) for r in rs)
-    params = total(layers, lambda r: r.weights + r.biases)
-    seed_params = params - total(fc, lambda r: r.biases)
-    return dict(
-        params=params,
-        params_fc_biases_omitted=seed_params,
-        macs=total(layers, lambda r: r.macs),
-        seed_compute=total(layers, lambda r: r.seed_compute),
-        activations=total(rows, lambda r: r.activations),
-        conv_params=total(conv, lambda r: r.weights + r.biases),
-        fc_params=total(fc, lambda r: r.weights + r.biases),
-        conv_seed_compute=total(conv, lambda r: r.seed_compute),
-        fc_seed_compute=total(fc, lambda r: r.seed_compute),
-        conv_macs=total(conv, lambda r: r.macs),
-        fc_macs=total(fc, lambda r: r.macs),
-    )
+    parts = {'': layers, 'conv_': [r for r in layers if r.is_conv],
+             'fc_': [r for r in layers if r.is_fc]}
+    t = {}
+    for prefix, rs in parts.items():
+        t[prefix + 'params'] = sum(r.weights + r.biases for r in rs)
+        t[prefix + 'macs'] = sum(r.macs for r in rs)
+        t[prefix + 'seed_compute'] = sum(r.seed_compute for r in rs)
+    t['params_fc_biases_omitted'] = t['params'] - sum(r.biases for r in parts['fc_'])
+    t['activations'] = sum(r.activations for r in rows)
+    return t
 
 
 def format_table(rows) -> str:
