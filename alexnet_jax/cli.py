@@ -1,18 +1,10 @@
 """Shared command-line plumbing: flags and errors that end in one clear line, not a traceback.
 
-Every entry point (launch.py, summary, sweep, evaluate, ...) does
-
-    cli.define_config_flag()
-
-    @cli.one_line_errors
-    def main(argv): ...   # calls cli.validated_config(), cli.local_path(FLAGS.workdir, ...)
-
-    app.run(main, flags_parser=cli.parse_flags)
-
-The error policy, in one place (`user_message`): a `UserError` (config, data, checkpoint and
-workdir errors all derive from it) and the machine's refusals the user fixes (no space left,
-no permission, read-only file system) print `error: <one line>` and exit 1; anything else is a
-bug and keeps its traceback.
+Every entry point decorates `main` with `one_line_errors` and runs
+`app.run(main, flags_parser=cli.parse_flags)`. The error policy, in one place
+(`user_message`): a `UserError` and the machine's refusals the user fixes (no space, no
+permission, read-only file system) print `error: <one line>` and exit 1; a bug keeps its
+traceback.
 """
 
 import errno
@@ -68,10 +60,7 @@ def _one_line(error: BaseException) -> str:
 
 
 def parse_flags(argv):
-    """absl `flags_parser`: a typo or bad value in --config.* exits with one line, code 2.
-
-    Also quiets the console (console.quiet).
-    """
+    """absl `flags_parser`: a bad --config.* exits with one line, code 2; quiets the console."""
     console.quiet()
     try:
         return flags.FLAGS(argv)
@@ -82,14 +71,9 @@ def parse_flags(argv):
 
 
 def use_compilation_cache() -> str | None:
-    """Turns on XLA's persistent compilation cache for this process; returns its directory.
-
-    A rerun, a resumed run and every seed of a sweep after the first then load their compiled
-    steps instead of compiling them again (a step's program does not depend on the seed; on
-    2 CPU cores compiling is a large part of a short run). jax's own settings win:
-    $JAX_COMPILATION_CACHE_DIR picks the directory, JAX_ENABLE_COMPILATION_CACHE=false turns it
-    off; the default is $XDG_CACHE_HOME/alexnet_jax/xla (~/.cache/alexnet_jax/xla).
-    """
+    """Turns on XLA's persistent compilation cache (returns its directory), so reruns and the
+    seeds of a sweep load their steps instead of compiling them; jax's JAX_COMPILATION_CACHE_DIR
+    and JAX_ENABLE_COMPILATION_CACHE win; the default is $XDG_CACHE_HOME/alexnet_jax/xla."""
     import jax  # pylint: disable=import-outside-toplevel  (not needed by every tool)
     if not jax.config.jax_enable_compilation_cache:
         return None

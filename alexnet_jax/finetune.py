@@ -1,22 +1,10 @@
-"""Fine-tuning: a fresh run that starts from existing weights (`config.init_from=DIR`).
+"""Fine-tuning: a fresh run that starts from the weights in `config.init_from=DIR`.
 
-DIR is a converted checkpoint (alexnet_jax.tools.convert) or a training workdir, read with
-checkpoints.load_config / load_variables. Two steps, both called by `train.train_and_evaluate`
-(once per run, before it writes the workdir's config.json):
-
-  resolve_config(config)  the run's config with DIR's net and preprocessing: every model field
-                          except RUN_MODEL_FIELDS, and data.{image_size, resize_size, mean_rgb,
-                          stddev_rgb}, come from DIR/config.json (each change is logged). So
-                          fine-tuning bvlc_alexnet needs no groups/LRN/BGR-mean flags. Not
-                          validated again: DIR's fields come from a validated config, the
-                          rest was validated at the entry point.
-  load_into(state, DIR)   the fresh state with DIR's params (and batch_stats): every layer whose
-                          shapes match is loaded; the classifier head (fc8) is re-initialised when
-                          its shape differs (another num_classes); any other difference is an
-                          error naming the layer and both shapes.
-
-Only a fresh run loads DIR: a resumed run restores its own checkpoint and ignores init_from.
-Freezing layers (`config.freeze`) is the optimizer's job: optim.create_optimizer.
+DIR is a converted checkpoint (tools/convert.py) or a training workdir. `resolve_config` takes
+DIR's net and preprocessing (every model field but RUN_MODEL_FIELDS, and preprocess.
+PREPROCESSING; each change logged), so fine-tuning bvlc_alexnet needs no groups/LRN/mean
+flags. `load_into` loads every layer whose shapes match and re-initialises a classifier head
+of another shape. Only a fresh run loads DIR; a resumed one restores its own checkpoint.
 """
 
 from absl import logging
@@ -82,11 +70,8 @@ def _shapes(tree) -> dict:
 
 
 def merge(target: dict, source: dict, head: str, where: str = 'params', directory='DIR'):
-    """(target with source's layers, loaded layer names, re-initialised layer names).
-
-    `target`/`source`: {layer: {name: array}} (one collection: params or batch_stats). A layer
-    of `head` whose shapes differ keeps target's fresh values; any other difference raises.
-    """
+    """(target with source's layers, loaded names, re-initialised names) for one collection
+    {layer: {name: array}}: a `head` of another shape stays fresh, any other difference raises."""
     missing = [layer for layer in target if layer not in source]
     extra = [layer for layer in source if layer not in target]
     if missing or extra:

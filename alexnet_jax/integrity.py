@@ -1,11 +1,6 @@
-"""Per-leaf shape, dtype and crc32 of a saved pytree, and the checks made on restore.
-
-Why it exists: orbax does not checksum array data (a flipped byte in a chunk restores silently,
-checked with orbax-checkpoint 0.12.8), so each checkpoint stores `describe(state, checksums=True)`
-and a restore recomputes the crc32s of what it read (`mismatches`).
-
-Leaves are named by their key path joined with '/' ('params/conv1/kernel', 'opt_state/0/trace/...'),
-as `jax.tree_util.keystr(path, simple=True, separator='/')` writes it.
+"""Per-leaf shape, dtype and crc32 of a saved pytree, checked on restore: orbax does not
+checksum array data (a flipped byte restores silently, orbax-checkpoint 0.12.8). Leaves are
+named by their '/'-joined key path ('params/conv1/kernel'), as existing workdirs store them.
 """
 
 import zlib
@@ -46,15 +41,11 @@ def describe(tree, checksums: bool) -> dict:
     for path, leaf in leaves(tree):
         if _is_typed_key(leaf):
             leaf = jax.random.key_data(leaf)
-        a = _host_array(leaf) if checksums else None
-        shape = a.shape if a is not None else getattr(leaf, 'shape', None)
-        dtype = a.dtype if a is not None else getattr(leaf, 'dtype', None)
-        # Python scalars have neither shape nor dtype.
-        entry = {'shape': list(shape if shape is not None else np.shape(leaf)),
-                 'dtype': str(dtype if dtype is not None else np.asarray(leaf).dtype)}
+        if checksums or not hasattr(leaf, 'dtype'):  # Python scalars have no shape or dtype.
+            leaf = _host_array(leaf)
+        out[path] = {'shape': list(leaf.shape), 'dtype': str(leaf.dtype)}
         if checksums:
-            entry['crc32'] = crc32(a, entry['dtype'])
-        out[path] = entry
+            out[path]['crc32'] = crc32(leaf, out[path]['dtype'])
     return out
 
 

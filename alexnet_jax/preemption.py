@@ -8,20 +8,10 @@ import numpy as np
 
 
 class PreemptionGuard:
-    """On SIGTERM/SIGINT sets `.requested = True`; the loop checks it every step, then saves
-    and exits cleanly. A second SIGINT while one is pending aborts at once (KeyboardInterrupt).
-    The previous handlers come back on exit.
-
-        with PreemptionGuard() as guard:
-            for step in ...:
-                ...
-                if guard.should_stop(step, every=log_every):   # no device sync
-                    ckpt.save(step, ...); break
-
-    Several hosts: a signal may reach only some processes, and every process must take part
-    in the save, so there `should_stop` asks all of them (`any_requested`, a collective) every
-    `every` steps instead of reading `.requested`.
-    """
+    """SIGTERM/SIGINT set `.requested`; the loop asks `should_stop` every step, then saves and
+    exits. A second SIGINT aborts at once; the old handlers come back on exit. On several hosts
+    a signal may reach only some, and all must save, so `should_stop` asks all of them (a
+    collective) every `every` steps."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 

@@ -1,13 +1,7 @@
-"""Many seeds: their names, workdirs and failures, how they share the machine, and the worker
-processes that run them side by side. No training code: train.train_and_evaluate is the loop.
-
-config.num_seeds > 1 trains seeds seed .. seed + n - 1, each in workdir/seed<k> as a standalone
-run would (config.json, checkpoints, metrics.jsonl, learning curves, results.json, or
-failed.json when its loss went non-finite). `resolve_mode` decides, once per run, how:
-'vmap' / 'map' (auto on GPU/TPU) step them together in the loop, 'sequential' runs them one
-after another, 'processes' (auto on a multi-core CPU) side by side in spawned worker
-processes, one per share of the cores (`run_in_processes`). A rerun in any mode resumes each
-seed where it stopped.
+"""Many seeds: their names, workdirs and failures, how they share the machine (`resolve_mode`),
+the seed axis of a step (`over_seeds`) and the worker processes that run seeds side by side.
+No training code: train.train_and_evaluate is the loop. Seed k trains in workdir/seed<k> as a
+standalone run would, so a rerun in any mode resumes each seed where it stopped.
 """
 
 from concurrent import futures
@@ -52,12 +46,10 @@ def processes_supported() -> bool:
 
 
 def resolve_mode(config, num_seeds: int, on_device: bool) -> str:
-    """How `num_seeds` seeds share the machine: 'single' for one; else config.seeds_mode, with
-    'auto' the faster on this backend (benchmarks/RESULTS.md): 'vmap' on GPU/TPU (with
-    device-resident data), 'processes' on a multi-core CPU host (XLA:CPU runs seeds stepped in
-    one program ~5x slower than one after another, and one run does not keep 2 cores busy),
-    else 'sequential'. `on_device`: the training split is device-resident (device_data.py),
-    which 'vmap' and 'map' need: their seeds gather their batches inside the step."""
+    """'single' for one seed, else config.seeds_mode, checked; 'auto' is the faster here
+    (benchmarks/RESULTS.md): 'vmap' on GPU/TPU, 'processes' on a multi-core CPU (XLA:CPU steps
+    stacked seeds ~5x slower, and one run does not keep 2 cores busy), else 'sequential'.
+    'vmap' and 'map' need `on_device` (device-resident) data: seeds gather batches in the step."""
     mode = config.get('seeds_mode', 'auto')
     errors.check(mode in MODES, 'seeds_mode', f'{mode!r} is not one of {list(MODES)}.')
     if num_seeds == 1:
@@ -94,26 +86,21 @@ def over_seeds(fn, mode: str, num_seeded: int = 1):
 
 
 def worker_cores(config, num_seeds: int) -> list:
-    """The cores of each worker process for seeds_mode='processes': config.seed_workers
-    processes (0: one per core, at most one per seed), each with its own contiguous share of
-    this process's cores."""
+    """Each worker's contiguous share of this process's cores: config.seed_workers workers
+    (0: one per core), at most one per seed."""
     cores = sorted(os.sched_getaffinity(0))
     n = max(1, min(config.get('seed_workers', 0) or len(cores), num_seeds, len(cores)))
     return [[int(c) for c in share] for share in np.array_split(cores, n)]
 
 
 def run_in_processes(train_one, config, workdir, seeds) -> dict:
-    """`train_one(config, workdir, seed)` (train.train_one_seed: a plain run) for each seed,
-    several at once: one spawned worker process per share of the CPU cores, pinned to it.
-    XLA:CPU does not keep 2 cores busy on a small net: two 1-core digits runs at once train
-    ~1.5x the images/s of one 2-core run after another
-    (benchmarks/RESULTS.md). Each worker imports and loads once and runs seed after seed
-    (and, inside `shared_workers`, point after point).
+    """`train_one(config, workdir, seed)` for each seed in spawned workers, one per share of
+    the cores: two 1-core digits runs train ~1.5x the images/s of one 2-core run after another
+    (benchmarks/RESULTS.md). Each worker loads once and runs seed after seed.
 
-    SIGTERM/SIGINT here, from the workers' start on, reach every worker: a training one saves
-    its checkpoint and stops (a rerun resumes it), seeds not started are left for the rerun. A
-    worker's exception (a real bug, a user error) stops the others the same way, then is raised
-    here with its traceback. If this process is killed (kill -9), the kernel kills the workers.
+    SIGTERM/SIGINT, from the workers' start on, reach every worker: a training one saves and
+    stops, seeds not started are left for the rerun. A worker's exception stops the others the
+    same way, then is raised here. A kill -9 of this process kills the workers too.
     """
     config = config.copy_and_resolve_references()
     out = {}
@@ -169,10 +156,8 @@ _keep_workers = False  # Inside `shared_workers`: the pool outlives a `run_in_pr
 
 @contextlib.contextmanager
 def shared_workers():
-    """Inside this block seeds_mode='processes' keeps its worker processes from one
-    `run_in_processes` call to the next, so a sweep's points after the first skip the workers'
-    start (spawn, importing jax and TensorFlow: ~10 s a point on 2 cores) and reuse what each
-    worker loaded (the device-resident data set)."""
+    """Keeps the worker processes from one `run_in_processes` call to the next, so a sweep's
+    later points skip their start (~10 s a point on 2 cores) and reuse what they loaded."""
     global _keep_workers  # pylint: disable=global-statement  (one pool per parent process)
     _keep_workers = True
     try:
@@ -183,8 +168,7 @@ def shared_workers():
 
 
 def _workers(shares):
-    """(pool, stop event) with one worker per core share: the live pool if it has these
-    shares, else a new one."""
+    """(pool, stop event) with a worker per core share: the live pool if it fits, or new."""
     global _workers_live  # pylint: disable=global-statement
     if _workers_live is not None and _workers_live['shares'] == shares:
         _workers_live['stop'].clear()
@@ -214,12 +198,10 @@ _stop = None  # In a seed worker: the parent's event "start no more seeds" (_sta
 
 
 def _start_worker(queue, stop, parent, cache_dir, cache_min_seconds, verbosity) -> None:
-    """A seed worker's setup, before jax starts its backend: death with its parent
-    (`_die_with_parent`), SIGTERM/SIGINT ignored between runs (a run's PreemptionGuard catches
-    them while it trains; a signal between runs must not kill the worker and, with it, the
-    pool; they come blocked from the parent, and what came while blocked is dropped), its own
-    cores (XLA and tf.data size their thread pools from them), the parent's stop event,
-    compilation cache, log level and console filter."""
+    """A worker's setup before jax starts: death with its parent, SIGTERM/SIGINT ignored
+    between runs (a run's PreemptionGuard catches them while it trains; a signal between runs
+    must not break the pool), its cores (XLA and tf.data size their threads by them), and the
+    parent's stop event, compilation cache, log level and console filter."""
     global _stop  # pylint: disable=global-statement  (one per worker process)
     _die_with_parent(parent)
     for sig in preemption.PreemptionGuard.SIGNALS:
@@ -239,12 +221,10 @@ _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def _die_with_parent(parent: int) -> None:
-    """Has the kernel SIGKILL this worker when its parent ends, kill -9 included (Linux; the
-    'processes' mode needs Linux). An orphaned worker would train its queued seeds on (~1 GB
-    each), deaf to SIGTERM, and hold their workdirs against the rerun. Killing it mid-save is
-    safe: orbax writes a checkpoint to a temporary directory and renames it when complete, and
-    a rerun ignores the temporary one. The kernel's "parent" is the thread that spawned the
-    worker: `submit`, in the thread that calls `run_in_processes` (the main thread)."""
+    """SIGKILL from the kernel when the parent ends, kill -9 included: an orphan would train
+    its queued seeds on, deaf to SIGTERM, holding their workdirs against the rerun. A kill
+    mid-save is safe (orbax renames a complete save). The kernel's "parent" is the spawning
+    thread: the one that calls `run_in_processes`."""
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
         raise OSError(ctypes.get_errno(), 'prctl(PR_SET_PDEATHSIG)')
@@ -258,8 +238,8 @@ def _train_next(train_one, config, workdir, seed) -> dict | None:
 
 
 def record_failure(workdir, error) -> str:
-    """workdir/failed.json {'reason': ...}, as the sweep reads it; `error` is an exception or
-    the reason already written out. Returns the reason."""
+    """Writes workdir/failed.json {'reason'} (an exception's first line, or a reason given);
+    returns the reason."""
     reason = error if isinstance(error, str) else (
         f'{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ""}')
     logging.warning('%s failed: %s', workdir, reason)

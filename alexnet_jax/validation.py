@@ -1,13 +1,9 @@
 """Checks a config before any work, so a bad value fails in a second with the field's name.
 
-Each section has one small checker; `validate_config` runs those whose section is present.
-A checker raises `ConfigError` through `check(condition, field, message)`. A rule that the
-field's consumer checks anyway lives there only, with the same one-line `ConfigError` (raised
-when the run builds it): the LRN size (models.local_response_norm), the optimizer and schedule
-names (optim.create_optimizer), the frozen layers (optim.freeze_labels, against the real params),
-keep_checkpoints >= 1 (checkpoints.Checkpointer). The model's names are checked by
-`models.check_config`, which this module calls early.
-Entry points (launch.py, tools/sweep.py, the evaluate tool) validate once.
+One small checker per section, each raising `ConfigError` via `check`. A rule its field's
+consumer checks anyway lives there only (the LRN size, optimizer and schedule names, frozen
+layers, keep_checkpoints, seeds_mode); the model's names are `models.check_config`'s. Entry
+points (launch.py, tools/sweep.py, the evaluate tool) validate once.
 """
 
 import jax.numpy as jnp
