@@ -108,10 +108,17 @@ def config_file() -> str:
 
 def default_config():
     """The --config file's own `get_config(variant)`: the config before the overrides."""
-    path, _, arg = config_file().partition(':')
-    spec = importlib.util.spec_from_file_location('_config_defaults', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    return load_config_file(config_file())
+
+
+def load_config_file(spec: str, root: str = ''):
+    """'path[:variant]' -> that file's get_config(variant), as config_flags loads it; a
+    relative path is taken from `root` (default: the current directory)."""
+    path, _, arg = spec.partition(':')
+    module_spec = importlib.util.spec_from_file_location('_config_file',
+                                                         os.path.join(root, path))
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
     return module.get_config(arg) if arg else module.get_config()
 
 

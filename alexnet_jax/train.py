@@ -243,9 +243,8 @@ def train_one_seed(config, workdir, seed) -> dict:
 def check_data_fits(config, info) -> None:
     """The config's classes and batch against the data, once for all seeds."""
     d, batch = config.data, config.train.batch_size
-    validation.check(config.model.num_classes == info.num_classes, 'model.num_classes',
-                     f'{config.model.num_classes} != {info.num_classes} classes in '
-                     f'{d.name!r}; set --config.model.num_classes={info.num_classes}.')
+    validation.check_classes(config, info.num_classes,
+                             f'set --config.model.num_classes={info.num_classes}')
     n = info.num_examples[d.train_split]
     validation.check(batch <= n, 'train.batch_size',
                      f'{batch} is larger than the {n} examples of split {d.train_split!r} of '

@@ -146,6 +146,12 @@ def validate_train(t) -> None:
           'must be >= 0 (0: only at the end; None: once per epoch).')
 
 
+def check_classes(config, data_classes: int, fix: str) -> None:
+    """The net's classes against the data's, once the data is opened (training, evaluation)."""
+    check(config.model.num_classes == data_classes, 'model.num_classes',
+          f'{config.model.num_classes} != {data_classes} classes in {config.data.name!r}; {fix}.')
+
+
 VALIDATORS = {
     'model': validate_model,
     'data': validate_data,

@@ -47,7 +47,6 @@ an .npz of the same keys (np.savez(f, **{k: v.numpy() for k, v in sd.items()})) 
 """
 
 import hashlib
-import importlib.util
 import pathlib
 import pickle
 import shutil
@@ -325,10 +324,7 @@ def convert(source: str, input_path, output_dir, base_config=None) -> pathlib.Pa
 
 def default_config():
     """configs/alexnet.py's paper config (the base a conversion overrides)."""
-    spec = importlib.util.spec_from_file_location('_alexnet_config', DEFAULT_CONFIG)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return cli.load_config_file(str(DEFAULT_CONFIG))
 
 
 def define_flags() -> None:

@@ -75,11 +75,9 @@ def evaluate_checkpoint(checkpoint, run_config=None, *, split: str | None = None
     validation.validate_config(config)
     split = split or config.data.test_split
     source = sources.get_source(config.data)
-    if source.num_classes != config.model.num_classes:
-        raise cli.InputError(
-            f'{checkpoint} predicts {config.model.num_classes} classes but {config.data.name!r} '
-            f'has {source.num_classes}: evaluate on data with the same classes (fine-tune with '
-            f'config.init_from for new ones).')
+    validation.check_classes(config, source.num_classes,
+                             f'{checkpoint} predicts those: evaluate on data with the same '
+                             'classes (fine-tune with config.init_from for new ones)')
     results = {
         'checkpoint': str(checkpoint),
         'data': config.data.name,

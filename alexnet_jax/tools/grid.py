@@ -3,7 +3,6 @@ command, and the results row of a point's workdir. Shared by the sweep and Fig. 
 learning-rate search (which adds its own points)."""
 
 import dataclasses
-import importlib.util
 import itertools
 import json
 import math
@@ -13,6 +12,7 @@ import shlex
 from flax import traverse_util
 import ml_collections
 
+from alexnet_jax import cli
 from alexnet_jax import errors
 from alexnet_jax import metrics
 
@@ -49,13 +49,8 @@ def expand(sweep) -> list:
 
 
 def load_base_config(spec: str):
-    """`configs/alexnet.py:digits` -> that file's get_config('digits'), as config_flags does."""
-    path, _, arg = spec.partition(':')
-    file = pathlib.Path(path) if pathlib.Path(path).is_absolute() else REPO / path
-    module_spec = importlib.util.spec_from_file_location(f'_sweep_base_{file.stem}', file)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
+    """`configs/alexnet.py:digits` (relative to the repository) -> its get_config('digits')."""
+    return cli.load_config_file(spec, root=str(REPO))
 
 
 def set_field(config, path: str, value) -> None:
