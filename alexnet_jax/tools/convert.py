@@ -9,9 +9,7 @@ What DIR holds (the layout of a training workdir, so every tool reads both):
   DIR/config.json                  the full config: model fields + the source's preprocessing in
                                    `data`, provenance and notes in `pretrained` (as launch.py writes
                                    a workdir's config.json)
-  DIR/checkpoints/0/state/         {'params': {...}} (orbax, written by checkpoints.Checkpointer,
-  DIR/checkpoints/0/meta/          which also stores per-leaf crc32s in checkpoint_info/)
-  DIR/checkpoints/0/checkpoint_info/, DIR/checkpoints/config_fingerprint.json
+  DIR/checkpoints/0/               {'params': {...}}, written by checkpoints.Checkpointer
 
 `checkpoints.load_params(DIR) -> (config, params)` reads it (`load_variables` also returns
 batch_stats), as it reads a training workdir. This module only converts: nothing outside
