@@ -1,8 +1,5 @@
-"""Evaluation: top-k over every example of a split, the paper's 10 crops, padding masked.
-
-Owns the eval step that training (train.py, for one seed or many) and the evaluate tool
-(tools/evaluate.py) run; it needs only a state's `apply_fn`, `params` and
-`batch_stats` (`EvalState` is that much, for weights loaded without an optimizer).
+"""Evaluation: top-k over every example of a split, the paper's 10 crops, padding masked; the
+one eval step of training and of the evaluate tool.
 """
 
 import functools
@@ -36,12 +33,8 @@ def topk_correct(scores, labels, k: int):
 
 
 def eval_step(state, batch, *, mean, std, crop_size):
-    """Sums of loss / top-1 / top-5 over the real (mask=True) examples of all devices.
-
-    Images uint8 [n, H, W, C], or for the paper's 10-crop test the squares [n, S, S, C] (S >
-    crop_size; cut into 10 crops here) or crops [n, crops, H, W, C]: the softmax is averaged
-    over the crops. Normalised on the device (`preprocess.normalize_batch`).
-    """
+    """Sums of loss / top-1 / top-5 over the real (mask=True) examples of all devices; for
+    the paper's 10-crop test (squares cut here, or crops) the softmax is averaged over crops."""
     images = preprocess.normalize_batch(
         {'image': preprocess.eval_images(batch, crop_size)}, mean, std)
     n, crops = images.shape[0], (images.shape[1] if images.ndim == 5 else 1)
@@ -86,7 +79,6 @@ def evaluate(p_eval_step, state, config, split: str) -> dict:
 
 
 def evaluate_seeds(p_eval_step, state, config, split: str) -> list:
-    """`evaluate` of each seed of a state with a leading seed axis (make_eval_step(seeds=n)), in
-    one pass over the split."""
+    """`evaluate` of each seed of a state with a seed axis, in one pass over the split."""
     means = _totals(p_eval_step, state, config, split)
     return [{k: float(v[i]) for k, v in means.items()} for i in range(len(means['loss']))]

@@ -4,15 +4,11 @@ The paper's update rule (Sec. 5), with momentum 0.9, weight decay 5e-4 and learn
 
     v <- 0.9 v - 5e-4 * eps * w - eps * dL/dw        w <- w + v
 
-is `add_decayed_weights` (decay added to the gradient, before momentum, on the parameters the
-mask selects), then the learning rate, then the momentum trace: eps multiplies each gradient as
-it enters v, exactly as written, so a learning-rate drop does not rescale the old momentum.
-
-The learning rate is an optax hyperparameter (`inject_hyperparams`), so it lives in the
-optimizer state, is checkpointed with it and can be read back for logging. The 'plateau'
-schedule (the paper's: divide by 10 when the validation error stops improving) is decided on
-the host at eval time by `Plateau`, which writes the new rate into the optimizer state; its own
-state is a small JSON dict the checkpoint keeps.
+is `add_decayed_weights` (on the masked parameters), then the learning rate, then the momentum
+trace: eps multiplies each gradient as it enters v, so a learning-rate drop does not rescale
+the old momentum. The rate is an `inject_hyperparams` hyperparameter: it lives in the optimizer
+state, is checkpointed with it and read back for logging. The paper's 'plateau' schedule is
+decided on the host at eval time by `Plateau`, which writes the rate into that state.
 """
 
 import dataclasses
@@ -107,12 +103,8 @@ OPTIMIZERS = {'sgd': _sgd, 'adam': _adam, 'adamw': _adamw, 'lars': _lars}
 
 def create_optimizer(o, steps_per_epoch: int, num_steps: int,
                      freeze=()) -> optax.GradientTransformation:
-    """The optimizer of `config.optim`; `opt_state.hyperparams['learning_rate']` is the lr.
-
-    `freeze` (config.freeze): layers (top-level param names) that get zero updates through
-    `optax.multi_transform` + `set_to_zero`: the optimizer (weight decay, clipping, momentum)
-    sees only the other layers and keeps no state for frozen ones.
-    """
+    """The optimizer of `config.optim`. `freeze`'s layers get zero updates (`multi_transform`
+    + `set_to_zero`): the optimizer keeps no state for them and clips only the others."""
     errors.check(o.optimizer in OPTIMIZERS, 'optim.optimizer',
                  f'{o.optimizer!r} is not one of {list(OPTIMIZERS)}.')
     build = OPTIMIZERS[o.optimizer]
@@ -161,18 +153,16 @@ def learning_rate(opt_state) -> jax.Array:
 
 
 def set_learning_rate(opt_state, value):
-    """`opt_state` with the learning rate replaced by `value` (a float32 scalar, placed as the
-    old one was: the caller replicates it for a replicated state)."""
+    """`opt_state` with the learning rate replaced by `value` (placed as the old one was)."""
     return optax.tree_utils.tree_set(opt_state, _rate, learning_rate=value)
 
 
 @dataclasses.dataclass
 class Plateau:
-    """Divides the lr by 1/factor when the validation error has not improved for `patience` evals.
-
-    Host-side and deterministic: `update(val_error)` returns the new scale of the base lr. Its
-    state (`asdict`) goes into the checkpoint's meta, so a resumed run decides the same way.
-    """
+    """The paper's schedule: the lr times `factor` when the validation error has not improved
+    for `patience` evals. Ours, not optax.contrib.reduce_on_plateau: that one decides inside
+    the step from a value passed at every update, while this rule sees one validation error
+    per evaluation, on the host; its state goes into the checkpoint's meta."""
     factor: float = 0.1
     patience: int = 1
     min_delta: float = 0.0

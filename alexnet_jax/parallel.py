@@ -14,18 +14,14 @@ AXIS = 'batch'  # The pmap axis name; gradients and batch statistics are pmean'd
 
 
 def replicate(tree, devices=None):
-    """Puts one copy of `tree` on every local device (or `devices`); leading axis = devices.
-
-    Leaves are stacked on the host: stacking a jax.Array on its device compiles a small
-    program per leaf shape (a second or two of every run's start on CPU)."""
+    """One copy of `tree` on every local device (or `devices`), stacked on the host: on the
+    device that compiles a program per leaf shape (seconds of every run's start on CPU)."""
     return jax_utils.replicate(jax.tree.map(_on_host, tree), devices, axis_name=AXIS)
 
 
 def unreplicate(tree):
-    """Device 0's copy of a replicated tree, on the host (e.g. before saving a checkpoint).
-
-    Read from device 0's buffer and indexed on the host: indexing the device array would
-    compile a program per leaf shape."""
+    """Device 0's copy of a replicated tree, indexed on the host (on the device that would
+    compile a program per leaf shape; flax's get_metrics squeezes on the device)."""
     def first(x):
         if not isinstance(x, jax.Array):
             return np.asarray(x)[0]
@@ -64,12 +60,8 @@ def prefetch_to_device(iterator, size: int = 2):
 def initialize_distributed(coordinator_address: str | None = None,
                            num_processes: int | None = None,
                            process_id: int | None = None) -> None:
-    """`jax.distributed.initialize` for multi-process runs; a no-op for one process.
-
-    Explicit coordinator flags win; otherwise TPU pods, SLURM and Open MPI jobs with several
-    tasks are detected from the environment and jax fills in the rest. CPU processes talk over
-    gloo (set before initialize; other platforms ignore it).
-    """
+    """`jax.distributed.initialize` for multi-process runs (explicit flags, or a TPU pod,
+    SLURM or Open MPI job with several tasks); a no-op for one process. CPUs talk over gloo."""
     env = os.environ
     explicit = coordinator_address is not None or (num_processes or 1) > 1
     cluster = (int(env.get('SLURM_NTASKS', '1')) > 1 or ',' in env.get('TPU_WORKER_HOSTNAMES', '')
