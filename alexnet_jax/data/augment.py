@@ -2,7 +2,7 @@
 
 Every random op takes an explicit stateless `seed` (a [2] int tensor) and draws nothing else, so
 the same (seed, image) gives the same output eagerly, inside `Dataset.map`, on any host and after
-a resume. Deterministic cores (`crop`, `flip`, `pca_lighting`, `ten_crops`, the windows) take
+a resume. Deterministic cores (`crop`, `flip`, `lighting_shift`, the windows) take
 their parameters explicitly, for the tests to check against numpy.
 
 The paper's train transform (shorter side to 256, central 256x256, random 227x227 patch) is one
@@ -132,12 +132,6 @@ def lighting_shift(alpha, eigval=IMAGENET_EIGVAL, eigvec=IMAGENET_EIGVEC):
     return tf.linalg.matvec(tf.constant(eigvec), tf.cast(alpha, tf.float32) * eigval)
 
 
-def pca_lighting(image, alpha, eigval=IMAGENET_EIGVAL, eigvec=IMAGENET_EIGVEC):
-    """Adds eigvec @ (alpha * eigval) to every RGB pixel (Sec. 4.1, "altering intensities");
-    float32. The pipeline ships the shift instead (`random_lighting`); this is its reference."""
-    return tf.cast(image, tf.float32) + lighting_shift(alpha, eigval, eigvec)
-
-
 def random_lighting(seed, stddev: float):
     """Example `seed`'s PCA-lighting RGB offset [3], alpha ~ N(0, stddev) (paper: 0.1); added
     on the device by `preprocess.normalize_batch`."""
@@ -157,19 +151,6 @@ def pad_and_crop(image, pad: int, dy, dx):
 def random_pad_and_crop(image, seed, pad: int):
     d = tf.random.stateless_uniform([2], seed, 0, 2 * pad + 1, dtype=tf.int32)
     return pad_and_crop(image, pad, d[0], d[1])
-
-
-# --- test-time crops ----------------------------------------------------------------------------
-
-def ten_crops(image, crop_size: int):
-    """The paper's 10 test crops of `image` [S, S', C]: center, the 4 corners (top-left,
-    top-right, bottom-left, bottom-right), then the same 5 mirrored; [10, crop, crop, C].
-    The host reference of `preprocess.ten_crops` (which the eval step uses)."""
-    h, w, c = tf.shape(image)[0], tf.shape(image)[1], crop_size
-    corners = [((h - c) // 2, (w - c) // 2), (0, 0), (0, w - c), (h - c, 0), (h - c, w - c)]
-    crops = [image[y:y + c, x:x + c] for y, x in corners]
-    crops += [tf.reverse(x, [-2]) for x in crops]
-    return tf.ensure_shape(tf.stack(crops), [10, c, c, image.shape[-1]])
 
 
 # --- whole transforms, as the pipeline uses them ------------------------------------------------
