@@ -421,9 +421,11 @@ def load_config(directory) -> ml_collections.ConfigDict:
     """DIR/config.json (of a training workdir or a conversion) as a ConfigDict."""
     path = epath.Path(directory) / 'config.json'
     if not path.is_file():
-        raise WorkdirError(f'{directory} has no config.json: not a converted checkpoint or a '
-                           'training workdir; pass a directory that launch.py or '
-                           'alexnet_jax.tools.convert wrote.')
+        seeds = sorted(p.parent.name for p in epath.Path(directory).glob('seed*/config.json'))
+        raise WorkdirError(f'{directory} has no config.json: ' + (
+            f'it holds the seeds of a run ({", ".join(seeds)}); pass one of them, e.g. '
+            f'{directory}/{seeds[0]}.' if seeds else 'not a converted checkpoint or a training '
+            'workdir; pass a directory that launch.py or alexnet_jax.tools.convert wrote.'))
     return ml_collections.ConfigDict(_tuples(json.loads(path.read_text())))
 
 

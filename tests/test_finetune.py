@@ -147,6 +147,20 @@ def test_eval_only_evaluates_the_workdir(source):
         launch.run(tiny_config(eval_only=True), src + '-empty')
 
 
+def test_eval_only_of_several_seeds_evaluates_each_seed_dir(tmp_path):
+    config = tiny_config(num_seeds=2, seeds_mode='sequential')
+    trained = launch.run(config, str(tmp_path))
+    config.eval_only = True
+    results = launch.run(config, str(tmp_path))
+    assert sorted(results) == [0, 1]
+    for seed, r in results.items():
+        assert r['center']['top1'] == pytest.approx(trained[seed]['test_top1'], abs=1e-9)
+        assert (tmp_path / f'seed{seed}' / 'eval' / 'results.json').is_file()
+    with pytest.raises(checkpoints.WorkdirError, match=r'holds the seeds of a run \(seed0, '
+                       r'seed1\); pass one of them, e.g. .*/seed0'):
+        checkpoints.load_variables(str(tmp_path))
+
+
 @pytest.mark.parametrize('name', sorted(optim.OPTIMIZERS))
 def test_every_optimizer_leaves_frozen_layers_alone(name):
     o = alexnet.get_config().optim

@@ -35,6 +35,7 @@ from alexnet_jax import evaluation
 from alexnet_jax.tools import features
 from alexnet_jax import models
 from alexnet_jax import parallel
+from alexnet_jax import seeds
 from alexnet_jax.data import preprocess
 from alexnet_jax import validation
 from alexnet_jax.data import sources
@@ -131,7 +132,11 @@ def has_checkpoint(workdir) -> bool:
 
 def eval_only(config, workdir: str) -> dict:
     """config.eval_only: evaluates the workdir's latest checkpoint, or else config.init_from,
-    on config.data.test_split with config.data.eval_crops; writes WORKDIR/eval/results.json."""
+    on config.data.test_split with config.data.eval_crops; writes WORKDIR/eval/results.json.
+    Several seeds: each WORKDIR/seed<k>, as training laid them out ({seed: results})."""
+    if config.get('num_seeds', 1) > 1:
+        return {s: eval_only(seeds.seed_config(config, s), str(seeds.seed_dir(workdir, s)))
+                for s in seeds.seed_list(config)}
     checkpoint = workdir if has_checkpoint(workdir) else config.get('init_from')
     validation.check(bool(checkpoint), 'eval_only',
                      f'{workdir} has no checkpoint to evaluate and config.init_from is not set; '
