@@ -102,13 +102,13 @@ def check_fits(info: dict, fingerprint: dict, where, target: dict | None = None)
               'and the random numbers depend on it' if k.startswith('stream.') else
               f'{k}: workdir has {theirs[k]!r}, config has {ours[k]!r}'
               for k in sorted(ours.keys() & theirs.keys()) if ours[k] != theirs[k]]
-    if not causes and target is not None:
-        causes = integrity.differences(info['leaves'], target)
+    fix = 'Set those values back to resume, or use a new --workdir for this config.'
+    if not causes and target is not None:  # Same fields, other shapes: a code change.
+        causes, fix = integrity.differences(info['leaves'], target), 'Use a new --workdir.'
     if causes:
         more = f'\n  ... and {len(causes) - 10} more' if len(causes) > 10 else ''
-        raise ConfigMismatchError(
-            f'{where} does not fit this config:\n  ' + '\n  '.join(causes[:10]) + more
-            + '\nSet those values back to resume, or use a new --workdir for this config.')
+        raise ConfigMismatchError(f'{where} does not fit this config:\n  '
+                                  + '\n  '.join(causes[:10]) + more + '\n' + fix)
     was, now = info.get('topology'), topology()
     if was and was != now:
         what = ('the same batches; dropout masks (drawn per device) and float summation order '
@@ -255,9 +255,14 @@ class Checkpointer:
             logging.info('Checkpoint for step %d already exists in %s; not saving again.',
                          step, self.directory)
             return
-        if not self._fits_checked and self._mgr.latest_step() is not None:
-            latest = self._mgr.latest_step()  # Never write into another config's workdir.
-            check_fits(_read_info(self._mgr, latest), self.fingerprint, self._step_dir(latest))
+        latest = self._mgr.latest_step()
+        if not self._fits_checked and latest is not None:  # Never into another config's workdir.
+            try:
+                info = _read_info(self._mgr, latest)
+            except Exception:  # pylint: disable=broad-except  (unreadable: `restore`'s business)
+                info = None
+            if info is not None:
+                check_fits(info, self.fingerprint, self._step_dir(latest))
         self._fits_checked = True
         self._mgr.check_for_errors()  # A failed earlier async save stops the run here.
         meta = _json_copy(meta, 'meta')   # A copy: the caller may change its dict meanwhile.
@@ -393,6 +398,11 @@ def _read_info(mgr, step) -> dict:
     info = mgr.restore(step, args=ocp.args.Composite(**{_INFO: ocp.args.JsonRestore()}))[_INFO]
     if info.get('format') != FORMAT_VERSION:
         raise CorruptCheckpointError(f'unknown checkpoint format {info.get("format")!r}')
+    if 'topology' not in info:  # Saved before 2026-12-02: stream and topology were in meta.
+        meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+        if 'fixed' in meta:
+            info['fingerprint']['stream'] = meta['fixed']
+        info['topology'] = meta.get('topology')
     return info
 
 

@@ -114,7 +114,7 @@ def default_config():
 def load_config_file(spec: str, root: str = ''):
     """'path[:variant]' -> that file's get_config(variant), as config_flags loads it; a
     relative path is taken from `root` (default: the current directory)."""
-    path, _, arg = spec.partition(':')
+    path, _, arg = spec.rpartition(':') if ':' in spec.split('/')[-1] else (spec, '', '')
     module_spec = importlib.util.spec_from_file_location('_config_file',
                                                          os.path.join(root, path))
     module = importlib.util.module_from_spec(module_spec)

@@ -45,13 +45,24 @@ def processes_supported() -> bool:
     return hasattr(os, 'sched_setaffinity') and jax.process_count() == 1
 
 
+def check_mode(config, num_seeds: int, on_device: bool) -> str:
+    """config.seeds_mode's name and what 'vmap'/'map' need, without starting jax's backend
+    (validation runs this before jax.distributed.initialize)."""
+    mode = config.get('seeds_mode', 'auto')
+    errors.check(mode in MODES, 'seeds_mode', f'{mode!r} is not one of {list(MODES)}.')
+    errors.check(num_seeds == 1 or mode not in ('vmap', 'map') or on_device, 'seeds_mode',
+                 f'{mode!r} needs device-resident training data (data.device_resident=auto '
+                 'below data.device_max_bytes with train_augment=small, or always); raise '
+                 'data.device_max_bytes or use seeds_mode=sequential.')
+    return mode
+
+
 def resolve_mode(config, num_seeds: int, on_device: bool) -> str:
     """'single' for one seed, else config.seeds_mode, checked; 'auto' is the faster here
     (benchmarks/RESULTS.md): 'vmap' on GPU/TPU, 'processes' on a multi-core CPU (XLA:CPU steps
     stacked seeds ~5x slower, and one run does not keep 2 cores busy), else 'sequential'.
     'vmap' and 'map' need `on_device` (device-resident) data: seeds gather batches in the step."""
-    mode = config.get('seeds_mode', 'auto')
-    errors.check(mode in MODES, 'seeds_mode', f'{mode!r} is not one of {list(MODES)}.')
+    mode = check_mode(config, num_seeds, on_device)
     if num_seeds == 1:
         return 'single'
     if mode == 'auto':
@@ -59,10 +70,6 @@ def resolve_mode(config, num_seeds: int, on_device: bool) -> str:
             return 'vmap' if on_device else 'sequential'
         several = processes_supported() and len(os.sched_getaffinity(0)) > 1
         return 'processes' if several else 'sequential'
-    errors.check(mode not in ('vmap', 'map') or on_device, 'seeds_mode',
-                 f'{mode!r} needs device-resident training data (data.device_resident=auto '
-                 'below data.device_max_bytes with train_augment=small, or always); raise '
-                 'data.device_max_bytes or use seeds_mode=sequential.')
     errors.check(mode != 'processes' or processes_supported(), 'seeds_mode',
                  "'processes' needs one process on a Linux host (it pins workers to cores); "
                  'use seeds_mode=sequential.')

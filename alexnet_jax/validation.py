@@ -188,9 +188,9 @@ def validate_seeds(config) -> None:
         w = config.seed_workers
         check(isinstance(w, int) and w >= 0, 'seed_workers',
               f'must be an integer >= 0 (0: one per CPU core), got {w!r}.')
-    if 'seeds_mode' in config:  # Its names and needs: seeds.resolve_mode's rule, checked now.
+    if 'seeds_mode' in config:  # seeds.check_mode's rule; the rest needs jax (resolve_mode).
         on_device = config.get('data', {}).get('device_resident') != 'never'  # Else: at start.
-        seeds.resolve_mode(config, config.get('num_seeds', 1), on_device)
+        seeds.check_mode(config, config.get('num_seeds', 1), on_device)
 
 
 def validate_finetune(config) -> None:

@@ -3,6 +3,7 @@ config mismatch, preemption signals."""
 
 import glob
 import importlib.util
+import json
 import logging
 import os
 import pathlib
@@ -395,6 +396,29 @@ def test_a_resume_on_other_devices_is_logged_in_one_line(caplog, was, line):
         assert not logged
     else:
         assert len(logged) == 1 and line in logged[0] and '/ 2 device(s), trained on' in logged[0]
+
+
+def test_a_checkpoint_from_before_the_one_record_keeps_its_resume_rule(tmp_path, caplog):
+    """Steps saved before checkpoint_info held the stream fields kept them (and the topology)
+    in meta: a resume still refuses a changed stream and logs another device count."""
+    config = _load_config('digits')
+    fingerprint = config_fingerprint(config)
+    meta = {'fixed': fingerprint.pop('stream'), 'topology': {'processes': 1, 'devices': 4}}
+    with ckpt(tmp_path, config_fingerprint=fingerprint) as c:
+        c.save(1, make_state(), meta)
+    info_file = step_dir(tmp_path, 1) / 'checkpoint_info' / 'metadata'
+    old = json.loads(info_file.read_text())
+    del old['topology']  # The record as it was: no stream fields, no topology.
+    info_file.write_text(json.dumps(old))
+    config.train.batch_size = 16
+    with ckpt(tmp_path, config_fingerprint=config_fingerprint(config)) as c:
+        with pytest.raises(ConfigMismatchError, match=r'config\.train\.batch_size=16'):
+            c.restore(make_state())
+    config.train.batch_size = meta['fixed']['train.batch_size']
+    with caplog.at_level('WARNING'), ckpt(tmp_path, config_fingerprint=config_fingerprint(
+            config)) as c:
+        assert c.restore(make_state()) is not None
+    assert any('trained on 1 / 4' in r.getMessage() for r in caplog.records)
 
 
 def test_leaf_paths_keep_their_format():

@@ -6,7 +6,10 @@ so both see the same global batches. Final parameters must agree.
 """
 
 import functools
+import pathlib
 import socket
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -16,18 +19,32 @@ from alexnet_jax.data import input_pipeline
 from alexnet_jax import parallel
 from alexnet_jax.data import preprocess
 from alexnet_jax import train
-from tests.helpers import TINY, assert_trees_close, launch, saved_state, tiny_config
+from tests.helpers import (TINY, assert_trees_close, launch, saved_state, subprocess_env,
+                           tiny_config)
 
 STEPS = 6
 FLAGS = [f'--config.train.num_steps={STEPS}', '--config.train.log_every_steps=3',
          '--config.train.eval_every_steps=0', f'--config.train.checkpoint_every_steps={STEPS}',
          '--config.model.dropout_rate=0.0', '--config.train.async_checkpoints=False']
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
+
+
+def test_validation_leaves_jax_uninitialized_for_jax_distributed():
+    """launch.py validates the config, then calls jax.distributed.initialize, which refuses to
+    run once a backend has started: validating a multi-seed config in any mode must not."""
+    code = ('import sys; from configs import alexnet; from alexnet_jax import parallel, '
+            "validation; c = alexnet.get_config('digits'); c.num_seeds = 2\n"
+            "for c.seeds_mode in ('auto', 'processes', 'vmap', 'sequential'):\n"
+            '    validation.validate_config(c)\n'
+            "parallel.initialize_distributed(f'localhost:{sys.argv[1]}', 1, 0)")
+    subprocess.run([sys.executable, '-c', code, str(free_port())], check=True, cwd=ROOT,
+                   env=subprocess_env(), timeout=120)
 
 
 def reference_params(config):
