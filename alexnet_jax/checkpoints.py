@@ -98,8 +98,9 @@ def check_fits(info: dict, fingerprint: dict, where, target: dict | None = None)
     if ours.keys() ^ theirs.keys():  # A field added or removed by a code change.
         logging.warning('Config fingerprint fields %s are in only one of the config and %s.',
                         sorted(ours.keys() ^ theirs.keys()), where)
-    causes = [f'config.{k[7:]}={ours[k]!r} (it was trained with {theirs[k]!r}): the data stream '
-              'and the random numbers depend on it' if k.startswith('stream.') else
+    causes = [f'config.{k.removeprefix("stream.")}={ours[k]!r} (it was trained with '
+              f'{theirs[k]!r}): the data stream and the random numbers depend on it'
+              if k.startswith('stream.') else
               f'{k}: workdir has {theirs[k]!r}, config has {ours[k]!r}'
               for k in sorted(ours.keys() & theirs.keys()) if ours[k] != theirs[k]]
     fix = 'Set those values back to resume, or use a new --workdir for this config.'
