@@ -102,9 +102,14 @@ def verdict(ci: Interval, scale: float = 1.0, unit: str = 'points', digits: int 
 def ratio_ci(baseline: dict, ablated: dict, confidence: float = CONFIDENCE) -> Interval:
     """Geometric mean of ablated / baseline by seed, with the exponentiated t-interval of the
     log ratios: 2x and 0.5x are equally far from 1. Seeds without two positive values left out."""
-    return geometric_ci([math.log(float(ablated[s]) / float(baseline[s]))
-                         for s in paired_differences(baseline, ablated)
-                         if float(ablated[s]) > 0 and float(baseline[s]) > 0], confidence)
+    return geometric_ci(list(log_ratios(baseline, ablated).values()), confidence)
+
+
+def log_ratios(baseline: dict, ablated: dict) -> dict:
+    """{seed: log(ablated / baseline)} over the seeds with two positive values."""
+    return {s: math.log(float(ablated[s]) / float(baseline[s]))
+            for s in paired_differences(baseline, ablated)
+            if float(ablated[s]) > 0 and float(baseline[s]) > 0}
 
 
 def geometric_ci(log_ratios, confidence: float = CONFIDENCE) -> Interval:

@@ -137,19 +137,19 @@ def axis_effects(sweep, summary) -> list:
         for within, group in groups:
             effect = {'axis': f'{ablated} vs {base}', 'key': ablated, 'within': within}
             for metric in METRICS:
-                diffs = [stats.paired_differences(b.get(metric, {}), a.get(metric, {}))
-                         for _, b, a in group]
-                common = set.intersection(*(set(d) for d in diffs))
-                effect[metric] = stats.mean_ci(
-                    [statistics.fmean(d[s] for d in diffs) for s in sorted(common)])
-            logs = [{s: math.log(a['epochs'][s] / b['epochs'][s])
-                     for s in stats.paired_differences(b.get('epochs', {}), a.get('epochs', {}))
-                     if a['epochs'][s] > 0 and b['epochs'][s] > 0} for _, b, a in group]
-            common = set.intersection(*(set(d) for d in logs))
-            effect['epochs_ratio'] = stats.geometric_ci(
-                [statistics.fmean(d[s] for d in logs) for s in sorted(common)])
+                effect[metric] = stats.mean_ci(_at_common_seeds(
+                    [stats.paired_differences(b.get(metric, {}), a.get(metric, {}))
+                     for _, b, a in group]))
+            effect['epochs_ratio'] = stats.geometric_ci(_at_common_seeds(
+                [stats.log_ratios(b.get('epochs', {}), a.get('epochs', {})) for _, b, a in group]))
             effects.append(effect)
     return effects
+
+
+def _at_common_seeds(per_group: list) -> list:
+    """For each seed present in every group's {seed: value}: its mean over the groups."""
+    common = set.intersection(*(set(d) for d in per_group))
+    return [statistics.fmean(d[s] for d in per_group) for s in sorted(common)]
 
 
 def write_tables(sweep, rows, root, notes=()) -> str:
