@@ -32,9 +32,11 @@ def topk_correct(scores, labels, k: int):
     return jnp.any(top == labels[..., None], axis=-1).astype(jnp.float32)
 
 
-def eval_step(state, batch, *, mean, std, crop_size):
+def eval_step(state, batch, *, mean, std, crop_size, per_example: bool = False):
     """Sums of loss / top-1 / top-5 over the real (mask=True) examples of all devices; for
-    the paper's 10-crop test (squares cut here, or crops) the softmax is averaged over crops."""
+    the paper's 10-crop test (squares cut here, or crops) the softmax is averaged over crops.
+    per_example: also this device's top-1 hits, int8 per example (-1 where padded), so a test
+    error's interval can resample the test images (tools/stats.py)."""
     images = preprocess.normalize_batch(
         {'image': preprocess.eval_images(batch, crop_size)}, mean, std)
     n, crops = images.shape[0], (images.shape[1] if images.ndim == 5 else 1)
@@ -49,28 +51,42 @@ def eval_step(state, batch, *, mean, std, crop_size):
         'top5': topk_correct(probs, labels, 5) * mask,
         'count': mask,
     }
-    return lax.psum(jax.tree.map(jnp.sum, sums), AXIS)
+    totals = lax.psum(jax.tree.map(jnp.sum, sums), AXIS)
+    if not per_example:
+        return totals
+    return totals, jnp.where(mask > 0, sums['top1'], -1.0).astype(jnp.int8)
 
 
-def make_eval_step(mean, std, crop_size, devices=None, seeds: int = 0):
+def make_eval_step(mean, std, crop_size, devices=None, seeds: int = 0, per_example=False):
     """`eval_step` pmapped over AXIS with the data's normalisation (`preprocess.mean_std`) and
     the net's input size (config.data.image_size: the 10 crops' size). `seeds` > 0: for a state
     with a leading axis of that many seeds (the training loop's), the sums get one too, the
-    seeds evaluated as the loop steps them (`seeds.over_seeds`)."""
-    step = functools.partial(eval_step, mean=mean, std=std, crop_size=crop_size)
+    seeds evaluated as the loop steps them (`seeds.over_seeds`). per_example: see eval_step."""
+    step = functools.partial(eval_step, mean=mean, std=std, crop_size=crop_size,
+                             per_example=per_example)
     if seeds:
         step = seeds_lib.over_seeds(step, 'vmap' if seeds > 1 else 'single')
     return jax.pmap(step, axis_name=AXIS, devices=devices)
 
 
 def _totals(p_eval_step, state, config, split: str) -> dict:
-    totals = None
+    """Means over the split; with a per-example step also 'correct': the top-1 hits in the
+    split's order, [seeds, examples] (or [examples]) bool, padding dropped."""
+    totals, hits = None, []
     for batch in input_pipeline.eval_iterator(config, split):
         sums = p_eval_step(state, batch)
+        if isinstance(sums, tuple):
+            sums, each = sums
+            hits.append(each)  # [devices, (seeds,) per_device]; fetched once, at the end.
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.tree.map(lambda x: np.asarray(x, np.float64), parallel.unreplicate(totals))
     count = np.maximum(totals.pop('count'), 1.0)
-    return {k: v / count for k, v in totals.items()}
+    means = {k: v / count for k, v in totals.items()}
+    if hits:
+        each = np.concatenate([np.moveaxis(np.asarray(h), 0, -2).reshape(
+            np.shape(h)[1:-1] + (-1,)) for h in hits], axis=-1)  # Device-major = batch order.
+        means['correct'] = each[..., each.reshape(-1, each.shape[-1])[0] >= 0] > 0
+    return means
 
 
 def evaluate(p_eval_step, state, config, split: str) -> dict:
@@ -79,6 +95,8 @@ def evaluate(p_eval_step, state, config, split: str) -> dict:
 
 
 def evaluate_seeds(p_eval_step, state, config, split: str) -> list:
-    """`evaluate` of each seed of a state with a seed axis, in one pass over the split."""
+    """`evaluate` of each seed of a state with a seed axis, in one pass over the split (with a
+    per-example step, each seed's 'correct' too: bool [examples])."""
     means = _totals(p_eval_step, state, config, split)
-    return [{k: float(v[i]) for k, v in means.items()} for i in range(len(means['loss']))]
+    return [{k: (v[i] if k == 'correct' else float(v[i])) for k, v in means.items()}
+            for i in range(len(means['loss']))]

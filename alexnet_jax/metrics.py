@@ -48,8 +48,10 @@ class _Kept:
 
 class Recorder:
     def __init__(self, workdir, *, num_steps: int, steps_per_epoch: int, batch_size: int,
-                 plot: bool = True, label: str = ''):
+                 plot: bool = True, label: str = '', elapsed_before: float = 0.0):
         self.workdir, self.label = epath.Path(workdir), label  # label: 'seed 3: ' of several.
+        # Wall seconds of the parts of the run before this one (a checkpoint's 'elapsed').
+        self.elapsed_before, self.opened = elapsed_before, time.monotonic()
         self.lead = jax.process_index() == 0
         self.num_steps, self.steps_per_epoch, self.batch_size = num_steps, steps_per_epoch, batch_size
         self.plot = plot and self.lead
@@ -81,16 +83,36 @@ class Recorder:
         else:
             logging.info('%sstep %d %s: loss %.4f  top1 %.2f%%  top5 %.2f%%', self.label, step,
                          split, scalars['loss'], 100 * scalars['top1'], 100 * scalars['top5'])
-        self.writer.write_scalars(step, {f'{split}/{k}': v for k, v in scalars.items()})
-        if not self.lead:
-            return
-        record = {'step': step, 'epoch': step / self.steps_per_epoch, 'split': split, **scalars}
-        with (self.workdir / JSONL).open('a') as f:
-            f.write(json.dumps(record) + '\n')
-        self.history.append(record)
+        self._append(step, split, scalars)
         if split == 'val' and self.plot:
             self.undrawn = True
             self.draw()
+
+    def write_diagnostics(self, step: int, stats: dict) -> None:
+        """diagnostics.measure's numbers at `step` (0: the weights at init)."""
+        logging.info('%sstep %d diagnostics: %s', self.label, step,
+                     ', '.join(f'{k} {v:.4g}' for k, v in stats.items()))
+        self._append(step, 'diagnostics', stats)
+
+    def diagnostics(self) -> dict:
+        """{'init': ..., 'final': ...}: the first and last diagnostics records (a resumed run's
+        init ones come from metrics.jsonl)."""
+        found = [{k: v for k, v in h.items() if k not in ('step', 'epoch', 'split',
+                                                          'wall_seconds')}
+                 for h in self.history if h['split'] == 'diagnostics']
+        return {'init': found[0], 'final': found[-1]} if found else {}
+
+    def _append(self, step: int, split: str, scalars: dict) -> None:
+        """To TensorBoard, and (process 0) a metrics.jsonl record with the run's wall seconds
+        so far (those of earlier parts of a resumed run included)."""
+        self.writer.write_scalars(step, {f'{split}/{k}': v for k, v in scalars.items()})
+        if not self.lead:
+            return
+        record = {'step': step, 'epoch': step / self.steps_per_epoch, 'split': split,
+                  'wall_seconds': self.elapsed_before + time.monotonic() - self.opened, **scalars}
+        with (self.workdir / JSONL).open('a') as f:
+            f.write(json.dumps(record) + '\n')
+        self.history.append(record)
 
     def draw(self, force: bool = False) -> None:
         """Redraws learning_curves.png; unless `force`, only once DRAW_SHARE of the time since

@@ -50,6 +50,9 @@ LAYERS = ('conv1', 'lrn1', 'pool1', 'conv2', 'lrn2', 'pool2', 'conv3', 'conv4', 
 ACTIVATIONS = {'relu': nn.relu, 'tanh': jnp.tanh, 'sigmoid': nn.sigmoid, 'elu': nn.elu,
                'gelu': nn.gelu, 'silu': nn.silu, 'leaky_relu': nn.leaky_relu}
 LRN_CONVENTIONS = ('paper', 'caffe')
+# 'local': the paper's divisor (k + alpha * sum a^2)^beta; 'constant': k^beta alone, the control
+# arm of an LRN ablation (LRN's fixed rescale without its normalisation).
+LRN_DIVISORS = ('local', 'constant')
 INITS = ('paper', 'he', 'xavier', 'cuda_convnet')
 # init_scheme='cuda_convnet' (Fig1Net): the weight stds of Krizhevsky's cuda-convnet CIFAR-10
 # nets, example-layers/layers-18pct.cfg and layers-80sec.cfg (github.com/dnouri/cuda-convnet, a
@@ -58,13 +61,17 @@ INITS = ('paper', 'he', 'xavier', 'cuda_convnet')
 # fc4) initW=0.01 (layers-80sec.cfg's extra fc64 and its fc10 use 0.1). cuda-convnet draws
 # weights as initW * randn (layer.py, make_weights) and biases as initB, default 0.
 CUDA_CONVNET_STDDEV = {'conv1': 1e-4, 'conv2': 1e-2, 'conv3': 1e-2, 'fc4': 1e-2}
+# init_scheme='paper' on Fig1Net: N(0, 0.01) and, as the paper does for every layer after the
+# first but conv3, biases of 1; this net's layers after the first are conv2, conv3 and fc4.
+FIG1_ONE_BIASES = ('conv2', 'conv3', 'fc4')
 
 
 def check_config(m) -> None:
     """The model section's names, checked here where they are defined: `create_model` runs it,
     and so does validation at the entry point, so a typo fails before TensorFlow loads."""
     for field, choices in (('architecture', ARCHITECTURE_NAMES), ('activation', ACTIVATIONS),
-                           ('lrn_convention', LRN_CONVENTIONS), ('init_scheme', INITS)):
+                           ('lrn_convention', LRN_CONVENTIONS), ('lrn_divisor', LRN_DIVISORS),
+                           ('init_scheme', INITS)):
         if field in m:
             _check_name(field, m[field], choices)
 
@@ -82,6 +89,12 @@ def local_response_norm(x: jax.Array, k: float = 2.0, n: int = 5, alpha: float =
     with alpha' = alpha for the paper's convention (also `tf.nn.local_response_normalization`
     with depth_radius = n // 2) and alpha' = alpha / n for Caffe's and PyTorch's.
     """
+    return (x * _inverse_power(lrn_base(x, k, n, alpha, convention), beta)).astype(x.dtype)
+
+
+def lrn_base(x: jax.Array, k: float = 2.0, n: int = 5, alpha: float = 1e-4,
+             convention: str = 'paper') -> jax.Array:
+    """k + alpha' * (the windowed sum of squares): LRN's divisor before the power beta."""
     _check_name('lrn_convention', convention, LRN_CONVENTIONS)  # Also for direct callers.
     errors.check(n >= 1 and n % 2 == 1, 'model.lrn_n',  # The one check of config.model.lrn_n.
                  f'must be a positive odd number of channels, got {n!r}.')
@@ -91,8 +104,28 @@ def local_response_norm(x: jax.Array, k: float = 2.0, n: int = 5, alpha: float =
     sq = jnp.square(x.astype(acc_dtype))
     window = (1,) * (x.ndim - 1) + (n,)
     pads = ((0, 0),) * (x.ndim - 1) + ((n // 2, n // 2),)
-    sums = lax.reduce_window(sq, 0.0, lax.add, window, (1,) * x.ndim, pads)
-    return (x * _inverse_power(k + scale * sums, beta)).astype(x.dtype)
+    return k + scale * lax.reduce_window(sq, 0.0, lax.add, window, (1,) * x.ndim, pads)
+
+
+class LRN(nn.Module):
+    """`local_response_norm` as a layer that sows its divisor (k + alpha' sum a^2)^beta as
+    `<name>_divisor` (computed only when 'intermediates' is collected: diagnostics.py shows
+    whether LRN normalises or is a constant k^-beta). divisor='constant': x * k^-beta, the
+    control arm that keeps LRN's fixed rescale and drops its normalisation."""
+    k: float = 2.0
+    n: int = 5
+    alpha: float = 1e-4
+    beta: float = 0.75
+    convention: str = 'paper'
+    divisor: str = 'local'
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.divisor == 'constant':
+            return (x * self.k ** -self.beta).astype(x.dtype)
+        base = lrn_base(x, self.k, self.n, self.alpha, self.convention)
+        self.sow('intermediates', self.name + '_divisor', base ** self.beta)
+        return (x * _inverse_power(base, self.beta)).astype(x.dtype)
 
 
 def _inverse_power(t: jax.Array, beta: float) -> jax.Array:
@@ -187,8 +220,8 @@ def _kernel_init(init: str, name: str):
     raise KeyError(init)  # check_config names the valid ones.
 
 
-def _bias_init(init: str, name: str):
-    if init == 'paper' and name in PAPER_ONE_BIASES:
+def _bias_init(init: str, name: str, ones=PAPER_ONE_BIASES):
+    if init == 'paper' and name in ones:
         return nn.initializers.ones
     return nn.initializers.zeros
 
@@ -203,6 +236,7 @@ class AlexNet(nn.Module):
     lrn_alpha: float = 1e-4
     lrn_beta: float = 0.75
     lrn_convention: str = 'paper'
+    lrn_divisor: str = 'local'    # 'constant': only LRN's fixed rescale k^-beta (a control).
     pool_window: int = 3
     pool_stride: int = 2
     groups: int = 1               # 2 = the paper's two-GPU connectivity in conv2, conv4, conv5.
@@ -260,8 +294,8 @@ class AlexNet(nn.Module):
             x = act(self._norm(x, name, train))
             self._record(name, x)
             if self.lrn and name in ('conv1', 'conv2'):
-                x = local_response_norm(x, self.lrn_k, self.lrn_n, self.lrn_alpha, self.lrn_beta,
-                                        self.lrn_convention)
+                x = LRN(self.lrn_k, self.lrn_n, self.lrn_alpha, self.lrn_beta,
+                        self.lrn_convention, self.lrn_divisor, name='lrn' + name[-1])(x)
                 self._record('lrn' + name[-1], x)
             if name in ('conv1', 'conv2', 'conv5'):
                 x = nn.max_pool(x, (self.pool_window,) * 2, strides=(self.pool_stride,) * 2)
@@ -291,7 +325,9 @@ class Fig1Net(nn.Module):
     without its two response-normalisation layers; layers-80sec.cfg is the same plus a 64-unit
     hidden FC layer): three 5x5 convs with 32, 32, 64 kernels, a 3/2 max-pool then two 3/2
     average-pools, and one FC layer to the classes. Input 32x32 (any size >= 8 works).
-    init_scheme='cuda_convnet' is that code's initialisation (CUDA_CONVNET_STDDEV).
+    init_scheme='cuda_convnet' is that code's initialisation (CUDA_CONVNET_STDDEV), 'paper' the
+    paper's N(0, 0.01) with biases of 1 (FIG1_ONE_BIASES), 'he' a variance-preserving one. Each
+    layer's output (after its activation, before pooling) is sown as `<layer>_out`.
     """
     num_classes: int = 10
     activation: str = 'relu'
@@ -301,7 +337,8 @@ class Fig1Net(nn.Module):
     lrn_alpha: float = 1e-4
     lrn_beta: float = 0.75
     lrn_convention: str = 'paper'
-    width: float = 1.0
+    lrn_divisor: str = 'local'
+    width: float = 1.0            # Its published net is 1.0 (32/32/64); less only for tests.
     init_scheme: str = 'he'
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -317,15 +354,19 @@ class Fig1Net(nn.Module):
             name = f'conv{i}'
             x = nn.Conv(scaled_features(features, self.width, 1), (5, 5), padding='SAME',
                         kernel_init=_kernel_init(self.init_scheme, name),
-                        bias_init=nn.initializers.zeros, dtype=dtype,
-                        param_dtype=self.param_dtype, name=name)(x)
-            x = pool(act(x), (3, 3), strides=(2, 2), padding='SAME')
+                        bias_init=_bias_init(self.init_scheme, name, FIG1_ONE_BIASES),
+                        dtype=dtype, param_dtype=self.param_dtype, name=name)(x)
+            x = act(x)
+            self.sow('intermediates', name + '_out', x)
+            x = pool(x, (3, 3), strides=(2, 2), padding='SAME')
             if self.lrn:
-                x = local_response_norm(x, self.lrn_k, self.lrn_n, self.lrn_alpha, self.lrn_beta,
-                                        self.lrn_convention)
+                x = LRN(self.lrn_k, self.lrn_n, self.lrn_alpha, self.lrn_beta,
+                        self.lrn_convention, self.lrn_divisor, name=f'lrn{i}')(x)
         x = x.reshape(x.shape[0], -1)
         x = nn.Dense(self.num_classes, kernel_init=_kernel_init(self.init_scheme, 'fc4'),
+                     bias_init=_bias_init(self.init_scheme, 'fc4', FIG1_ONE_BIASES),
                      dtype=dtype, param_dtype=self.param_dtype, name='fc4')(x)
+        self.sow('intermediates', 'fc4_out', x)
         return x.astype(jnp.float32)
 
 

@@ -29,6 +29,7 @@ import optax
 
 from alexnet_jax import checkpoints
 from alexnet_jax.data import device_data
+from alexnet_jax import diagnostics
 from alexnet_jax import errors
 from alexnet_jax import evaluation
 from alexnet_jax import finetune
@@ -286,7 +287,8 @@ class Seed:
         self.best_top1 = meta.get('best_val_top1', -math.inf)
         self.elapsed = meta.get('elapsed', 0.0)
         self._recorder_args = dict(num_steps=num_steps, steps_per_epoch=steps_per_epoch,
-                                   batch_size=t.batch_size, plot=t.plot, label=label)
+                                   batch_size=t.batch_size, plot=t.plot, label=label,
+                                   elapsed_before=self.elapsed)
 
     def begin(self) -> None:
         """Writes config.json and opens the metrics once every seed fits its workdir, so a
@@ -364,9 +366,13 @@ def _train_group(config, info, seeds: list, mode: str, num_steps: int, steps_per
     state = parallel.replicate(_stack([s.state for s in seeds]))
     keys = {'dropout': jnp.stack([s.dropout_key for s in seeds]),
             'data': jnp.stack([device_data.data_key(s.seed) for s in seeds])}
-    for s in seeds:
-        s.state = None  # The stacked copy is the state now.
     mean, std = preprocess.mean_std(d, info.image_shape[-1])
+    probe = diagnostics.first_eval_images(config, mean, std)
+    for s in seeds:
+        if s.start == 0:  # The weights at init, before the first step.
+            s.recorder.write_diagnostics(0, diagnostics.measure(
+                s.state.apply_fn, s.state.params, s.state.batch_stats, probe, config.model))
+        s.state = None  # The stacked copy is the state now.
     p_eval = evaluation.make_eval_step(mean, std, d.image_size, seeds=len(seeds))
     start, val, t0 = seeds[0].start, None, time.time()
     if start < num_steps:
@@ -403,10 +409,20 @@ def _train_group(config, info, seeds: list, mode: str, num_steps: int, steps_per
     for s in seeds:
         s.ckpt.wait()
     elapsed = time.time() - t0  # Training, as results.json's train_seconds says.
-    test = (val if val is not None and d.test_split == d.eval_split
-            else evaluation.evaluate_seeds(p_eval, state, config, d.test_split))
-    for s, v in zip(seeds, test):
+    # A test pass of its own keeps each example's top-1 hit (one host: the split's order), so a
+    # sweep's test-error intervals resample the test images too (tools/stats.py).
+    if val is not None and d.test_split == d.eval_split:
+        test = val
+    else:
+        test = evaluation.evaluate_seeds(evaluation.make_eval_step(
+            mean, std, d.image_size, seeds=len(seeds), per_example=jax.process_count() == 1),
+            state, config, d.test_split)
+    host = parallel.unreplicate(state)
+    for i, (s, v) in enumerate(zip(seeds, test)):
         if not s.failed:
+            one = jax.tree.map(lambda x, i=i: x[i], host)
+            s.recorder.write_diagnostics(num_steps, diagnostics.measure(
+                one.apply_fn, one.params, one.batch_stats, probe, config.model))
             s.results = final_results(s, config, v, num_steps, s.elapsed + elapsed, mode,
                                       len(seeds))
     return None
@@ -499,7 +515,10 @@ def update_plateaus(seeds, state, val: list, o, step: int):
 
 def final_results(seed, config, test: dict, num_steps: int, elapsed: float, mode: str,
                   together: int) -> dict:
-    """A seed's test-split metrics -> its results.json."""
+    """A seed's test-split metrics -> its results.json (with the diagnostics at init and at
+    the end, and the test examples' top-1 hits as a '0'/'1' string in the split's order)."""
+    test = dict(test)
+    correct = test.pop('correct', None)
     results = {
         'variant': config.get('variant', 'custom'),
         'test_split': config.data.test_split,
@@ -510,6 +529,9 @@ def final_results(seed, config, test: dict, num_steps: int, elapsed: float, mode
     }
     if together > 1:
         results.update(seeds_together=together, seeds_mode=mode)
+    results['diagnostics'] = seed.recorder.diagnostics()
+    if correct is not None:
+        results['test_correct'] = ''.join('1' if c else '0' for c in np.asarray(correct))
     seed.recorder.write(num_steps, 'test', test)
     seed.recorder.write_results(results)
     return results

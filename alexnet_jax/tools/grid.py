@@ -34,11 +34,26 @@ class Point:
         return f'{self.name}/seed{self.seed}'
 
 
+def seeds(sweep) -> range:
+    """The grid's seeds: first_seed .. first_seed + num_seeds - 1 (a replication: new ones)."""
+    first = int(sweep.get('first_seed', 0))
+    return range(first, first + sweep.num_seeds)
+
+
+def thresholds(sweep) -> tuple:
+    """The training errors whose epochs-to are reported (sweep.threshold among them), high first."""
+    return tuple(sorted({sweep.threshold, *sweep.get('thresholds', ())}, reverse=True))
+
+
+def threshold_column(threshold: float) -> str:
+    return f'epochs_to_{threshold:.0%}'.replace('%', 'pct')
+
+
 def expand(sweep) -> list:
     """The grid's points: the product of the axes' values, times the seeds."""
     points = []
     for values in itertools.product(*sweep.axes):
-        for seed in range(sweep.num_seeds):
+        for seed in seeds(sweep):
             overrides = dict(sweep.base_overrides)
             for _, axis_overrides in values:
                 overrides.update(dict(axis_overrides))
@@ -129,20 +144,33 @@ def command(sweep, point: Point, root) -> str:
 
 
 def result_row(sweep, point: Point, workdir) -> dict:
+    """A run's row of results.csv: status, test errors, epochs (and steps) to each threshold
+    ('' if never reached; `epochs_trained` says how long it ran), the diagnostics at init and
+    at the end (`init/<key>`, `final/<key>`: diagnostics.py); and `test_correct` (the test
+    examples' top-1 hits, '0'/'1', for the statistics, not the csv)."""
     row = {'point': point.name, 'seed': point.seed, 'status': 'missing', 'reason': '',
            'test_top1_error': '', 'test_top5_error': '', 'steps_to_threshold': '',
-           'epochs_to_threshold': '', 'train_seconds': ''}
+           'epochs_to_threshold': '', 'train_seconds': '', 'epochs_trained': '',
+           **{threshold_column(t): '' for t in thresholds(sweep)}, 'test_correct': ''}
     workdir = pathlib.Path(workdir)
     if (workdir / 'failed.json').exists():
         row.update(status='failed', reason=json.loads((workdir / 'failed.json').read_text())['reason'])
     if (workdir / 'results.json').exists():
         r = json.loads((workdir / 'results.json').read_text())
         row.update(status='done', test_top1_error=1 - r['test_top1'],
-                   test_top5_error=1 - r['test_top5'], train_seconds=r.get('train_seconds', ''))
-    hit = next(((step, epoch) for step, epoch, error in training_error_curve(workdir)
-                if error <= sweep.threshold), None)
-    if hit is not None:
-        row.update(steps_to_threshold=hit[0], epochs_to_threshold=hit[1])
+                   test_top5_error=1 - r['test_top5'], train_seconds=r.get('train_seconds', ''),
+                   test_correct=r.get('test_correct', ''))
+        for when, stats in r.get('diagnostics', {}).items():
+            row.update({f'{when}/{k}': v for k, v in stats.items()})
+    curve = training_error_curve(workdir)
+    if curve:
+        row['epochs_trained'] = curve[-1][1]
+    for t in thresholds(sweep):
+        hit = next(((step, epoch) for step, epoch, error in curve if error <= t), None)
+        if hit is not None:
+            row[threshold_column(t)] = hit[1]
+            if t == sweep.threshold:
+                row.update(steps_to_threshold=hit[0], epochs_to_threshold=hit[1])
     return row
 
 

@@ -5,9 +5,10 @@ fast as possible." For every point of the grid (e.g. relu, tanh) and every rate 
 `sweep.lr_search_rates` (a log grid), one run per search seed trains in
 ROOT/lr_search/<point>_lr<rate>/seed<k> (ordinary run dirs: resumable, failures recorded, as the
 sweep's own points). The chosen rate reaches `sweep.threshold` training error in the fewest
-epochs (mean over the search seeds; a rate that fails or misses the threshold for any search
-seed is not eligible); ties go to the smaller rate. If no rate reaches it, the rate with the
-lowest final training error is taken and the choice says so. A choice at an edge of the rates
+epochs: the mean over the search seeds with a run that never reached it (or diverged) counted as
+censored at the run's full length (a restricted mean), so a rate where some seeds never get there
+is penalised, not ruled out; ties go to the smaller rate. If no run of any rate reaches it, the
+rate with the lowest final training error is taken and the choice says so. A choice at an edge of the rates
 tried is extended past that edge until it is bracketed (`run`). The search seeds (1000, 1001, ...)
 are disjoint from the grid's seeds (0, 1, ...), so no reported run is the one its rate was
 picked on. The choices go to ROOT/lr_search.json and ROOT/lr_search.md.
@@ -58,6 +59,7 @@ class Trial:
     epochs: list          # Epochs to the threshold per search seed (None: not reached / failed).
     final_error: list     # Last training error (epoch average) per search seed (None: failed).
     status: list
+    length: float = 0.0   # Epochs a run trains: where one that never reached it is censored.
 
 
 def trials(sweep, root, rates: dict | None = None) -> dict:
@@ -66,6 +68,8 @@ def trials(sweep, root, rates: dict | None = None) -> dict:
     for name, by_rate in search_points(sweep, rates).items():
         out[name] = []
         for rate, points in sorted(by_rate.items()):
+            t = grid.point_config(sweep, points[0]).train
+            length = float(t.num_epochs)
             epochs, final, status = [], [], []
             for p in points:
                 workdir = root_of(root) / p.dirname
@@ -76,7 +80,9 @@ def trials(sweep, root, rates: dict | None = None) -> dict:
                               else None)
                 final.append(curve[-1][2] if done and curve else None)
                 status.append(row['status'])
-            out[name].append(Trial(rate, epochs, final, status))
+                if done and curve and t.num_steps is not None:
+                    length = curve[-1][1]
+            out[name].append(Trial(rate, epochs, final, status, length))
     return out
 
 
@@ -139,13 +145,18 @@ def past_edge(trial_list: list, chosen: float | None) -> float | None:
 
 
 def _score(trial):
-    """How good a rate is (lower is better): (0, mean epochs to the threshold) if every search
-    seed reached it, else (1, mean final training error); None if a run failed."""
-    if trial.epochs and all(e is not None for e in trial.epochs):
-        return (0, statistics.fmean(trial.epochs))
-    if trial.final_error and None not in trial.final_error:
-        return (1, statistics.fmean(trial.final_error))
-    return None
+    """How good a rate is (lower is better): (0, the censored mean epochs) if any search seed
+    reached the threshold, else (1, mean final training error of the runs that did not fail);
+    None if every run failed."""
+    if any(e is not None for e in trial.epochs):
+        return (0, censored_mean(trial))
+    finals = [f for f in trial.final_error if f is not None]
+    return (1, statistics.fmean(finals)) if finals else None
+
+
+def censored_mean(trial) -> float:
+    """Mean epochs to the threshold, a run that never reached it (or failed) at its length."""
+    return statistics.fmean(trial.length if e is None else e for e in trial.epochs)
 
 
 def apply(points: list, choices: dict) -> list:
@@ -171,8 +182,10 @@ def write(sweep, found: dict, choices: dict, root) -> str:
     by_rate = {name: {t.rate: t for t in trial_list} for name, trial_list in found.items()}
     all_rates = sorted({r for rates in by_rate.values() for r in rates})
     lines = [f'# Learning-rate search (`{sweep.grid}`, search seeds {seeds})', '',
-             f'Epochs to {sweep.threshold:.0%} training error per rate (mean over the search '
-             f'seeds; "-": not reached or failed); final training error in brackets.', '',
+             f'Epochs to {sweep.threshold:.0%} training error per rate and search seed ("-": '
+             f'not reached in the run\'s epochs; "failed": diverged); then the score: their '
+             f'mean with a run that never reached counted at its length (censored), and the '
+             f'mean final training error in brackets.', '',
              '| point | ' + ' | '.join(f'lr {r:g}' for r in all_rates) + ' | chosen | why |',
              '|---|' + '---|' * (len(all_rates) + 2)]
     for name, trial_list in found.items():
@@ -181,9 +194,11 @@ def write(sweep, found: dict, choices: dict, root) -> str:
             if t is None:  # A rate another point's search added.
                 cells.append('')
                 continue
-            e = ('-' if any(x is None for x in t.epochs) else f'{statistics.fmean(t.epochs):.2f}')
-            f = ('failed' if None in t.final_error else f'{statistics.fmean(t.final_error):.1%}')
-            cells.append(f'{e} ({f})')
+            each = ', '.join('failed' if st == 'failed' else '-' if e is None else f'{e:.2f}'
+                             for e, st in zip(t.epochs, t.status))
+            finals = [f for f in t.final_error if f is not None]
+            f = f'{statistics.fmean(finals):.1%}' if finals else 'failed'
+            cells.append(f'{each}: {censored_mean(t):.2f} ({f})')
         rate = choices[name]['rate']
         lines.append(f'| {name} | ' + ' | '.join(cells) +
                      f' | {"-" if rate is None else f"{rate:g}"} | {choices[name]["why"]} |')

@@ -118,3 +118,131 @@ def geometric_ci(log_ratios, confidence: float = CONFIDENCE) -> Interval:
     if ci.n == 0:
         return NONE
     return Interval(math.exp(ci.mean), math.exp(ci.lo), math.exp(ci.hi), ci.n)
+
+
+# --- Every source of noise: test images and seeds, censored speeds, many verdicts -------------
+
+BOOTSTRAP_SAMPLES = 4000
+ALPHA = 1 - CONFIDENCE
+POWER = 0.8  # Of the minimum detectable effect.
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    """A statistic with its 95% bootstrap interval, two-sided p-value (of "no effect") and the
+    bootstrap standard error (on the log scale for a ratio); n: seeds (or pairs) used."""
+    value: float
+    lo: float
+    hi: float
+    n: int
+    p: float = math.nan
+    se: float = math.nan
+
+
+NO_ESTIMATE = Estimate(math.nan, math.nan, math.nan, 0)
+
+
+def two_way_bootstrap(errors, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> np.ndarray:
+    """The bootstrap distribution of the mean of `errors` [seeds, images] with seeds and test
+    images resampled together (each independently, with replacement): a seed's luck and the
+    finite test set are both in its spread. A point's 0/1 errors, or an effect's per seed and
+    image differences (ablated - baseline: the same images for both, so they are paired)."""
+    x = np.asarray(errors, np.float64)
+    rng = np.random.default_rng(seed)
+    n_s, n_i = x.shape
+    ws = rng.multinomial(n_s, np.full(n_s, 1 / n_s), size=samples)
+    wi = rng.multinomial(n_i, np.full(n_i, 1 / n_i), size=samples)
+    return np.einsum('bs,si,bi->b', ws, x, wi) / (n_s * n_i)
+
+
+def bootstrap_estimate(errors, samples: int = BOOTSTRAP_SAMPLES) -> Estimate:
+    """Mean of `errors` [seeds, images], its percentile interval and p-value (two_way_bootstrap;
+    p: twice the share of resamples on the far side of 0, at least 1 / (samples + 1))."""
+    x = np.asarray(errors, np.float64)
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        return NO_ESTIMATE
+    dist = two_way_bootstrap(x, samples)
+    lo, hi = np.quantile(dist, [ALPHA / 2, 1 - ALPHA / 2])
+    return Estimate(float(x.mean()), float(lo), float(hi), x.shape[0], _two_sided(dist),
+                    float(dist.std()))
+
+
+def _two_sided(dist) -> float:
+    below, above = (np.sum(dist <= 0) + 1), (np.sum(dist >= 0) + 1)
+    return float(min(1.0, 2 * min(below, above) / (len(dist) + 1)))
+
+
+def median_ci(times, confidence: float = CONFIDENCE) -> Estimate:
+    """Median of epochs to a threshold with runs that never reached it as +inf (all censored at
+    the same run length, where Kaplan-Meier's median is this one), and the distribution-free
+    interval between order statistics (binomial, >= `confidence`); inf: not reached by half."""
+    x = np.sort(np.asarray([float(t) for t in times], np.float64))
+    n = len(x)
+    if n == 0:
+        return NO_ESTIMATE
+    k = int(scipy_stats.binom.ppf((1 - confidence) / 2, n, 0.5))
+    lo = float(x[k - 1]) if k >= 1 else 0.0
+    hi = float(x[n - k]) if k >= 1 else math.inf
+    return Estimate(float(np.quantile(x, 0.5, method='inverted_cdf')), lo, hi, n)
+
+
+def censored_ratio(baseline: dict, ablated: dict, samples: int = BOOTSTRAP_SAMPLES) -> Estimate:
+    """Ablated / baseline median epochs to a threshold, paired by seed ({seed: epochs}, inf for
+    a run that never reached it): the seeds bootstrapped (percentile interval); p from the
+    paired sign test that counts censored runs (a run that reached the threshold beat one that
+    did not; both not reached is a tie); se: of the log ratio, where the resamples are finite."""
+    seeds = sorted(set(baseline) & set(ablated))
+    if not seeds:
+        return NO_ESTIMATE
+    b = np.asarray([float(baseline[s]) for s in seeds])
+    a = np.asarray([float(ablated[s]) for s in seeds])
+    ratio = _median_ratio(b, a)
+    if np.all(np.isinf(a) & np.isinf(b)):  # Nothing to compare: no test, no interval.
+        return Estimate(ratio, math.nan, math.nan, len(seeds))
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, len(seeds), size=(samples, len(seeds)))
+    med = lambda v: np.quantile(v[idx], 0.5, axis=1, method='inverted_cdf')
+    with np.errstate(invalid='ignore', divide='ignore'):
+        dist = med(a) / med(b)
+    dist = np.where(np.isnan(dist), 1.0, dist)  # inf / inf: neither reached it, no difference.
+    lo, hi = np.quantile(dist, [ALPHA / 2, 1 - ALPHA / 2], method='inverted_cdf')
+    finite = dist[np.isfinite(dist) & (dist > 0)]
+    se = float(np.log(finite).std()) if len(finite) > (1 - ALPHA / 2) * samples else math.nan
+    slower, faster = int(np.sum(a > b)), int(np.sum(a < b))
+    p = (float(scipy_stats.binomtest(slower, slower + faster).pvalue) if slower + faster
+         else 1.0)
+    return Estimate(ratio, float(lo), float(hi), len(seeds), p, se)
+
+
+def _median_ratio(b, a) -> float:
+    mb, ma = (float(np.quantile(v, 0.5, method='inverted_cdf')) for v in (b, a))
+    if math.isinf(mb) and math.isinf(ma):
+        return 1.0
+    return ma / mb if mb > 0 else math.inf
+
+
+def holm(pvalues) -> list:
+    """Holm's step-down adjusted p-values (family-wise error at most alpha over all of them)."""
+    p = np.asarray(pvalues, np.float64)
+    order = np.argsort(p)
+    m, adjusted, running = len(p), np.empty(len(p)), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted.tolist()
+
+
+def mde_z(m: int) -> float:
+    """z_{1 - alpha / (2m)} + z_{POWER}: an effect of this many standard errors is detected with
+    POWER at Holm's strictest level alpha / m (its first step) among m verdicts."""
+    return float(scipy_stats.norm.ppf(1 - ALPHA / (2 * max(m, 1))) + scipy_stats.norm.ppf(POWER))
+
+
+def decide(e: Estimate, p_holm: float, null: float, better: str, worse: str) -> str:
+    """A verdict at the Holm-adjusted level: `worse`/`better` when p_holm < alpha, by the
+    side of `null` the estimate is on, else 'not resolved'."""
+    if e.n < MIN_SEEDS:
+        return f'not resolved: n={e.n} < {MIN_SEEDS} seeds'
+    if p_holm < ALPHA and e.value != null:
+        return worse if e.value > null else better
+    return 'not resolved'

@@ -52,7 +52,8 @@ def _abstract_model_io(model: models.AlexNet, input_shape):
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(x.shape)))
     _, state = jax.eval_shape(
         lambda v: model.apply(v, jnp.zeros(x.shape), mutable=['intermediates']), variables)
-    outputs = {k[:-len('_out')]: v[0].shape[1:] for k, v in state['intermediates'].items()}
+    outputs = {k[:-len('_out')]: v[0].shape[1:] for k, v in state['intermediates'].items()
+               if k.endswith('_out')}  # (Not the LRN layers' sown divisors.)
     return variables['params'], outputs
 
 

@@ -8,19 +8,16 @@ One workdir per point and seed (`DIR/<labels>/seed<k>`); a point's seeds train t
 in one vmapped program on GPU/TPU). Resumable for free: a point with results.json is skipped, an
 interrupted one resumes from its checkpoint, a failed one is recorded (failed.json, with the
 reason) and skipped on the next run unless --retry_failed.
-At the end: DIR/results.csv, DIR/results.md (per point the mean and 95% CI over seeds, per
-effect the difference paired by seed, its CI and a verdict: alexnet_jax/tools/stats.py) and the
-figures DIR/fig1_training_error.png and DIR/ablation_deltas.png. A grid with
+At the end: DIR/results.csv (one row per run), DIR/curves.csv (every logged step of every run),
+DIR/results.md (per point and per effect, intervals over seeds and test images, censored epochs
+to each threshold, Holm verdicts, diagnostics: alexnet_jax/tools/report.py) and the figures
+DIR/fig1_training_error.png and DIR/ablation_deltas.png. A grid with
 `lr_search_rates` (Fig. 1) first searches each point's learning rate (alexnet_jax/tools/lr_search.py).
 """
 
-import csv
 import functools
-import itertools
 import json
-import math
 import pathlib
-import statistics
 import sys
 
 from absl import app
@@ -30,7 +27,7 @@ from absl import logging
 from alexnet_jax import cli
 from alexnet_jax.tools import grid
 from alexnet_jax.tools import lr_search
-from alexnet_jax.tools import stats
+from alexnet_jax.tools import report
 
 FLAGS = flags.FLAGS
 
@@ -83,205 +80,6 @@ def run_grid(sweep, points: list, root, *, retry_failed: bool = False) -> list:
         rows += run_seeds(sweep, [p for p in points if p.name == name], root,
                           retry_failed=retry_failed)
     return rows
-
-
-METRICS = {  # Row column -> (table heading, {}: the threshold; scale; unit of an effect).
-    'top1': ('test top-1 error', 100.0, 'points'),  # Lower is better for all.
-    'epochs': ('epochs to {} train error', 1.0, 'epochs'),
-}
-_COLUMNS = {'top1': 'test_top1_error', 'top5': 'test_top5_error',
-            'epochs': 'epochs_to_threshold', 'steps': 'steps_to_threshold'}
-
-
-def aggregate(rows) -> list:
-    """Per point: mean and 95% t-interval over the seeds that finished (stats.mean_ci), and the
-    per-seed values the paired effects use. Epochs/steps to the threshold: over the finished
-    runs that reached it (`reached` of `done`)."""
-    out = []
-    for name in dict.fromkeys(r['point'] for r in rows):
-        runs = [r for r in rows if r['point'] == name]
-        done = [r for r in runs if r['status'] == 'done']
-        by_seed = {k: {r['seed']: float(r[c]) for r in done if r[c] != ''}
-                   for k, c in _COLUMNS.items()}
-        out.append({
-            'point': name, 'done': len(done), 'failed': sum(r['status'] == 'failed' for r in runs),
-            **{k: stats.mean_ci(v.values(), lower=0.0) for k, v in by_seed.items()},
-            'reached': len(by_seed['epochs']),
-            'by_seed': by_seed,
-            'reasons': sorted({r['reason'] for r in runs if r['reason']}),
-        })
-    return out
-
-
-def axis_effects(sweep, summary) -> list:
-    """For every two-valued axis, ablated minus baseline paired by seed (stats.py), per metric.
-
-    The main effect (`within` '') averages each seed's difference over the other axes' values
-    (only seeds finished at every one of them); with other axes, the effect at each of their
-    values follows (`within` its labels). `epochs_ratio`: ablated / baseline epochs to the
-    threshold, the geometric mean over seeds (and over the other axes) with its log-ratio CI.
-    """
-    by_name = {s['point']: s for s in summary}
-    effects = []
-    for i, axis in enumerate(sweep.axes):
-        if len(axis) != 2:
-            continue
-        (base, _), (ablated, _) = axis
-        pairs = []  # (within-label, per-seed values of baseline, of ablated) per other-axes value.
-        for values in itertools.product(*[a for j, a in enumerate(sweep.axes) if j != i]):
-            labels = [label for label, _ in values]
-            names = ['_'.join(labels[:i] + [lab] + labels[i:]) for lab in (base, ablated)]
-            seeds = [by_name.get(n, {}).get('by_seed', {}) for n in names]
-            pairs.append(('_'.join(labels), seeds[0], seeds[1]))
-        groups = [('', pairs)] + ([(w, [(w, b, a)]) for w, b, a in pairs] if len(pairs) > 1 else [])
-        for within, group in groups:
-            effect = {'axis': f'{ablated} vs {base}', 'key': ablated, 'within': within}
-            for metric in METRICS:
-                effect[metric] = stats.mean_ci(_at_common_seeds(
-                    [stats.paired_differences(b.get(metric, {}), a.get(metric, {}))
-                     for _, b, a in group]))
-            effect['epochs_ratio'] = stats.geometric_ci(_at_common_seeds(
-                [stats.log_ratios(b.get('epochs', {}), a.get('epochs', {})) for _, b, a in group]))
-            effects.append(effect)
-    return effects
-
-
-def _at_common_seeds(per_group: list) -> list:
-    """For each seed present in every group's {seed: value}: its mean over the groups."""
-    common = set.intersection(*(set(d) for d in per_group))
-    return [statistics.fmean(d[s] for d in per_group) for s in sorted(common)]
-
-
-def write_tables(sweep, rows, root, notes=()) -> str:
-    """results.csv (one row per run) and results.md (module doc); `notes` are added lines."""
-    from configs import ablations
-    root = pathlib.Path(root)
-    with (root / 'results.csv').open('w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    summary = aggregate(rows)
-    target = f'{sweep.threshold:.0%}'
-    lines = [f'# Ablation grid `{sweep.grid}` (base `{sweep.base}`, seeds 0..{sweep.num_seeds - 1})',
-             '', f'Mean [95% t-interval] over the seeds that finished (n = runs done); epochs and '
-             f'steps to {target} training error over the runs that reached it.', '',
-             f'| point | n done | failed | test top-1 error (%) | test top-5 error (%) | '
-             f'epochs to {target} train error | reached | steps to it |',
-             '|---|---|---|---|---|---|---|---|']
-    for s in summary:
-        lines.append(f'| {s["point"]} | {s["done"]} | {s["failed"]} | {s["top1"].format(100)} | '
-                     f'{s["top5"].format(100)} | {s["epochs"].format()} | '
-                     f'{s["reached"]}/{s["done"]} | {s["steps"].format(1, 0)} |')
-    effects = axis_effects(sweep, summary)
-    if effects:
-        lines += ['', 'Effects, paired by seed: Δ = ablated − baseline per seed (averaged over '
-                  'the other axes for "all"), mean and 95% t-interval over seeds; verdict: '
-                  '"worse"/"better" when the CI excludes 0, else the largest |effect| the CI '
-                  'admits (alexnet_jax/tools/stats.py).', '',
-                  '| effect | at | metric | n | Δ mean | 95% CI | verdict | paper |',
-                  '|---|---|---|---|---|---|---|---|']
-        for e in effects:
-            for metric, (heading, scale, unit) in METRICS.items():
-                ci = e[metric]
-                paper = ablations.PAPER_TOP1_DELTA.get(e['key']) if metric == 'top1' else None
-                lines.append(
-                    f'| {e["axis"]} | {e["within"] or "all"} | {heading.format(target)} ({unit}) | '
-                    f'{ci.n} | {_signed(ci.mean * scale)} | {_bracket(ci, scale)} | '
-                    f'{stats.verdict(ci, scale, unit)} | '
-                    f'{"-" if paper is None else f"{paper:+.1f} (ImageNet)"} |')
-            r = e['epochs_ratio']
-            paper = ablations.PAPER_EPOCHS_RATIO.get(e['key'])
-            lines.append(
-                f'| {e["axis"]} | {e["within"] or "all"} | epochs ratio {e["key"]}/'
-                f'{e["axis"].split(" vs ")[1]} (geometric mean) | {r.n} | '
-                f'{"-" if r.n == 0 else f"{r.mean:.2f}x"} | {_bracket(r, 1.0, "x")} | - | '
-                f'{"-" if paper is None else f"~{paper:g}x (CIFAR-10)"} |')
-    failures = [f'- {s["point"]}: {"; ".join(s["reasons"])}' for s in summary if s['reasons']]
-    if failures:
-        lines += ['', 'Failed runs:'] + failures
-    lines += ['', *notes] if notes else []
-    lines += ['', f'Paper: {sweep.paper}', '']
-    text = '\n'.join(lines)
-    (root / 'results.md').write_text(text)
-    return text
-
-
-def _signed(x: float) -> str:
-    return '-' if math.isnan(x) else f'{x:+.2f}'
-
-
-def _bracket(ci, scale: float, suffix: str = '') -> str:
-    if ci.n < 2:
-        return '-'
-    return f'[{ci.lo * scale:.2f}{suffix}, {ci.hi * scale:.2f}{suffix}]'
-
-
-def _yerr(cis, scale: float = 1.0) -> list:
-    """matplotlib's asymmetric error bars [[below], [above]] for CIs (0 where there is none)."""
-    below = [0.0 if c.n < 2 else (c.mean - c.lo) * scale for c in cis]
-    above = [0.0 if c.n < 2 else (c.hi - c.mean) * scale for c in cis]
-    return [below, above]
-
-
-def plot_figures(sweep, rows, root) -> list:
-    """Fig. 1 (training error vs epochs, relu solid / tanh dashed; beside it epochs to the
-    threshold per point with 95% CIs) and the effects chart (paired Δ top-1 with 95% CIs)."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    from configs import ablations
-
-    root, written = pathlib.Path(root), []
-    summary = {s['point']: s for s in aggregate(rows)}
-    effects = axis_effects(sweep, list(summary.values()))
-    fig, (ax, bars) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={'width_ratios': [3, 2]})
-    for k, name in enumerate(summary):
-        style = '--' if 'tanh' in name.split('_') else '-'
-        for seed in range(sweep.num_seeds):
-            curve = grid.training_error_curve(root / name / f'seed{seed}')
-            if curve:
-                ax.plot([c[1] for c in curve], [c[2] for c in curve], style, alpha=0.6,
-                        label=name if seed == 0 else None, color=f'C{k}')
-    title = f'Epochs to {sweep.threshold:.0%} training error'
-    ratio = next((e['epochs_ratio'] for e in effects
-                  if e['key'] == 'tanh' and not e['within'] and e['epochs_ratio'].n), None)
-    if ratio is not None:
-        title += f'\ntanh / ReLU = {ratio.mean:.2f}x'
-        title += f' [{ratio.lo:.2f}, {ratio.hi:.2f}]' if ratio.n > 1 else ''
-        title += f' (n={ratio.n}; paper ~{ablations.PAPER_EPOCHS_RATIO["tanh"]:g}x)'
-    ax.axhline(sweep.threshold, color='grey', lw=0.8)
-    ax.set(xlabel='epochs', ylabel='training error', title=title, ylim=(0, 1))
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-    cis = [s['epochs'] for s in summary.values()]
-    bars.bar(range(len(cis)), [c.mean for c in cis], yerr=_yerr(cis), capsize=4,
-             color=[f'C{k}' for k in range(len(cis))])
-    bars.set_xticks(range(len(cis)), [f'{n}\n(n={s["reached"]}/{s["done"]})'
-                                      for n, s in summary.items()], fontsize=8)
-    bars.set(ylabel=f'epochs to {sweep.threshold:.0%} (mean, 95% CI)')
-    fig.tight_layout()
-    fig.savefig(root / 'fig1_training_error.png', dpi=120)
-    plt.close(fig)
-    written.append(root / 'fig1_training_error.png')
-
-    main = [e for e in effects if not e['within']]
-    if main:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        xs = range(len(main))
-        ax.bar([x - 0.2 for x in xs], [100 * e['top1'].mean for e in main], 0.4,
-               yerr=_yerr([e['top1'] for e in main], 100), capsize=4,
-               label='ours, paired Δ, 95% CI')
-        paper = [ablations.PAPER_TOP1_DELTA.get(e['key'], math.nan) for e in main]
-        ax.bar([x + 0.2 for x in xs], paper, 0.4, label='paper (ImageNet)')
-        ax.set_xticks(list(xs), [f'{e["axis"]}\n(n={e["top1"].n})' for e in main])
-        ax.axhline(0, color='k', lw=0.8)
-        ax.set(ylabel='Δ test top-1 error (points)', title='Ablation: ablated minus baseline')
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(root / 'ablation_deltas.png', dpi=120)
-        plt.close(fig)
-        written.append(root / 'ablation_deltas.png')
-    return written
 
 
 def print_commands(sweep, points, search, root) -> None:
@@ -344,8 +142,8 @@ def main(argv):
     except Preempted as e:  # SIGTERM/SIGINT: its checkpoint is saved; exit 0, like launch.py.
         print(f'Sweep stopped: {e}; rerun the same grid.command to resume.')
         return
-    print(write_tables(sweep, rows, root, notes))
-    for path in plot_figures(sweep, rows, root):
+    print(report.write(sweep, rows, root, notes))
+    for path in report.plot_figures(sweep, rows, root):
         print(f'wrote {path}')
 
 

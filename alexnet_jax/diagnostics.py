@@ -1,0 +1,72 @@
+"""What shows whether an ablation's switch acted, measured on the first evaluation batch.
+
+Per layer: the share of its units (channels) ever active (output > 0 somewhere in the batch; a
+ReLU unit that never is, is dead) and the activation scale (root mean square of its output).
+Per LRN layer: its divisor (k + alpha' sum a^2)^beta at the 1st, 50th and 99th percentiles and
+the 99th relative to k^beta. With k=2 and alpha=1e-4 the divisor is k^beta unless activations
+are of order 10-100: a run whose 99th percentile stays within INACTIVE_LRN of k^beta had LRN as a
+constant rescale, and an "LRN on vs off" verdict there says nothing about normalisation.
+
+One forward pass per seed, at the start of a fresh run and at its end; the loop writes them to
+metrics.jsonl (split 'diagnostics') and results.json.
+"""
+
+import functools
+
+from flax import traverse_util
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alexnet_jax.data import input_pipeline
+from alexnet_jax.data import preprocess
+
+INACTIVE_LRN = 0.01  # A p99 divisor within 1% of k^beta: LRN inactive at this input scale.
+PERCENTILES = (1, 50, 99)
+
+
+def first_eval_images(config, mean, std) -> np.ndarray:
+    """The first batch of config.data.eval_split as the net sees it (padding dropped; of the
+    paper's 10 crops the center one), float32 [n, H, W, C] on the host."""
+    batch = next(input_pipeline.eval_iterator(config, config.data.eval_split))
+    flat = {k: np.reshape(v, (-1,) + np.shape(v)[2:]) for k, v in batch.items()}
+    keep = flat['mask'].astype(bool)
+    images = preprocess.eval_images({'image': flat['image'][keep]}, config.data.image_size)
+    if images.ndim == 5:
+        images = images[:, 0]
+    return np.asarray(preprocess.normalize_batch({'image': images}, mean, std))
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _measure(apply_fn, variables, images):
+    _, state = apply_fn(variables, images, train=False, mutable=['intermediates'])
+    out = {}
+    for path, (value,) in traverse_util.flatten_dict(state['intermediates']).items():
+        name, a = path[-1], value.astype(jnp.float32)
+        if name.endswith('_divisor'):
+            q = jnp.percentile(a, jnp.asarray(PERCENTILES, jnp.float32))
+            out.update({f'{name[:-len("_divisor")]}/divisor_p{p}': q[i]
+                        for i, p in enumerate(PERCENTILES)})
+        elif name.endswith('_out') and name.startswith(('conv', 'fc')):
+            layer = name[:-len('_out')]
+            out[f'{layer}/active'] = jnp.mean(jnp.any(a.reshape(-1, a.shape[-1]) > 0, axis=0))
+            out[f'{layer}/rms'] = jnp.sqrt(jnp.mean(jnp.square(a)))
+    return out
+
+
+def measure(apply_fn, params, batch_stats, images, model_config) -> dict:
+    """{'<layer>/active', '<layer>/rms', '<lrn>/divisor_p1|p50|p99', '<lrn>/p99_over_k_beta'} of
+    one seed's weights (host trees) on `images`."""
+    variables = {'params': params, 'batch_stats': batch_stats or {}}
+    out = {k: float(v) for k, v in _measure(apply_fn, variables, jnp.asarray(images)).items()}
+    k_beta = float(model_config.lrn_k) ** float(model_config.lrn_beta)
+    for key in [k for k in out if k.endswith('/divisor_p99')]:
+        out[key.replace('/divisor_p99', '/p99_over_k_beta')] = out[key] / k_beta
+    return out
+
+
+def lrn_inactive(stats: dict) -> bool:
+    """True if every LRN layer's p99 divisor stayed within INACTIVE_LRN of k^beta (and there is
+    at least one measured LRN layer)."""
+    rel = [v for k, v in stats.items() if k.endswith('/p99_over_k_beta')]
+    return bool(rel) and all(v < 1 + INACTIVE_LRN for v in rel)
