@@ -43,7 +43,7 @@ def _measure(apply_fn, variables, images):
     out = {}
     for path, (value,) in traverse_util.flatten_dict(state['intermediates']).items():
         name, a = path[-1], value.astype(jnp.float32)
-        if name.endswith('_divisor'):
+        if name.endswith('_divisor'):  # An LRN layer's (models.lrn_layer).
             q = jnp.percentile(a, jnp.asarray(PERCENTILES, jnp.float32))
             out.update({f'{name[:-len("_divisor")]}/divisor_p{p}': q[i]
                         for i, p in enumerate(PERCENTILES)})

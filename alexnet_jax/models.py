@@ -107,25 +107,18 @@ def lrn_base(x: jax.Array, k: float = 2.0, n: int = 5, alpha: float = 1e-4,
     return k + scale * lax.reduce_window(sq, 0.0, lax.add, window, (1,) * x.ndim, pads)
 
 
-class LRN(nn.Module):
-    """`local_response_norm` as a layer that sows its divisor (k + alpha' sum a^2)^beta as
-    `<name>_divisor` (computed only when 'intermediates' is collected: diagnostics.py shows
-    whether LRN normalises or is a constant k^-beta). divisor='constant': x * k^-beta, the
-    control arm that keeps LRN's fixed rescale and drops its normalisation."""
-    k: float = 2.0
-    n: int = 5
-    alpha: float = 1e-4
-    beta: float = 0.75
-    convention: str = 'paper'
-    divisor: str = 'local'
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        if self.divisor == 'constant':
-            return (x * self.k ** -self.beta).astype(x.dtype)
-        base = lrn_base(x, self.k, self.n, self.alpha, self.convention)
-        self.sow('intermediates', self.name + '_divisor', base ** self.beta)
-        return (x * _inverse_power(base, self.beta)).astype(x.dtype)
+def lrn_layer(module: nn.Module, x: jax.Array, name: str) -> jax.Array:
+    """`local_response_norm` with `module`'s lrn_* fields, sowing its divisor
+    (k + alpha' sum a^2)^beta as `<name>_divisor` (computed only when 'intermediates' is
+    collected: diagnostics.py shows whether LRN normalises or is a constant k^-beta).
+    lrn_divisor='constant': x * k^-beta, the control arm that keeps LRN's fixed rescale and
+    drops its normalisation."""
+    k, beta = module.lrn_k, module.lrn_beta
+    if module.lrn_divisor == 'constant':
+        return (x * k ** -beta).astype(x.dtype)
+    base = lrn_base(x, k, module.lrn_n, module.lrn_alpha, module.lrn_convention)
+    module.sow('intermediates', name + '_divisor', base ** beta)
+    return (x * _inverse_power(base, beta)).astype(x.dtype)
 
 
 def _inverse_power(t: jax.Array, beta: float) -> jax.Array:
@@ -294,8 +287,7 @@ class AlexNet(nn.Module):
             x = act(self._norm(x, name, train))
             self._record(name, x)
             if self.lrn and name in ('conv1', 'conv2'):
-                x = LRN(self.lrn_k, self.lrn_n, self.lrn_alpha, self.lrn_beta,
-                        self.lrn_convention, self.lrn_divisor, name='lrn' + name[-1])(x)
+                x = lrn_layer(self, x, 'lrn' + name[-1])
                 self._record('lrn' + name[-1], x)
             if name in ('conv1', 'conv2', 'conv5'):
                 x = nn.max_pool(x, (self.pool_window,) * 2, strides=(self.pool_stride,) * 2)
@@ -360,8 +352,7 @@ class Fig1Net(nn.Module):
             self.sow('intermediates', name + '_out', x)
             x = pool(x, (3, 3), strides=(2, 2), padding='SAME')
             if self.lrn:
-                x = LRN(self.lrn_k, self.lrn_n, self.lrn_alpha, self.lrn_beta,
-                        self.lrn_convention, self.lrn_divisor, name=f'lrn{i}')(x)
+                x = lrn_layer(self, x, f'lrn{i}')
         x = x.reshape(x.shape[0], -1)
         x = nn.Dense(self.num_classes, kernel_init=_kernel_init(self.init_scheme, 'fc4'),
                      bias_init=_bias_init(self.init_scheme, 'fc4', FIG1_ONE_BIASES),

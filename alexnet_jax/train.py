@@ -374,6 +374,12 @@ def _train_group(config, info, seeds: list, mode: str, num_steps: int, steps_per
                 s.state.apply_fn, s.state.params, s.state.batch_stats, probe, config.model))
         s.state = None  # The stacked copy is the state now.
     p_eval = evaluation.make_eval_step(mean, std, d.image_size, seeds=len(seeds))
+    # The test pass keeps each example's top-1 hit (one host: the split's order), so a sweep's
+    # test-error intervals resample the test images too (tools/stats.py); the last validation
+    # pass too, when it is the test.
+    p_test = evaluation.make_eval_step(mean, std, d.image_size, seeds=len(seeds),
+                                       per_example=jax.process_count() == 1)
+    p_last = p_test if d.test_split == d.eval_split else p_eval
     start, val, t0 = seeds[0].start, None, time.time()
     if start < num_steps:
         logging.info('Training steps %d..%d (%d per epoch)%s.', start + 1, num_steps,
@@ -395,7 +401,8 @@ def _train_group(config, info, seeds: list, mode: str, num_steps: int, steps_per
                     return None
             improved = [False] * len(seeds)
             if is_eval:
-                val = evaluation.evaluate_seeds(p_eval, state, config, d.eval_split)
+                val = evaluation.evaluate_seeds(p_last if step == num_steps else p_eval,
+                                                state, config, d.eval_split)
                 improved = [_record_eval(s, step, v) for s, v in zip(seeds, val)]
                 state = update_plateaus(seeds, state, val, config.optim, step)
             if is_ckpt or any(improved):  # Every new best is saved: keep-best ranks it.
@@ -409,14 +416,8 @@ def _train_group(config, info, seeds: list, mode: str, num_steps: int, steps_per
     for s in seeds:
         s.ckpt.wait()
     elapsed = time.time() - t0  # Training, as results.json's train_seconds says.
-    # A test pass of its own keeps each example's top-1 hit (one host: the split's order), so a
-    # sweep's test-error intervals resample the test images too (tools/stats.py).
-    if val is not None and d.test_split == d.eval_split:
-        test = val
-    else:
-        test = evaluation.evaluate_seeds(evaluation.make_eval_step(
-            mean, std, d.image_size, seeds=len(seeds), per_example=jax.process_count() == 1),
-            state, config, d.test_split)
+    test = (val if val is not None and d.test_split == d.eval_split
+            else evaluation.evaluate_seeds(p_test, state, config, d.test_split))
     host = parallel.unreplicate(state)
     for i, (s, v) in enumerate(zip(seeds, test)):
         if not s.failed:
@@ -432,7 +433,7 @@ def _record_eval(seed, step: int, val: dict) -> bool:
     """Writes a seed's validation metrics; True if they are its best so far."""
     if seed.failed:
         return False
-    seed.recorder.write(step, 'val', val)
+    seed.recorder.write(step, 'val', {k: v for k, v in val.items() if k != 'correct'})
     improved = val['top1'] > seed.best_top1
     seed.best_top1 = max(seed.best_top1, val['top1'])
     return improved

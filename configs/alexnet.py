@@ -240,9 +240,9 @@ def _digits_fig1(c):
     _fig1_protocol(c)
     c.data.mean_rgb = (DIGITS_TRAIN_MEAN,) * 3
     c.optim.learning_rate = 0.01  # The sweep searches the rate per activation.
-    # 20 epochs of 19 updates: at width 1.0 a ReLU net at a good rate crosses 25% in ~3.5
+    # 12 epochs of 19 updates: at width 1.0 a ReLU net at a good rate crosses 25% in ~3.5
     # epochs and 10% in ~5; runs that never cross are counted as censored, not dropped.
-    c.train.num_epochs = 20.0
+    c.train.num_epochs = 12.0
     c.train.log_every_steps = 2   # 19 steps per epoch: a fine training-error curve.
     c.train.eval_every_steps = 0  # Only the final test matters here.
     c.train.plot = False

@@ -116,14 +116,76 @@ def test_a_nonnegative_quantity_has_no_interval_below_zero():
         (expected.low, expected.high))
 
 
-def test_sweep_points_clip_error_and_epoch_intervals_at_zero():
-    """sweep.aggregate's per-point intervals of errors, epochs and steps (all >= 0)."""
-    from alexnet_jax.tools import sweep  # pylint: disable=import-outside-toplevel
+def test_report_points_clip_top5_intervals_at_zero():
+    """report.summarize's per-point top-5 t-interval (>= 0, like an error rate)."""
+    from alexnet_jax.tools import report  # pylint: disable=import-outside-toplevel
+    from configs import ablations  # pylint: disable=import-outside-toplevel
     rows = [{'point': 'p', 'seed': s, 'status': 'done', 'reason': '', 'test_top1_error': e,
-             'test_top5_error': e, 'epochs_to_threshold': e * 100, 'steps_to_threshold': e * 1e3}
+             'test_top5_error': e, 'epochs_to_threshold': e * 100, 'steps_to_threshold': e * 1e3,
+             'epochs_to_50pct': '', 'epochs_to_25pct': e * 100, 'epochs_to_10pct': '',
+             'test_correct': ''}
             for s, e in enumerate([0.0, 0.0, 0.01])]
-    point, = sweep.aggregate(rows)
+    point, = report.summarize(ablations.get_config('pool'), rows)
     high = scipy_stats.ttest_1samp([0.0, 0.0, 0.01], 0.0).confidence_interval(0.95).high
-    for metric, scale in [('top1', 1), ('top5', 1), ('epochs', 100), ('steps', 1e3)]:
-        assert point[metric].lo == 0.0, metric
-        assert point[metric].hi == pytest.approx(high * scale), metric
+    assert point['top5'].lo == 0.0 and point['top5'].hi == pytest.approx(high)
+    assert point['top1'] is None  # No per-image hits: the table says "seeds only".
+    assert point['top1_seeds'].lo == 0.0
+
+
+def test_the_test_error_interval_counts_the_test_images():
+    """Seeds that agree image by image leave a seed-only interval of zero width; resampling the
+    test images too gives the binomial standard error of an error rate on that many images."""
+    rng = np.random.default_rng(0)
+    miss = (rng.random(400) < 0.1).astype(float)
+    errors = np.stack([miss] * 5)
+    assert stats.mean_ci(errors.mean(axis=1)).half_width == pytest.approx(0.0, abs=1e-12)
+    est = stats.bootstrap_estimate(errors)
+    p = miss.mean()
+    binomial = math.sqrt(p * (1 - p) / 400)
+    assert est.se == pytest.approx(binomial, rel=0.1)
+    assert (est.hi - est.lo) / 2 == pytest.approx(1.96 * binomial, rel=0.15)
+    assert est.lo < p < est.hi and est.n == 5
+
+
+def test_the_test_error_interval_counts_the_seeds():
+    """Images that agree within a seed: the spread is the seeds' (the bootstrap's 1/n variance)."""
+    per_seed = np.array([0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0])
+    errors = np.repeat(per_seed[:, None], 50, axis=1)
+    est = stats.bootstrap_estimate(errors)
+    assert est.se == pytest.approx(per_seed.std() / math.sqrt(len(per_seed)), rel=0.1)
+
+
+def test_median_with_censored_runs_and_its_order_statistic_interval():
+    times = [float(t) for t in range(1, 19)] + [math.inf, math.inf]  # 2 of 20 never reached.
+    est = stats.median_ci(times)
+    assert est.value == 10.0 and est.n == 20
+    # Independently: the widest symmetric order statistics x_(k), x_(n-k+1) whose binomial
+    # coverage P(k <= B <= n - k), B ~ Bin(20, 1/2), is at least 95%.
+    k = max(j for j in range(1, 11) if scipy_stats.binom.cdf(20 - j, 20, 0.5)
+            - scipy_stats.binom.cdf(j - 1, 20, 0.5) >= 0.95)
+    assert (est.lo, est.hi) == (times[k - 1], times[20 - k])
+    assert stats.median_ci([1.0, math.inf, math.inf]).value == math.inf  # Half never reached.
+
+
+def test_censored_runs_count_in_a_speed_effect():
+    """Ablated runs that never reach the threshold are slower, not missing: dropping them would
+    leave 2 pairs and no verdict; counted, all 10 pairs say slower."""
+    base = {s: 2.0 + 0.1 * s for s in range(10)}
+    ablated = {s: (3.0 + 0.1 * s if s < 2 else math.inf) for s in range(10)}
+    est = stats.censored_ratio(base, ablated)
+    assert est.n == 10 and est.value == math.inf
+    assert est.p == pytest.approx(scipy_stats.binomtest(10, 10).pvalue)
+    assert stats.ratio_ci(base, {s: v for s, v in ablated.items() if v < math.inf}).n == 2
+    both_never = stats.censored_ratio({0: math.inf, 1: math.inf}, {0: math.inf, 1: math.inf})
+    assert math.isnan(both_never.p)  # Nothing was compared.
+
+
+def test_holm_by_hand():
+    # Sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1: 0.02, 0.03, 0.06, 0.04 -> monotone 0.06.
+    assert stats.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert stats.holm([0.5]) == [0.5] and stats.holm([0.6, 0.7]) == [1.0, 1.0]
+
+
+def test_minimum_detectable_effect_multiplier():
+    assert stats.mde_z(1) == pytest.approx(1.95996 + 0.84162, abs=1e-4)
+    assert stats.mde_z(10) == pytest.approx(scipy_stats.norm.ppf(1 - 0.0025) + 0.84162, abs=1e-4)

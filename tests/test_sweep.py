@@ -12,17 +12,22 @@ from scipy import stats as scipy_stats
 
 from alexnet_jax.tools import lr_search
 from alexnet_jax.tools import grid as grid_lib
+from alexnet_jax.tools import report
+from alexnet_jax.tools import stats
 from alexnet_jax.tools import sweep
 from alexnet_jax import validation
 from configs import ablations
 
 
 @pytest.mark.parametrize('grid,points', [
-    ('default', {'relu_lrn', 'relu_nolrn', 'tanh_lrn', 'tanh_nolrn'}),
+    ('default', {'relu_lrn', 'relu_nolrn', 'relu_lrnconst', 'tanh_lrn', 'tanh_nolrn',
+                 'tanh_lrnconst'}),
     ('pool', {'pool3s2', 'pool2s2'}),
     ('groups', {'groups2', 'half'}),
     ('dropout', {'dropout', 'nodropout'}),
     ('fig1', {'relu', 'tanh'}),
+    ('fig1_paper_init', {'relu', 'tanh'}),
+    ('fig1_he_init', {'relu', 'tanh'}),
 ])
 def test_grid_expands_to_points_times_seeds(grid, points):
     config = ablations.get_config(grid)
@@ -123,12 +128,31 @@ def test_sweep_runs_records_failures_resumes_and_reports(tmp_path):
     assert stamps == {p: (tmp_path / p.dirname / 'metrics.jsonl').stat().st_mtime_ns
                       for p in points}
 
-    table = sweep.write_tables(config, rows, tmp_path)
+    table = report.write(config, rows, tmp_path)
     relu_error = 100 * rows[0]['test_top1_error']
     assert f'| relu | 1 | 0 | {relu_error:.2f} |' in table  # n=1: a mean, no interval.
     assert '| diverge | 0 | 1 |' in table and 'NonFiniteLossError' in table
     assert (tmp_path / 'results.csv').read_text().count('\n') == 1 + len(points)
-    figures = sweep.plot_figures(config, rows, tmp_path)
+    # The test examples' hits (for the intervals) are each run's test top-1, example by example.
+    for r in rows[:2]:
+        assert len(r['test_correct']) == 20  # data.fake_eval_examples
+        assert 1 - r['test_correct'].count('1') / 20 == pytest.approx(r['test_top1_error'])
+    # curves.csv: every logged training step of every finished run, with the validation error
+    # at the eval steps (3 and 6) and the wall seconds, in the order they were trained.
+    import csv as csv_lib
+    curves = list(csv_lib.DictReader((tmp_path / 'curves.csv').open()))
+    assert list(curves[0]) == list(report.CURVE_COLUMNS)
+    for name in ('relu', 'tanh'):
+        mine = [c for c in curves if c['point'] == name]
+        history = [h for h in metrics_history(tmp_path / name / 'seed0') if h['split'] == 'train']
+        assert [int(c['step']) for c in mine] == [h['step'] for h in history] == [2, 3, 4, 6]
+        assert [float(c['train_error']) for c in mine] == pytest.approx(
+            [1 - h['top1'] for h in history])
+        assert [c['val_error'] != '' for c in mine] == [False, True, False, True]
+        walls = [float(c['wall_seconds']) for c in mine]
+        assert walls == sorted(walls) and walls[0] > 0
+        assert all(float(c['lr']) > 0 for c in mine)
+    figures = report.plot_figures(config, rows, tmp_path)
     assert (tmp_path / 'fig1_training_error.png') in figures
     assert all(f.stat().st_size > 1000 for f in figures)
 
@@ -227,59 +251,98 @@ def test_epochs_to_threshold_do_not_depend_on_where_a_preemption_logged(tmp_path
         (steps, steps / 19, pytest.approx(np.mean(errors)))]  # The record averages them all.
 
 
+def metrics_history(workdir):
+    from alexnet_jax import metrics  # pylint: disable=import-outside-toplevel
+    return metrics.read_history(workdir)
+
+
+TEST_IMAGES = 400
+
+
+def hits(error: float, seed: int, point: str) -> str:
+    """A '0'/'1' test_correct string with round(error * TEST_IMAGES) misses at random places."""
+    rng = np.random.default_rng([seed, sum(map(ord, point))])
+    wrong = set(rng.choice(TEST_IMAGES, round(error * TEST_IMAGES), replace=False).tolist())
+    return ''.join('0' if i in wrong else '1' for i in range(TEST_IMAGES))
+
+
 def grid_rows(errors: dict, epochs: dict = None) -> list:
-    """results rows as result_row writes them, from {point: {seed: error}}."""
+    """results rows as result_row writes them, from {point: {seed: error}} (errors rounded to
+    a whole number of the TEST_IMAGES test images) and {point: {seed: epochs to 25%}}."""
     rows = []
     for point, by_seed in errors.items():
         for seed, error in by_seed.items():
             e = '' if epochs is None else epochs[point].get(seed, '')
+            correct = hits(error, seed, point)
             rows.append({'point': point, 'seed': seed, 'status': 'done', 'reason': '',
-                         'test_top1_error': error, 'test_top5_error': error / 2,
+                         'test_top1_error': correct.count('0') / TEST_IMAGES,
+                         'test_top5_error': error / 2,
                          'steps_to_threshold': '' if e == '' else 10 * e,
-                         'epochs_to_threshold': e, 'train_seconds': 1.0})
+                         'epochs_to_threshold': e, 'train_seconds': 1.0, 'epochs_trained': 20.0,
+                         'epochs_to_50pct': '' if e == '' else e / 2, 'epochs_to_25pct': e,
+                         'epochs_to_10pct': '', 'test_correct': correct})
     return rows
 
 
-def test_axis_effects_are_paired_by_seed_and_averaged_over_the_other_axes():
+def test_effects_are_paired_by_seed_and_image_and_averaged_over_the_other_axes():
     config = ablations.get_config('default')
     rng = np.random.default_rng(0)
     base = {'relu_lrn': 0.10, 'relu_nolrn': 0.13, 'tanh_lrn': 0.20, 'tanh_nolrn': 0.21}
     errors = {p: {s: b + rng.normal(0, 0.01) for s in range(4)} for p, b in base.items()}
     del errors['tanh_nolrn'][2]  # Seed 2 is missing at one point: out of every nolrn pair.
-    effects = sweep.axis_effects(config, sweep.aggregate(grid_rows(errors)))
-    main = {e['key']: e for e in effects if not e['within']}
-    # Hand: per seed, the mean over relu/tanh of (nolrn - lrn), then a t-interval over seeds.
-    diffs = [np.mean([errors[f'{a}_nolrn'][s] - errors[f'{a}_lrn'][s] for a in ('relu', 'tanh')])
-             for s in (0, 1, 3)]
-    expected = scipy_stats.ttest_1samp(diffs, 0.0).confidence_interval(0.95)
-    ci = main['nolrn']['top1']
-    assert ci.n == 3 and ci.mean == pytest.approx(np.mean(diffs))
-    assert (ci.lo, ci.hi) == pytest.approx((expected.low, expected.high))
-    assert main['tanh']['top1'].n == 3
+    rows = grid_rows(errors)
+    found = report.effects(config, report.summarize(config, rows))
+    main = {e['key']: e for e in found if not e['within'] and e['metric'] == 'top1'}
+    # Hand: per seed and image, the mean over relu/tanh of (nolrn - lrn) misses; its mean.
+    miss = {(r['point'], r['seed']): np.array([c == '0' for c in r['test_correct']], float)
+            for r in rows}
+    diffs = np.stack([np.mean([miss[(f'{a}_nolrn', s)] - miss[(f'{a}_lrn', s)]
+                               for a in ('relu', 'tanh')], axis=0) for s in (0, 1, 3)])
+    est = main['nolrn']['estimate']
+    assert est.n == 3 and est.value == pytest.approx(diffs.mean())
+    assert est.lo < est.value < est.hi
+    assert main['tanh']['estimate'].n == 3
     # Conditional effects: LRN off within relu keeps all 4 seeds.
-    within = {(e['key'], e['within']): e for e in effects if e['within']}
-    relu = [errors['relu_nolrn'][s] - errors['relu_lrn'][s] for s in range(4)]
-    assert within[('nolrn', 'relu')]['top1'].mean == pytest.approx(np.mean(relu))
-    assert within[('nolrn', 'relu')]['top1'].n == 4
+    within = {(e['key'], e['within']): e for e in found if e['within'] and e['metric'] == 'top1'}
+    relu = [miss[('relu_nolrn', s)] - miss[('relu_lrn', s)] for s in range(4)]
+    assert within[('nolrn', 'relu')]['estimate'].value == pytest.approx(np.mean(relu))
+    assert within[('nolrn', 'relu')]['estimate'].n == 4
+    # Speed effects only within a combination of the other axes (none pooled), per threshold.
+    speed = [e for e in found if e['metric'] != 'top1']
+    assert speed and all(e['within'] for e in speed)
+    assert {e['metric'] for e in speed} == {0.5, 0.25, 0.1}
 
 
-def test_tables_show_intervals_verdicts_and_the_speed_ratio(tmp_path):
+def test_tables_show_intervals_censored_speeds_holm_and_the_mde(tmp_path):
     config = ablations.get_config('fig1')
-    config.num_seeds = 3
-    errors = {'relu': {0: 0.10, 1: 0.12, 2: 0.11}, 'tanh': {0: 0.20, 1: 0.23, 2: 0.21}}
-    epochs = {'relu': {0: 2.0, 1: 3.0, 2: 2.5}, 'tanh': {0: 12.0, 1: 15.0, 2: 16.0}}
+    config.num_seeds = 8
+    errors = {'relu': {s: 0.10 + 0.01 * (s % 3) for s in range(8)},
+              'tanh': {s: 0.20 + 0.01 * (s % 2) for s in range(8)}}
+    # tanh never reaches 25% in seeds 6 and 7: counted as slower, not dropped.
+    epochs = {'relu': {s: 2.0 + 0.5 * s for s in range(8)},
+              'tanh': {0: 12.0, 1: 15.0, 2: 16.0, 3: 14.0, 4: 13.0, 5: 17.0}}
     rows = grid_rows(errors, epochs)
-    table = sweep.write_tables(config, rows, tmp_path, notes=['Learning rates: relu 0.01.'])
-    relu = scipy_stats.ttest_1samp([10, 12, 11], 0).confidence_interval(0.95)
-    assert f'| relu | 3 | 0 | 11.00 [{relu.low:.2f}, {relu.high:.2f}] |' in table
-    assert '| 3/3 |' in table and 'Learning rates: relu 0.01.' in table
-    line = next(l for l in table.splitlines() if l.startswith('| tanh vs relu | all | test top-1'))
-    assert '| 3 | +10.33 |' in line and 'ablated worse' in line
-    ratio = next(l for l in table.splitlines() if 'epochs ratio' in l)
-    logs = [math.log(epochs['tanh'][s] / epochs['relu'][s]) for s in range(3)]
-    lo, hi = scipy_stats.ttest_1samp(logs, 0).confidence_interval(0.95)
-    assert f'{math.exp(np.mean(logs)):.2f}x | [{math.exp(lo):.2f}x, {math.exp(hi):.2f}x]' in ratio
-    assert '~6x (CIFAR-10)' in ratio
+    table = report.write(config, rows, tmp_path, notes=['Learning rates: relu 0.01.'])
+    lines = table.splitlines()
+    relu = next(l for l in lines if l.startswith('| relu | 8 | 0 |'))
+    assert '(8/8)' in relu
+    tanh = next(l for l in lines if l.startswith('| tanh | 8 | 0 |'))
+    # Median of 12 .. 17, inf, inf (the lower middle one, 15); 6 of 8 reached.
+    assert '| 15.00 [' in tanh and '(6/8)' in tanh
+    assert 'Learning rates: relu 0.01.' in table
+    assert 'Holm over the ' in table and 'MDE' in table and 'dropout active' in table
+    line = next(l for l in lines if l.startswith('| tanh vs relu | all | test top-1')
+                or l.startswith('| tanh vs relu | - | test top-1'))
+    rounded = {p: {s: round(e * TEST_IMAGES) / TEST_IMAGES for s, e in v.items()}
+               for p, v in errors.items()}
+    diff = np.mean([rounded['tanh'][s] - rounded['relu'][s] for s in range(8)])
+    assert f'| 8 | {100 * diff:+.2f} |' in line
+    ratio = next(l for l in lines if 'epochs to 25%, tanh/relu' in l)
+    relu_median = np.quantile([2.0 + 0.5 * s for s in range(8)], 0.5, method='inverted_cdf')
+    assert f'| {15.0 / relu_median:.2f}x |' in ratio
+    assert '| 0 / 2 |' in ratio and '~6x (CIFAR-10)' in ratio
+    # Every tanh seed is slower (two of them censored): the sign test counts all eight.
+    assert 'ablated slower' in ratio
 
 
 def test_figures_from_rows_without_curves(tmp_path):
@@ -288,15 +351,18 @@ def test_figures_from_rows_without_curves(tmp_path):
     errors = {p: {0: 0.1 + 0.01 * k, 1: 0.12 + 0.01 * k}
               for k, p in enumerate(['relu_lrn', 'relu_nolrn', 'tanh_lrn', 'tanh_nolrn'])}
     rows = grid_rows(errors)
-    figures = sweep.plot_figures(config, rows, tmp_path)
+    figures = report.plot_figures(config, rows, tmp_path)
     assert [f.name for f in figures] == ['fig1_training_error.png', 'ablation_deltas.png']
     assert all(f.stat().st_size > 1000 for f in figures)
 
 
 @pytest.mark.parametrize('trials,rate,reached,edge', [
-    # Fewest epochs wins; a rate missing the target for one search seed is not eligible.
+    # Fewest epochs wins; a search seed that misses the target counts at the run's length (10).
     ([(0.003, [None, None], [0.5, 0.6]), (0.01, [4.0, 5.0], [0.1, 0.1]),
       (0.03, [3.0, None], [0.1, 0.3]), (0.1, [6.0, 6.0], [0.1, 0.1])], 0.01, True, False),
+    # ... so a rate where one seed never gets there is censored, not ruled out: (2 + 5) / 2 < 4.5.
+    ([(0.01, [4.0, 5.0], [0.1, 0.1]), (0.03, [2.0, None], [0.1, 0.3], 5.0),
+      (0.1, [6.0, 6.0], [0.1, 0.1])], 0.03, True, False),
     # A tie goes to the smaller rate; at the grid's edge the choice says so.
     ([(0.01, [3.0], [0.1]), (0.1, [3.0], [0.1])], 0.01, True, True),
     # Nothing reaches the target: the lowest final training error; failed runs never win.
@@ -304,7 +370,8 @@ def test_figures_from_rows_without_curves(tmp_path):
     ([(0.01, [None], [None])], None, False, False),
 ])
 def test_lr_search_choice(trials, rate, reached, edge):
-    found = [lr_search.Trial(r, e, f, ['done'] * len(e)) for r, e, f in trials]
+    found = [lr_search.Trial(r, e, f, ['done'] * len(e), *(length or (10.0,)))
+             for r, e, f, *length in trials]
     choice = lr_search.choose(found, 0.25)
     assert (choice['rate'], choice['reached']) == (rate, reached)
     assert ('edge' in choice['why']) == edge

@@ -16,6 +16,7 @@ picked on. The choices go to ROOT/lr_search.json and ROOT/lr_search.md.
 
 import dataclasses
 import json
+import math
 import pathlib
 import statistics
 
@@ -59,7 +60,7 @@ class Trial:
     epochs: list          # Epochs to the threshold per search seed (None: not reached / failed).
     final_error: list     # Last training error (epoch average) per search seed (None: failed).
     status: list
-    length: float = 0.0   # Epochs a run trains: where one that never reached it is censored.
+    length: float = math.inf  # Epochs a run trains: where one that never reached is censored.
 
 
 def trials(sweep, root, rates: dict | None = None) -> dict:
