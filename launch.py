@@ -38,7 +38,7 @@ def main(argv):
                                     FLAGS.process_id)
     cli.use_compilation_cache()
     log_setup(config, workdir)
-    run(config, workdir)
+    check_some_seed_trained(run(config, workdir), workdir)
 
 
 def run(config, workdir: str) -> dict:
@@ -50,6 +50,16 @@ def run(config, workdir: str) -> dict:
     if config.get('eval_only'):
         return evaluate.eval_only(config, workdir)
     return train.train_and_evaluate(config, workdir)
+
+
+def check_some_seed_trained(out: dict, workdir: str) -> None:
+    """Several seeds that all failed are an error (exit 1, one line), not a finished run; a seed
+    that failed among finished ones is recorded in its failed.json and the run is done."""
+    runs = [r for r in out.values() if isinstance(r, dict)] if len(out) else []
+    if runs and len(runs) == len(out) and all('failed' in r for r in runs):
+        reasons = sorted({r['failed'].split(':')[0] for r in runs})
+        cli.fail(f'every seed failed ({", ".join(reasons)}): see {workdir}/seed<k>/failed.json; '
+                 f'lower --config.optim.learning_rate or check the data, then rerun.', code=1)
 
 
 def log_setup(config, workdir: str) -> None:

@@ -39,6 +39,7 @@ Every size has a flag (--batches=256,512, --seeds=10, ...; see --help); --parts 
 
 import argparse
 import json
+import math
 import os
 import shutil
 import signal
@@ -70,6 +71,14 @@ TITLES = {'devices': 'backend and devices', 'step': 'train step',
 
 # Non-tensor-core FP32 peaks (TFLOP/s, dense), for the strict-fp32 MFU beside the TF32 one.
 STRICT_FP32_TFLOPS = {'H100': 67.0, 'H200': 67.0, 'A100': 19.5}
+
+
+def significant(x: float, digits: int = 3) -> str:
+    """x with at least `digits` significant digits and no exponent (9.59, 95.9, 959, 9590): a
+    test recomputing it from the other printed numbers compares like with like."""
+    if x == 0 or abs(x) >= 10 ** (digits - 1):
+        return f'{x:.0f}'
+    return f'{x:.{digits - 1 - math.floor(math.log10(abs(x)))}f}'
 
 
 def one_line(error: BaseException, limit: int = 300) -> str:
@@ -371,7 +380,7 @@ def show(name, result, results):
               f'test top-1 {r["test_top1"]:.2f}%  (building the data set: {r["data_s"]:.1f} s)')
     elif name.startswith('seeds_'):
         print(f'  {r["seeds"]} seeds x {r["steps"]} steps x batch {r["batch"]}: wall '
-              f'{r["wall_s"]:.1f} s, {r["seed_ips"]:.0f} seed-img/s; mean test top-1 '
+              f'{r["wall_s"]:.2f} s, {significant(r["seed_ips"])} seed-img/s; mean test top-1 '
               f'{r["test_top1"]:.2f}%')
 
 

@@ -7,6 +7,7 @@ from jax._src import array as jax_array
 import numpy as np
 import pytest
 
+from alexnet_jax import diagnostics
 from alexnet_jax import evaluation
 from alexnet_jax.data import input_pipeline
 from alexnet_jax import parallel
@@ -80,8 +81,10 @@ class _HostReads:
                 return step(*a)
             return counted
         monkeypatch.setattr(train, 'make_seeds_step', make)
+        # (diagnostics.measure: the weights at init and at the end, not inside the loop.)
         for module, name in ((train, 'log_train'), (evaluation, 'evaluate_seeds'),
-                             (train, 'final_results'), (parallel, 'unreplicate')):
+                             (train, 'final_results'), (parallel, 'unreplicate'),
+                             (diagnostics, 'measure')):
             monkeypatch.setattr(module, name, self._allowed(getattr(module, name)))
 
     def _allowed(self, fn):
@@ -107,8 +110,8 @@ def test_loop_reads_device_values_only_at_logging_steps(tmp_path, monkeypatch):
     assert reads.step == 12
     assert reads.outside == [], f'host reads of device values at steps {sorted(set(reads.outside))}'
     # Side jobs (and so host syncs) only at the logging steps (eval + checkpoint at the end),
-    # besides the first step's compilation.
-    assert reads.allowed_at == {1, 4, 8, 12}
+    # besides the first step's compilation and the diagnostics of the weights at init (step 0).
+    assert reads.allowed_at == {0, 1, 4, 8, 12}
 
 
 def test_start_and_save_compile_only_the_model_init(caplog):

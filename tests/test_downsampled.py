@@ -162,7 +162,10 @@ def test_a_wrong_source_is_a_user_error_before_anything_is_written(tmp_path):
     cases = [('folder', str(missing), f"folder_root '{missing}' is not a directory"),
              ('folder', None, 'folder_root None is not a directory'),
              ('bogus_set', None, "source 'bogus_set' is neither a TFDS data set nor 'folder'"),
-             ('mnist', None, f'mnist is not prepared in {data_dir}')]
+             ('mnist', None, f'mnist is not prepared in {data_dir}'),
+             # The paper's source: its config name once clashed with a registered one in TFDS
+             # ("Cannot name a custom BuilderConfig ...") before the source was even read.
+             ('imagenet2012', None, f'imagenet2012 is not prepared in {data_dir}')]
     for source, root, message in cases:
         with pytest.raises(errors.UserError) as e:
             downsampled.prepare(downsampled.get_builder(source, str(data_dir), root))

@@ -163,3 +163,20 @@ def test_relative_workdir_trains_and_saves(tmp_path):
     assert evaluated['center']['top1'] == pytest.approx(trained['test_top1'], abs=1e-9)
     assert sorted(p.name for p in (tmp_path / 'runs/rel/checkpoints').iterdir()
                   if p.name.isdigit()) == ['2']
+
+
+def test_every_seed_failing_exits_non_zero(capsys):
+    """A multi-seed launch whose seeds all diverged is not a finished run: exit 1, one line;
+    one failed seed among finished ones is (its failed.json says so)."""
+    import launch  # pylint: disable=import-outside-toplevel
+    nan = 'NonFiniteLossError: Training loss is nan at step 3; stopping.'
+    with pytest.raises(SystemExit) as e:
+        launch.check_some_seed_trained({0: {'failed': nan}, 1: {'failed': nan}}, '/w')
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'every seed failed (NonFiniteLossError)' in err
+    assert '/w/seed<k>/failed.json' in err
+    launch.check_some_seed_trained({0: {'failed': nan}, 1: {'test_top1': 0.9}}, '/w')
+    launch.check_some_seed_trained({'test_top1': 0.9, 'steps': 4}, '/w')  # A plain run.
+    launch.check_some_seed_trained({0: {'preempted_at_step': 3}}, '/w')
+    assert capsys.readouterr().err == ''

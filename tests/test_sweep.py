@@ -40,6 +40,19 @@ def test_grid_expands_to_points_times_seeds(grid, points):
         validation.validate_config(grid_lib.point_config(config, p))
 
 
+def test_a_replication_takes_new_seeds():
+    """first_seed: a second run of a grid trains new seeds, in their own seed<k> dirs, with no
+    seed shared with the first run (the same seeds twice are not a replication)."""
+    config = ablations.get_config('dropout')
+    config.num_seeds = 20
+    first = {p.seed for p in grid_lib.expand(config)}
+    config.first_seed = 20
+    again = grid_lib.expand(config)
+    assert first == set(range(20)) and {p.seed for p in again} == set(range(20, 40))
+    assert {p.dirname.split('/')[1] for p in again} == {f'seed{s}' for s in range(20, 40)}
+    assert all(dict(p.overrides)['seed'] == p.seed for p in again)
+
+
 def test_points_differ_in_exactly_the_swept_fields():
     config = ablations.get_config('default')
     by_name = {(p.name, p.seed): grid_lib.point_config(config, p) for p in grid_lib.expand(config)}
@@ -517,17 +530,17 @@ def test_fig1_print_commands_search_first_then_the_chosen_rates(tmp_path, monkey
         assert parsed.seed >= lr_search.SEARCH_SEED0  # Disjoint from the grid's seeds.
         assert workdir == str(tmp_path / 'lr_search' / point.dirname)
     # Once the search is recorded, each grid point's seeds run at its chosen rate.
-    found = {name: [lr_search.Trial(float(r), [1.0 if (name, r) in {('relu', 0.03), ('tanh', 0.1)}
+    found = {name: [lr_search.Trial(float(r), [1.0 if (name, r) in {('relu', 0.02), ('tanh', 0.1)}
                                                else None], [0.1], ['done'])
                     for r in config.lr_search_rates] for name in ('relu', 'tanh')}
     choices = {n: lr_search.choose(t, config.threshold) for n, t in found.items()}
     md = lr_search.write(config, found, choices, tmp_path)
-    assert '| relu |' in md and '| 0.03 | fewest epochs' in md
+    assert '| relu |' in md and '| 0.02 | fewest epochs' in md
     sweep.print_commands(config, points, search, tmp_path)
     grid_lines = capsys.readouterr().out.strip().splitlines()[len(lines):]
     rates = {(parse_command(l)[0].model.activation, parse_command(l)[0].seed):
              parse_command(l)[0].optim.learning_rate for l in grid_lines}
-    assert rates == {('relu', 0): 0.03, ('relu', 1): 0.03, ('tanh', 0): 0.1, ('tanh', 1): 0.1}
+    assert rates == {('relu', 0): 0.02, ('relu', 1): 0.02, ('tanh', 0): 0.1, ('tanh', 1): 0.1}
 
 
 @pytest.mark.slow  # Trains three tiny runs.

@@ -25,9 +25,9 @@ def test_one_real_step_writes_everything(tmp_path):
     assert 0 <= results['test_top1'] <= results['test_top5'] <= 1
     assert json.loads((tmp_path / 'results.json').read_text()) == results
     records = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
-    assert {r['split'] for r in records} == {'train', 'val', 'test'}
-    assert {'loss', 'top1', 'top5', 'lr', 'steps_per_second', 'images_per_second'} <= set(
-        records[0])
+    assert {r['split'] for r in records} == {'train', 'val', 'test', 'diagnostics'}
+    assert {'loss', 'top1', 'top5', 'lr', 'steps_per_second', 'images_per_second',
+            'wall_seconds'} <= set(next(r for r in records if r['split'] == 'train'))
     assert (tmp_path / 'learning_curves.png').stat().st_size > 0
     assert saved_state(config, str(tmp_path))[0].step == 1
 

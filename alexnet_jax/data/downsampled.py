@@ -74,7 +74,10 @@ class Downsampled(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version('1.0.0')
     RELEASE_NOTES = {'1.0.0': 'Shorter side 256 (antialiased bilinear), central 256x256.'}
-    BUILDER_CONFIGS = [builder_config('imagenet2012')]
+    # No registered configs: every source's config is made by `builder_config` (it carries the
+    # source's data_dir), and TFDS refuses a made config named like a registered one, as
+    # 'imagenet2012' was (the paper's path crashed at start).
+    BUILDER_CONFIGS = []
     code_path = None  # Nothing is downloaded: no checksums file (see digits.py).
 
     def _info(self) -> tfds.core.DatasetInfo:
