@@ -32,6 +32,7 @@ from flax import traverse_util
 
 from alexnet_jax import errors
 from alexnet_jax import integrity
+from alexnet_jax import records
 
 FORMAT_VERSION = 1
 CHECKPOINT_SUBDIR = 'checkpoints'
@@ -425,7 +426,7 @@ def write_config(config, workdir) -> None:
     if jax.process_index() == 0:
         path = epath.Path(workdir)
         path.mkdir(parents=True, exist_ok=True)
-        (path / 'config.json').write_text(json.dumps(config.to_dict(), indent=2, default=str))
+        records.write(path / 'config.json', config.to_dict(), indent=2, default=str)
 
 
 def load_config(directory) -> ml_collections.ConfigDict:
@@ -437,7 +438,7 @@ def load_config(directory) -> ml_collections.ConfigDict:
             f'it holds the seeds of a run ({", ".join(seeds)}); pass one of them, e.g. '
             f'{directory}/{seeds[0]}.' if seeds else 'not a converted checkpoint or a training '
             'workdir; pass a directory that launch.py or alexnet_jax.tools.convert wrote.'))
-    return ml_collections.ConfigDict(_tuples(json.loads(path.read_text())))
+    return ml_collections.ConfigDict(_tuples(records.read(path)))
 
 
 def load_variables(directory, step: int | None = None):

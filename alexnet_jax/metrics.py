@@ -14,6 +14,7 @@ from etils import epath
 import jax
 
 from alexnet_jax import plots
+from alexnet_jax import records
 
 JSONL = 'metrics.jsonl'
 DRAW_SHARE = 0.05  # At most this share of the wall time goes to redrawing the plot.
@@ -129,7 +130,7 @@ class Recorder:
     def write_results(self, results: dict) -> None:
         logging.info('Results: %s', results)
         if self.lead:
-            (self.workdir / 'results.json').write_text(json.dumps(results, indent=2) + '\n')
+            records.write(self.workdir / 'results.json', results, indent=2)
 
     def close(self) -> None:
         if self.plot:

@@ -7,7 +7,6 @@ standalone run would, so a rerun in any mode resumes each seed where it stopped.
 from concurrent import futures
 import contextlib
 import ctypes
-import json
 import multiprocessing
 import os
 import signal
@@ -20,6 +19,7 @@ import numpy as np
 from alexnet_jax import console
 from alexnet_jax import errors
 from alexnet_jax import preemption
+from alexnet_jax import records
 
 MODES = ('auto', 'vmap', 'map', 'sequential', 'processes')
 
@@ -252,5 +252,5 @@ def record_failure(workdir, error) -> str:
     logging.warning('%s failed: %s', workdir, reason)
     workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / 'failed.json').write_text(json.dumps({'reason': reason}) + '\n')
+    records.write(workdir / 'failed.json', {'reason': reason})
     return reason

@@ -35,6 +35,7 @@ from alexnet_jax import evaluation
 from alexnet_jax.tools import features
 from alexnet_jax import models
 from alexnet_jax import parallel
+from alexnet_jax import records
 from alexnet_jax import seeds
 from alexnet_jax.data import preprocess
 from alexnet_jax import validation
@@ -100,7 +101,7 @@ def evaluate_checkpoint(checkpoint, run_config=None, *, split: str | None = None
     path = results_path(checkpoint, output)
     if jax.process_index() == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(results, indent=2) + '\n')
+        records.write(path, results, indent=2)
         print(table(results) + f'\nWrote {path}.')
     return results
 

@@ -15,6 +15,7 @@ import ml_collections
 from alexnet_jax import cli
 from alexnet_jax import errors
 from alexnet_jax import metrics
+from alexnet_jax import records
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -111,9 +112,9 @@ def check_definition(sweep, point: Point, group) -> None:
     ours = definition(point_config(sweep, point))
     path = group / DEFINITION_FILE
     if path.exists():
-        recorded = {path: json.loads(path.read_text())['config']}
+        recorded = {path: records.read(path)['config']}
     else:
-        recorded = {p: definition(ml_collections.ConfigDict(json.loads(p.read_text())))
+        recorded = {p: definition(ml_collections.ConfigDict(records.read(p)))
                     for p in sorted(group.glob('seed*/config.json')) if p.is_file()}
     for where, theirs in recorded.items():
         changed = [f'{k}: {theirs[k]!r} -> {ours[k]!r}'  # A field only one side has: code.
@@ -126,8 +127,8 @@ def check_definition(sweep, point: Point, group) -> None:
     if not path.exists():
         group.mkdir(parents=True, exist_ok=True)
         overrides = {k: v for k, v in point.overrides if k != 'seed'}
-        path.write_text(json.dumps({'base': sweep.base, 'overrides': overrides, 'config': ours},
-                                   indent=1, default=str) + '\n')
+        records.write(path, {'base': sweep.base, 'overrides': overrides, 'config': ours},
+                      indent=1, default=str)
 
 
 def _flag_value(value) -> str:
@@ -154,9 +155,9 @@ def result_row(sweep, point: Point, workdir) -> dict:
            **{threshold_column(t): '' for t in thresholds(sweep)}, 'test_correct': ''}
     workdir = pathlib.Path(workdir)
     if (workdir / 'failed.json').exists():
-        row.update(status='failed', reason=json.loads((workdir / 'failed.json').read_text())['reason'])
+        row.update(status='failed', reason=records.read(workdir / 'failed.json')['reason'])
     if (workdir / 'results.json').exists():
-        r = json.loads((workdir / 'results.json').read_text())
+        r = records.read(workdir / 'results.json')
         row.update(status='done', test_top1_error=1 - r['test_top1'],
                    test_top5_error=1 - r['test_top5'], train_seconds=r.get('train_seconds', ''),
                    test_correct=r.get('test_correct', ''))
@@ -186,7 +187,7 @@ def training_error_curve(workdir) -> list:
     train = [h for h in metrics.read_history(workdir) if h['split'] == 'train']
     if not train:
         return []
-    every = max(1, json.loads((workdir / 'config.json').read_text())['train']['log_every_steps'])
+    every = max(1, records.read(workdir / 'config.json')['train']['log_every_steps'])
     steps_per_epoch = train[-1]['step'] / train[-1]['epoch']
     windows = {}  # Window index -> [sum of error x steps, steps, last step].
     previous = 0

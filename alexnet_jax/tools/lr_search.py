@@ -15,11 +15,11 @@ picked on. The choices go to ROOT/lr_search.json and ROOT/lr_search.md.
 """
 
 import dataclasses
-import json
 import math
 import pathlib
 import statistics
 
+from alexnet_jax import records
 from alexnet_jax.tools import grid
 
 SEARCH_SEED0 = 1000
@@ -178,7 +178,7 @@ def write(sweep, found: dict, choices: dict, root) -> str:
     root = pathlib.Path(root)
     record = {name: {'chosen': choices[name],
                      'trials': [dataclasses.asdict(t) for t in found[name]]} for name in found}
-    (root / 'lr_search.json').write_text(json.dumps(record, indent=2) + '\n')
+    records.write(root / 'lr_search.json', record, indent=2)
     seeds = ', '.join(str(SEARCH_SEED0 + k) for k in range(sweep.lr_search_seeds))
     by_rate = {name: {t.rate: t for t in trial_list} for name, trial_list in found.items()}
     all_rates = sorted({r for rates in by_rate.values() for r in rates})

@@ -16,7 +16,6 @@ DIR/fig1_training_error.png and DIR/ablation_deltas.png. A grid with
 """
 
 import functools
-import json
 import pathlib
 import sys
 
@@ -25,6 +24,7 @@ from absl import flags
 from absl import logging
 
 from alexnet_jax import cli
+from alexnet_jax import records
 from alexnet_jax.tools import grid
 from alexnet_jax.tools import lr_search
 from alexnet_jax.tools import report
@@ -93,7 +93,7 @@ def print_commands(sweep, points, search, root) -> None:
                   f'(or rerun with --print_commands once {saved} exists).', file=sys.stderr)
             points = []
         else:
-            choices = {k: v['chosen'] for k, v in json.loads(saved.read_text()).items()}
+            choices = {k: v['chosen'] for k, v in records.read(saved).items()}
             points = lr_search.apply(points, choices)
     print('\n'.join(lines + [grid.command(sweep, p, root) for p in points]))
 
