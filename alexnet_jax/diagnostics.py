@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax.data import input_pipeline
 from alexnet_jax.data import preprocess
 
 INACTIVE_LRN = 0.01  # A p99 divisor within 1% of k^beta: LRN inactive at this input scale.
@@ -28,6 +27,7 @@ PERCENTILES = (1, 50, 99)
 def first_eval_images(config, mean, std) -> np.ndarray:
     """The first batch of config.data.eval_split as the net sees it (padding dropped; of the
     paper's 10 crops the center one), float32 [n, H, W, C] on the host."""
+    from alexnet_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
     batch = next(input_pipeline.eval_iterator(config, config.data.eval_split))
     flat = {k: np.reshape(v, (-1,) + np.shape(v)[2:]) for k, v in batch.items()}
     keep = flat['mask'].astype(bool)

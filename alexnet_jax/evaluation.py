@@ -11,7 +11,6 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax.data import input_pipeline
 from alexnet_jax.data import preprocess
 from alexnet_jax import parallel
 from alexnet_jax import seeds as seeds_lib
@@ -72,6 +71,7 @@ def make_eval_step(mean, std, crop_size, devices=None, seeds: int = 0, per_examp
 def _totals(p_eval_step, state, config, split: str) -> dict:
     """Means over the split; with a per-example step also 'correct': the top-1 hits in the
     split's order, [seeds, examples] (or [examples]) bool, padding dropped."""
+    from alexnet_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
     totals, hits = None, []
     for batch in input_pipeline.eval_iterator(config, split):
         sums = p_eval_step(state, batch)

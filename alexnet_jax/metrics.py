@@ -2,19 +2,24 @@
 line with ETA, learning_curves.png and results.json, all in the workdir (process 0 writes).
 
 Steps/s come from clu's `periodic_actions.ReportProgress` (also the work unit's progress note),
-measured between two logged steps."""
+measured between two logged steps. clu's writers import TensorFlow (its summary writer): where it
+is missing (a GPU image with jax alone) the numbers go to metrics.jsonl and the log only."""
 
 import json
 import time
 
 from absl import logging
-from clu import metric_writers
-from clu import periodic_actions
 from etils import epath
 import jax
 
 from alexnet_jax import plots
 from alexnet_jax import records
+
+try:
+    from clu import metric_writers
+    from clu import periodic_actions
+except ImportError:  # No TensorFlow: see the module doc.
+    metric_writers = periodic_actions = None
 
 JSONL = 'metrics.jsonl'
 DRAW_SHARE = 0.05  # At most this share of the wall time goes to redrawing the plot.
@@ -47,6 +52,33 @@ class _Kept:
         self.scalars.update(scalars)
 
 
+class _NoWriter:
+    """TensorBoard's place where TensorFlow is missing: metrics.jsonl and the log keep all."""
+
+    def write_scalars(self, step, scalars):
+        del step, scalars
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+class _Progress:
+    """ReportProgress's steps/s where clu is missing: between two calls, to `writer`."""
+
+    def __init__(self, writer):
+        self.writer, self.last = writer, None
+
+    def __call__(self, step: int, t: float | None = None) -> None:
+        now = time.monotonic() if t is None else t
+        if self.last is not None and now > self.last[1]:
+            rate = (step - self.last[0]) / (now - self.last[1])
+            self.writer.write_scalars(step, {'steps_per_sec': rate})
+        self.last = (step, now)
+
+
 class Recorder:
     def __init__(self, workdir, *, num_steps: int, steps_per_epoch: int, batch_size: int,
                  plot: bool = True, label: str = '', elapsed_before: float = 0.0):
@@ -58,12 +90,13 @@ class Recorder:
         self.plot = plot and self.lead
         if self.lead:
             self.workdir.mkdir(parents=True, exist_ok=True)
-        self.writer = metric_writers.create_default_writer(
-            str(self.workdir), just_logging=not self.lead)
+        self.writer = (metric_writers.create_default_writer(
+            str(self.workdir), just_logging=not self.lead) if metric_writers else _NoWriter())
         self.history = read_history(self.workdir) if self.lead else []
         self.kept = _Kept()  # every_secs=0: reports at each logged step (it is called at those).
-        self.progress = periodic_actions.ReportProgress(
-            num_train_steps=num_steps, writer=self.kept, every_secs=0.0)
+        self.progress = (periodic_actions.ReportProgress(
+            num_train_steps=num_steps, writer=self.kept, every_secs=0.0) if periodic_actions
+                         else _Progress(self.kept))
         self.started = time.monotonic()  # Until the first log, the steps since count from here.
         self.drawn_at, self.draw_seconds, self.undrawn = -float('inf'), 0.0, False
 

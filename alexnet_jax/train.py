@@ -33,7 +33,6 @@ from alexnet_jax import diagnostics
 from alexnet_jax import errors
 from alexnet_jax import evaluation
 from alexnet_jax import finetune
-from alexnet_jax.data import input_pipeline
 from alexnet_jax import metrics as metrics_lib
 from alexnet_jax import models
 from alexnet_jax import optim
@@ -179,6 +178,7 @@ def step_runner(config, info, keys, start_step: int, mode: str, devices=None):
         return lambda state: step(state, keys, data)
     step = make_seeds_step(lambda state, keys, batch: train_step(
         state, batch, dropout_key=keys['dropout'], mean=mean, std=std), mode, devices)
+    from alexnet_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
     batches = parallel.prefetch_to_device(
         input_pipeline.train_iterator(config, start_step=start_step))
     return lambda state: step(state, keys, next(batches))
@@ -186,6 +186,7 @@ def step_runner(config, info, keys, start_step: int, mode: str, devices=None):
 
 def num_train_steps(config, info=None) -> tuple[int, int]:
     """(total steps, steps per epoch)."""
+    from alexnet_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
     steps_per_epoch = input_pipeline.steps_per_epoch(config, info)
     if config.train.num_steps is not None:
         return int(config.train.num_steps), steps_per_epoch
@@ -203,6 +204,7 @@ def train_and_evaluate(config, workdir: str, seeds=None) -> dict:
     SIGTERM/SIGINT. A plain run trains in `workdir` and stops on a non-finite loss; several
     seeds (or a sweep's `seeds`) each in workdir/seed<k>, where a non-finite loss fails that
     seed only. How seeds share the machine: `seeds.resolve_mode`."""
+    from alexnet_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
     config = finetune.resolve_config(config)  # init_from: its net and preprocessing.
     info = input_pipeline.get_info(config)
     check_data_fits(config, info)
@@ -349,7 +351,7 @@ def _train_seeds(config, info, seed_dirs, mode: str, raise_nan: bool = False) ->
     return out if several else out[seeds[0].seed]
 
 
-def _stack(trees):
+def stack_seeds(trees):
     """Leaves stacked on a new seed axis, in the first tree's structure (the static fields of
     the states are equal but not identical objects)."""
     leaves = [jax.tree.leaves(t) for t in trees]
@@ -363,7 +365,7 @@ def _train_group(config, info, seeds: list, mode: str, num_steps: int, steps_per
     returns the step it stopped at on a signal, else None."""
     t, d = config.train, config.data
     eval_every = steps_per_epoch if t.eval_every_steps is None else t.eval_every_steps
-    state = parallel.replicate(_stack([s.state for s in seeds]))
+    state = parallel.replicate(stack_seeds([s.state for s in seeds]))
     keys = {'dropout': jnp.stack([s.dropout_key for s in seeds]),
             'data': jnp.stack([device_data.data_key(s.seed) for s in seeds])}
     mean, std = preprocess.mean_std(d, info.image_shape[-1])

@@ -62,7 +62,7 @@ def main(argv):
             stacked = {'dropout': jnp.stack([k['dropout'] for k in keys]),
                        'data': jnp.stack([k['data'] for k in keys])}
             step = train.step_runner(configs[0], info, stacked, 0, mode)
-            holder = [parallel.replicate(train._stack(states))]  # pylint: disable=protected-access
+            holder = [parallel.replicate(train.stack_seeds(states))]
 
             def run(n, step=step, holder=holder):
                 for _ in range(n):

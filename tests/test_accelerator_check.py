@@ -2,6 +2,7 @@
 costs one line and the others still run."""
 
 import json
+import os
 import pathlib
 import re
 import subprocess
@@ -91,3 +92,50 @@ def test_rates_print_three_significant_digits(value, printed):
         sys.path.remove(str(ROOT / 'benchmarks'))
     assert accelerator_check.significant(value) == printed
     assert float(printed) == pytest.approx(value, rel=0.005, abs=0.5 if value == 0 else 0)
+
+
+def _without_tensorflow(tmp_path) -> dict:
+    """An environment where `import tensorflow` (and tensorflow_datasets) fails, in every
+    process it starts, as on the lent GPU machines' image (jax, flax, optax, orbax only)."""
+    (tmp_path / 'sitecustomize.py').write_text(
+        "import sys\nsys.modules['tensorflow'] = None\nsys.modules['tensorflow_datasets'] = None\n")
+    return subprocess_env(1, PYTHONPATH=f'{tmp_path}{os.pathsep}{ROOT}')
+
+
+@pytest.mark.slow  # A subprocess that imports jax.
+def test_the_core_imports_without_tensorflow(tmp_path):
+    code = ('import sys\n'
+            'from alexnet_jax import models, optim, train, seeds, checkpoints, evaluation\n'
+            'from alexnet_jax import diagnostics, metrics\n'
+            'assert sys.modules["tensorflow"] is None  # Blocked, and never replaced.\n'
+            'print(sorted(m for m in sys.modules if m.startswith("tensorflow")))\n')
+    done = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True,
+                          text=True, env=_without_tensorflow(tmp_path), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "['tensorflow', 'tensorflow_datasets']"  # The blocks alone.
+    blocked = subprocess.run([sys.executable, '-c', 'import tensorflow'], cwd=ROOT,
+                             capture_output=True, text=True, env=_without_tensorflow(tmp_path))
+    assert blocked.returncode != 0  # (So the import above was really without it.)
+
+
+@pytest.mark.slow  # The check and its parts as subprocesses, ~1 minute on 2 cores.
+def test_the_check_runs_the_step_and_seeds_without_tensorflow(tmp_path):
+    done = subprocess.run([sys.executable, SCRIPT, *TINY], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env=_without_tensorflow(tmp_path))
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr[-3000:]
+    for number in ('1', '2', '5a', '5b'):
+        assert re.search(rf'^\[{number}\] .* \.\.\. ok, {NUM} s$', out, re.MULTILINE), out
+    for number in ('3', '4'):
+        assert re.search(rf'^\[{number}\] .* \.\.\. skipped, {NUM} s\n'
+                         r'  skipped: TensorFlow is not installed$', out, re.MULTILINE), out
+    ips = _numbers(rf'^  float32 +8 +{NUM} ', out)[0]
+    assert ips > 0
+    for number in ('5a', '5b'):
+        block = out.split(f'[{number}] seeds')[1]
+        seeds, steps, batch, wall, seed_ips = _numbers(
+            rf'^  {NUM} seeds x {NUM} steps x batch {NUM}: wall {NUM} s, {NUM} seed-img/s; '
+            r'synthetic device-resident data', block)
+        assert (seeds, steps, batch) == (2, 2, 64)
+        assert seed_ips == pytest.approx(seeds * steps * batch / wall, rel=0.01 + 0.005 / wall)
+    assert 'ERROR' not in out

@@ -28,7 +28,7 @@ def _steps(config, info, seeds, mode, n=3):
     states, keys = zip(*[train.initial_state(seeds_lib.seed_config(config, s), info, 5, 5)
                          for s in seeds])
     keys = {'dropout': jnp.stack(keys), 'data': jnp.stack([device_data.data_key(s) for s in seeds])}
-    state = parallel.replicate(train._stack(states))  # pylint: disable=protected-access
+    state = parallel.replicate(train.stack_seeds(states))
     step = train.step_runner(config, info, keys, 0, mode)
     for _ in range(n):
         state, m = step(state)

@@ -19,6 +19,8 @@ device-side augmentation of the same uint8 image gives the same pixels. The PCA 
 import numpy as np
 import tensorflow as tf
 
+from alexnet_jax.data import preprocess
+
 # PCA of ImageNet RGB pixels (0..255 scale), as published with fb.resnet.torch / Caffe: the
 # eigenvalues and the eigenvectors as *columns*. Sec. 4.1: add eigvec @ (alpha * eigval).
 IMAGENET_EIGVAL = np.array([0.2175, 0.0188, 0.0045], np.float32) * 255.0
@@ -27,7 +29,7 @@ IMAGENET_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
                             [-0.5836, -0.6948, 0.4203]], np.float32)
 
 # Sub-seed tags: each random op of one example folds its own constant into the example's seed.
-CROP, FLIP, LIGHTING = 1, 2, 3
+CROP, FLIP, LIGHTING = preprocess.CROP, preprocess.FLIP, preprocess.LIGHTING
 
 
 def subseed(seed, tag: int):

@@ -26,14 +26,12 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 import numpy as np
-import tensorflow as tf
 
-from alexnet_jax.data import augment
 from alexnet_jax import parallel
-from alexnet_jax.data import sources
+from alexnet_jax.data import preprocess
 
 ORDER, AUGMENT = 1, 2        # Sub-key tags of a run's data key.
-CROP, FLIP = augment.CROP, augment.FLIP  # Sub-key tags of one example's key (as on the host).
+CROP, FLIP = preprocess.CROP, preprocess.FLIP  # Of one example's key (as on the host).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +60,7 @@ def enabled(config, info) -> bool:
 
 def make_spec(config, local_devices: int | None = None,
               process_count: int | None = None) -> Spec:
+    from alexnet_jax.data import sources  # pylint: disable=import-outside-toplevel  (TF: read)
     local_devices = jax.local_device_count() if local_devices is None else local_devices
     process_count = jax.process_count() if process_count is None else process_count
     d = config.data
@@ -95,6 +94,10 @@ def load(config, process_index: int | None = None, process_count: int | None = N
 
 
 def _read(d, process_index: int, process_count: int) -> dict:
+    # TensorFlow only here, where the data are read: the step's side imports without it.
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from alexnet_jax.data import augment  # pylint: disable=import-outside-toplevel
+    from alexnet_jax.data import sources  # pylint: disable=import-outside-toplevel
     src = sources.get_source(d)
     raw, n = src.read(d.train_split, process_index, process_count, drop_remainder=True)
 

@@ -8,6 +8,10 @@ call `normalize_batch` inside the jitted step: one place where pixels become mod
 import jax.numpy as jnp
 import numpy as np
 
+# Sub-key tags of one example's random key, the same on the host (augment.py) and the device
+# (device_data.py): a crop, a flip and a lighting draw are fold_in(example key, tag).
+CROP, FLIP, LIGHTING = 1, 2, 3
+
 
 # The data fields that belong to a net's weights: they were trained with this input, so a
 # fine-tuning run (finetune.py) and a features extraction (tools/features.py) take them from it.
