@@ -18,7 +18,7 @@ that raises, runs out of memory, crashes or hangs costs one line and the others 
   4. the digits demo (`train.train_and_evaluate` on configs/alexnet.py:digits, fresh workdir):
      wall time and test top-1;
   5. a 10-seed digits point (`train.train_and_evaluate` with num_seeds=10, 2 epochs, side jobs as
-     a sweep point runs them: configs/ablations.py's SWEEP_RUN), seeds_mode 'vmap' and then
+     a sweep point runs them: configs/ablations.py's DIGITS_RUN), seeds_mode 'vmap' and then
      'sequential', in fresh workdirs: seed-images/s = seeds x steps x batch / wall time.
 
 MFU: training FLOPs = 3 x 2 x forward MACs per image (train_step.py) over the dense peak of one
@@ -247,7 +247,7 @@ def part_seeds(args, out, mode):
     from configs import ablations  # pylint: disable=import-outside-toplevel
     cli.use_compilation_cache()
     config = _digits_config(args)
-    config.update_from_flattened_dict(dict(ablations.SWEEP_RUN))  # As a sweep point runs.
+    config.update_from_flattened_dict(dict(ablations.DIGITS_RUN))  # As a sweep point runs.
     config.num_seeds, config.seeds_mode = args.seeds, mode
     if args.seed_steps:
         config.train.num_steps = args.seed_steps

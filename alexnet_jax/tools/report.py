@@ -198,8 +198,8 @@ def markdown(sweep, summary, found, notes=()) -> list:
                          for t in ts) + ' |')
     lines += ['', 'Diagnostics (diagnostics.py; mean over seeds, first evaluation batch): the '
               'LRN divisor per LRN layer as p1 / p50 / p99 and p99 relative to k^beta; units '
-              'ever active (output > 0 somewhere in the batch) per layer at init -> at the end; '
-              'activation RMS per layer at the end.', '',
+              'ever active (output > 0 somewhere in the batch) and activation RMS per layer, at '
+              'init -> at the end.', '',
               '| point | LRN divisor | units ever active | activation RMS | note |',
               '|---|---|---|---|---|']
     for s in summary:
@@ -213,7 +213,8 @@ def markdown(sweep, summary, found, notes=()) -> list:
                         'x)' for n in lrns) or '-'
         active = ', '.join(f'{n} {d.get(f"init/{n}/active", math.nan):.2f}->'
                            f'{d[f"final/{n}/active"]:.2f}' for n in layers) or '-'
-        rms = ', '.join(f'{n} {d[f"final/{n}/rms"]:.3g}' for n in layers) or '-'
+        rms = ', '.join(f'{n} {d.get(f"init/{n}/rms", math.nan):.3g}->{d[f"final/{n}/rms"]:.3g}'
+                        for n in layers) or '-'
         note = 'LRN inactive at this input scale' if s['lrn_inactive'] else ''
         lines.append(f'| {s["point"]} | {lrn} | {active} | {rms} | {note} |')
     if found:
@@ -325,7 +326,7 @@ def plot_figures(sweep, rows, root) -> list:
     bars.bar(range(len(summary)), shown, yerr=[below, above], capsize=4,
              color=[f'C{k}' for k in range(len(summary))])
     bars.set_xticks(range(len(summary)), [f'{s["point"]}\n({_reached(s["times"][t])})'
-                                          for s in summary], fontsize=8)
+                                          for s in summary], fontsize=7, rotation=30, ha='right')
     bars.set(ylabel=f'epochs to {_pct(t)} (median, 95% CI)')
     fig.tight_layout()
     fig.savefig(root / 'fig1_training_error.png', dpi=120)
