@@ -244,6 +244,9 @@ def _train_next(train_one, config, workdir, seed) -> dict | None:
     return None if _stop.is_set() else train_one(config, workdir, seed)
 
 
+FAILED = 'failed.json'  # A seed's record of why it stopped (a non-finite loss, a crash).
+
+
 def record_failure(workdir, error) -> str:
     """Writes workdir/failed.json {'reason'} (an exception's first line, or a reason given);
     returns the reason."""
@@ -252,5 +255,5 @@ def record_failure(workdir, error) -> str:
     logging.warning('%s failed: %s', workdir, reason)
     workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    records.write(workdir / 'failed.json', {'reason': reason})
+    records.write(workdir / FAILED, {'reason': reason})
     return reason

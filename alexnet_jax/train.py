@@ -294,8 +294,11 @@ class Seed:
 
     def begin(self) -> None:
         """Writes config.json and opens the metrics once every seed fits its workdir, so a
-        refused rerun leaves no file behind."""
+        refused rerun leaves no file behind. A failed.json of an earlier attempt goes: this one
+        writes its own if it fails too, and a finished run must not sit beside one."""
         checkpoints.write_config(self.config, self.workdir)
+        if jax.process_index() == 0:
+            (epath.Path(self.workdir) / seeds_lib.FAILED).unlink(missing_ok=True)
         self.recorder = metrics_lib.Recorder(self.workdir, **self._recorder_args)
 
     def save(self, step: int, state, elapsed: float, val: dict | None = None) -> None:

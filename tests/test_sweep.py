@@ -565,3 +565,20 @@ def test_lr_search_runs_resumes_and_applies_the_choice(tmp_path):
     assert row['status'] == 'done'
     assert json.loads((tmp_path / 'relu' / 'seed0' / 'config.json').read_text())['optim'][
         'learning_rate'] == 0.01
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('num_seeds', 0, 'config.num_seeds: must be an integer >= 1, got 0.'),
+    ('first_seed', -1, 'config.first_seed: must be an integer >= 0, got -1.'),
+    # --config.base_overrides=notatuple, as the flag parser hands it over:
+    ('base_overrides', ('notatuple',), 'config.base_overrides: must be a tuple of (field, value)'),
+    ('base_overrides', (('train.num_epochs',),), 'config.base_overrides: must be a tuple'),
+])
+def test_the_grids_own_fields_are_one_line_errors(field, value, message):
+    """Once an IndexError (num_seeds=0) or a ValueError deep in the expansion (a string)."""
+    config = ablations.get_config('pool')
+    config[field] = value
+    with pytest.raises(validation.ConfigError) as e:
+        grid_lib.check_sweep(config)
+    assert message in str(e.value) and '\n' not in str(e.value)
+    grid_lib.check_sweep(ablations.get_config('pool'))  # The grids as shipped pass.

@@ -131,3 +131,12 @@ def test_corrupt_latest_checkpoint_falls_back(tiny_run, tmp_path):
     assert again['test_loss'] == pytest.approx(expected['test_loss'], abs=1e-6)
     assert_trees_close(saved_state(config, str(tmp_path / 'run'))[0].params,
                        saved_state(config, str(clean))[0].params)
+
+
+def test_a_finished_rerun_leaves_no_failed_record(tmp_path):
+    """failed.json of an earlier attempt (say a divergence at a higher rate) does not stay
+    beside the results.json of the run that then finished."""
+    (tmp_path / 'failed.json').write_text('{"reason": "NonFiniteLossError: loss is nan"}\n')
+    results = train.train_and_evaluate(tiny_config(num_steps=2), str(tmp_path))
+    assert results['steps'] == 2 and (tmp_path / 'results.json').exists()
+    assert not (tmp_path / 'failed.json').exists()

@@ -35,6 +35,21 @@ class Point:
         return f'{self.name}/seed{self.seed}'
 
 
+def check_sweep(sweep) -> None:
+    """The grid's own fields, in one line each (a point's config is validation's)."""
+    for field in ('num_seeds', 'first_seed'):
+        value = sweep.get(field, 0)
+        least = 1 if field == 'num_seeds' else 0
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise errors.ConfigError(f'config.{field}: must be an integer >= {least}, got {value!r}.')
+    pairs = sweep.base_overrides
+    if not isinstance(pairs, (tuple, list)) or not all(
+            isinstance(p, (tuple, list)) and len(p) == 2 and isinstance(p[0], str) for p in pairs):
+        raise errors.ConfigError(
+            f'config.base_overrides: must be a tuple of (field, value) pairs, e.g. '
+            f"\"(('train.num_epochs', 2.0),)\", got {pairs!r}.")
+
+
 def seeds(sweep) -> range:
     """The grid's seeds: first_seed .. first_seed + num_seeds - 1 (a replication: new ones)."""
     first = int(sweep.get('first_seed', 0))

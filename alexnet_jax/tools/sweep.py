@@ -104,6 +104,7 @@ def main(argv):
     sweep = FLAGS.config
     if sweep is None or 'axes' not in sweep:
         cli.fail('--config must be an ablation grid, e.g. --config=configs/ablations.py:pool')
+    grid.check_sweep(sweep)
     points = grid.expand(sweep)
     root = pathlib.Path(cli.local_path(FLAGS.workdir, '--workdir'))
     search = lr_search.all_search_points(sweep) if lr_search.enabled(sweep) else []
