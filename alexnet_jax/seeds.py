@@ -137,7 +137,16 @@ def run_in_processes(train_one, config, workdir, seeds) -> dict:
             while running:
                 done, _ = futures.wait(running, timeout=0.5, return_when=futures.FIRST_COMPLETED)
                 for f in done:
-                    seed, result = running.pop(f), f.result()
+                    seed = running.pop(f)
+                    try:
+                        result = f.result()
+                    except futures.process.BrokenProcessPool:
+                        stop.set()  # The pool is broken: closed below, a new one next time.
+                        left = sorted([seed, *running.values()])
+                        raise errors.EnvironmentFailure(
+                            f'a seed worker process died (killed, or out of memory) with seeds '
+                            f'{left} not finished; finished seeds are kept: rerun to resume.'
+                        ) from None
                     if result is not None:
                         out[seed] = result
                 if stop.is_set() or guard.requested or any(

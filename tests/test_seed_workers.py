@@ -159,3 +159,25 @@ def test_workers_keep_the_console_as_quiet_as_the_parent(tmp_path, capfd):
     loud = [l for l in info if re.match(r'I\S+ \S+ \S+ ([^:]+):', l).group(1) in noisy]
     assert not loud, '\n'.join(loud)
     assert len(lines) < 40, '\n'.join(lines)
+
+
+def _die(config, workdir, seed):
+    """A worker killed mid-run (kill -9, the kernel's OOM killer): its process ends at once."""
+    del config, workdir, seed
+    os._exit(137)  # pylint: disable=protected-access
+
+
+@pytest.mark.slow  # Spawns a worker process (it imports jax).
+def test_a_worker_that_dies_is_a_one_line_error_not_a_traceback(tmp_path):
+    """Once a BrokenProcessPool traceback (exit 1) from launch.py and a 'failed' point in a
+    sweep; now one line naming the seed, and a rerun resumes."""
+    import ml_collections  # pylint: disable=import-outside-toplevel
+    from alexnet_jax import errors  # pylint: disable=import-outside-toplevel
+    from alexnet_jax import seeds  # pylint: disable=import-outside-toplevel
+    with pytest.raises(errors.EnvironmentFailure) as e:
+        seeds.run_in_processes(_die, ml_collections.ConfigDict({'seed_workers': 1}),
+                               str(tmp_path), [0, 1])
+    message = str(e.value)
+    assert message.startswith('a seed worker process died') and '\n' not in message
+    assert 'seeds [0, 1] not finished' in message and 'rerun to resume' in message
+    assert not list(tmp_path.rglob('failed.json'))

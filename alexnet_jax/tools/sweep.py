@@ -24,6 +24,7 @@ from absl import flags
 from absl import logging
 
 from alexnet_jax import cli
+from alexnet_jax import errors
 from alexnet_jax import records
 from alexnet_jax.tools import grid
 from alexnet_jax.tools import lr_search
@@ -43,11 +44,11 @@ def run_point(sweep, point: grid.Point, root, *, retry_failed: bool = False) -> 
 
 def run_seeds(sweep, points: list, root, *, retry_failed: bool = False) -> list:
     """Trains the seeds of one grid point (`points` share a name) that have not finished (nor
-    failed, unless `retry_failed`); returns their rows. A failure is recorded in the seed's
-    failed.json and the grid goes on; a user's error stops it (one line); a preempted run raises
-    Preempted (its checkpoint resumes it next time)."""
-    from alexnet_jax import seeds as seeds_lib  # Heavy; not needed for --print_commands.
-    from alexnet_jax import train
+    failed, unless `retry_failed`); returns their rows. A diverged seed is a result (its
+    failed.json; the grid goes on); a user's error or the machine failing stops the grid in one
+    line, recording nothing (a rerun resumes); a preempted run raises Preempted (its checkpoint
+    resumes it next time)."""
+    from alexnet_jax import train  # Heavy; not needed for --print_commands.
     root = pathlib.Path(root)
     group = root / points[0].name
     grid.check_definition(sweep, points[0], group)  # Refuses a changed base or overrides.
@@ -63,14 +64,17 @@ def run_seeds(sweep, points: list, root, *, retry_failed: bool = False) -> list:
             out = train.train_and_evaluate(config, str(group), seeds=[p.seed for p in missing])
         except cli.UserError:  # The user's to fix (data, workdir in use, disk): stop, one line.
             raise
-        except Exception as e:  # pylint: disable=broad-except  (recorded, the grid goes on)
-            for p in missing:  # Seeds another worker finished before the error keep their result.
-                if not (root / p.dirname / 'results.json').exists():
-                    seeds_lib.record_failure(root / p.dirname, e)
-        else:
-            if 'preempted_at_step' in out or any('preempted_at_step' in r for r in out.values()
-                                                 if isinstance(r, dict)):
-                raise Preempted(f'{points[0].name} preempted')
+        except Exception as e:  # pylint: disable=broad-except  (re-raised: one line or a bug)
+            # Only a diverged run is a result (its seed wrote failed.json): the machine failing
+            # (a full disk, memory) stops the grid, records nothing, and a rerun resumes it;
+            # anything else is a bug and keeps its traceback.
+            failure = errors.environment_failure(e, points[0].name)
+            if failure is None:
+                raise
+            raise failure from e
+        if 'preempted_at_step' in out or any('preempted_at_step' in r for r in out.values()
+                                             if isinstance(r, dict)):
+            raise Preempted(f'{points[0].name} preempted')
     return [grid.result_row(sweep, p, root / p.dirname) for p in points]
 
 
