@@ -63,6 +63,7 @@ def config_fingerprint(config) -> dict:
     if 'data' in config and 'image_size' in config.data:
         fingerprint['input_shape'] = [config.data.image_size, config.data.image_size, 3]
     fingerprint['stream'] = {field: _jsonable(_get(config, field)) for field in RESUME_FIXED}
+    fingerprint['recipe'] = {field: _jsonable(_get(config, field)) for field in RECIPE_FIXED}
     return fingerprint
 
 
@@ -70,7 +71,16 @@ def config_fingerprint(config) -> dict:
 # which batches) and the random numbers are functions of them and of the step. Everything else
 # (num_steps/num_epochs, learning rate, log/eval/checkpoint intervals, ...) may change.
 RESUME_FIXED = ('seed', 'train.batch_size', 'data.name', 'data.train_split', 'data.folder_root',
-                'data.shuffle_buffer', 'data.fake_train_examples')
+                'data.shuffle_buffer', 'data.fake_train_examples', 'data.device_resident')
+# Fields a resumed run may not change either: the optimizer's update and the preprocessing of
+# every training image are functions of them (a resume that took other values would train a
+# run that its config.json no longer describes).
+RECIPE_FIXED = ('optim.momentum', 'optim.nesterov', 'optim.weight_decay', 'optim.weight_decay_mask',
+                'optim.b1', 'optim.b2', 'optim.eps', 'optim.grad_clip_norm',
+                'optim.lars_trust_coefficient', 'optim.lars_eps', 'optim.lars_trust_ratio_mask',
+                'data.mean_rgb', 'data.stddev_rgb', 'data.random_flip', 'data.train_augment',
+                'data.pad', 'data.pca_lighting', 'data.crop_area_range',
+                'data.aspect_ratio_range', 'data.resize_size')
 
 
 def _get(config, field: str):
@@ -88,7 +98,8 @@ def check_fits(info: dict, fingerprint: dict, where, target: dict | None = None)
     """The one answer to "may this config resume this checkpoint", from its checkpoint_info.
 
     Raises ConfigMismatchError with one line per differing field: a model or optimizer field
-    (the state's shapes), a RESUME_FIXED field (the data stream and random numbers), or, when
+    (the state's shapes), a RESUME_FIXED field (the data stream and random numbers), a
+    RECIPE_FIXED one (the update rule, the preprocessing), or, when
     the fields agree, a leaf whose shape or dtype differs from `target` (a code change). A
     change of topology is allowed and logged: the global batches do not depend on the device
     count, but dropout masks (drawn per device) and the float summation order do, and another
@@ -99,9 +110,10 @@ def check_fits(info: dict, fingerprint: dict, where, target: dict | None = None)
     if ours.keys() ^ theirs.keys():  # A field added or removed by a code change.
         logging.warning('Config fingerprint fields %s are in only one of the config and %s.',
                         sorted(ours.keys() ^ theirs.keys()), where)
-    causes = [f'config.{k.removeprefix("stream.")}={ours[k]!r} (it was trained with '
-              f'{theirs[k]!r}): the data stream and the random numbers depend on it'
-              if k.startswith('stream.') else
+    depends = {'stream': 'the data stream and the random numbers depend on it',
+               'recipe': 'the updates or the preprocessing of the run so far depend on it'}
+    causes = [f'config.{k.partition(".")[2]}={ours[k]!r} (it was trained with {theirs[k]!r}): '
+              f'{depends[k.partition(".")[0]]}' if k.partition('.')[0] in depends else
               f'{k}: workdir has {theirs[k]!r}, config has {ours[k]!r}'
               for k in sorted(ours.keys() & theirs.keys()) if ours[k] != theirs[k]]
     fix = 'Set those values back to resume, or use a new --workdir for this config.'
