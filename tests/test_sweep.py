@@ -593,3 +593,30 @@ def test_the_grids_own_fields_are_one_line_errors(field, value, message):
         grid_lib.check_sweep(config)
     assert message in str(e.value) and '\n' not in str(e.value)
     grid_lib.check_sweep(ablations.get_config('pool'))  # The grids as shipped pass.
+
+
+def test_a_changed_search_or_point_is_refused_before_the_search_rewrites_its_record(tmp_path):
+    """A rerun with other lr_search_rates once ran the new search, rewrote lr_search.json/md,
+    and only then refused the trained points: lr_search.md contradicted them."""
+    config = ablations.get_config('fig1')
+    config.num_seeds = 2
+    found = {name: [lr_search.Trial(float(r), [1.0 if r == 0.01 else None], [0.1], ['done'])
+                    for r in config.lr_search_rates] for name in ('relu', 'tanh')}
+    choices = {n: lr_search.choose(t, config.threshold) for n, t in found.items()}
+    lr_search.write(config, found, choices, tmp_path)
+    points = grid_lib.expand(config)
+    trained = lr_search.apply(points, choices)[0]
+    grid_lib.check_definition(config, trained, tmp_path / trained.name)  # relu's point.json.
+    lr_search.check_recorded(config, tmp_path, points)  # The same grid: nothing to refuse.
+    before = (tmp_path / 'lr_search.md').read_text()
+    other = ablations.get_config('fig1')
+    other.num_seeds, other.lr_search_rates = 2, (0.01, 0.1)
+    with pytest.raises(grid_lib.DefinitionError, match=r'was searched with rates \[0\.001'):
+        lr_search.check_recorded(other, tmp_path, grid_lib.expand(other))
+    changed = ablations.get_config('fig1')
+    changed.num_seeds = 2
+    changed.base_overrides = tuple(sorted({**dict(changed.base_overrides),
+                                           'optim.momentum': 0.5}.items()))
+    with pytest.raises(grid_lib.DefinitionError, match='optim.momentum: 0.9 -> 0.5'):
+        lr_search.check_recorded(changed, tmp_path, grid_lib.expand(changed))
+    assert (tmp_path / 'lr_search.md').read_text() == before

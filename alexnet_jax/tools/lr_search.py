@@ -160,6 +160,37 @@ def censored_mean(trial) -> float:
     return statistics.fmean(trial.length if e is None else e for e in trial.epochs)
 
 
+def searched(sweep) -> dict:
+    """What defines a search (beside each point's own definition): its rates and seeds."""
+    return {'rates': sorted(float(r) for r in sweep.lr_search_rates),
+            'seeds': int(sweep.lr_search_seeds)}
+
+
+def check_recorded(sweep, root, points: list) -> None:
+    """Before a search reruns: refuses (grid.DefinitionError, one line) another search than
+    ROOT/lr_search.json records, and a grid point trained with another definition (its
+    point.json) at the recorded rate; so a refused rerun rewrites no lr_search.json/md."""
+    path = pathlib.Path(root) / 'lr_search.json'
+    if not path.exists():
+        return
+    recorded = records.read(path)
+    ours = searched(sweep)
+    for name, entry in recorded.items():
+        theirs = entry.get('searched')  # (Absent in a record from before this check.)
+        if theirs is not None and theirs != ours:
+            raise grid.DefinitionError(
+                f'{path} was searched with rates {theirs["rates"]} and {theirs["seeds"]} seed(s) '
+                f'for {name}; this grid asks {ours["rates"]} and {ours["seeds"]}: its chosen rates '
+                f'and trained points would no longer match. Set config.lr_search_rates / '
+                f'lr_search_seeds back, or use a new --workdir.')
+    chosen = {name: entry['chosen'] for name, entry in recorded.items()}
+    if all(c.get('rate') is not None for c in chosen.values()) and set(chosen) >= {
+            p.name for p in points}:
+        for p in apply(points, chosen):
+            if (pathlib.Path(root) / p.name / grid.DEFINITION_FILE).exists():
+                grid.check_definition(sweep, p, pathlib.Path(root) / p.name)
+
+
 def apply(points: list, choices: dict) -> list:
     """The grid's points with each one's chosen rate among its overrides."""
     out = []
@@ -176,7 +207,7 @@ def apply(points: list, choices: dict) -> list:
 def write(sweep, found: dict, choices: dict, root) -> str:
     """lr_search.json (every trial and choice) and lr_search.md (the table); returns the table."""
     root = pathlib.Path(root)
-    record = {name: {'chosen': choices[name],
+    record = {name: {'chosen': choices[name], 'searched': searched(sweep),
                      'trials': [dataclasses.asdict(t) for t in found[name]]} for name in found}
     records.write(root / 'lr_search.json', record, indent=2)
     seeds = ', '.join(str(SEARCH_SEED0 + k) for k in range(sweep.lr_search_seeds))

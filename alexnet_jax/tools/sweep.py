@@ -137,6 +137,7 @@ def main(argv):
         with seeds_lib.shared_workers():  # One set of seed worker processes for every point.
             notes = []
             if search:  # Fig. 1's protocol: each point trains at the rate its search found fastest.
+                lr_search.check_recorded(sweep, root, points)  # Before anything is rewritten.
                 choices = lr_search.run(sweep, root, functools.partial(
                     run_seeds, retry_failed=FLAGS.retry_failed))
                 print((root / 'lr_search.md').read_text())
