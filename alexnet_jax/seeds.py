@@ -256,6 +256,27 @@ def _train_next(train_one, config, workdir, seed) -> dict | None:
 FAILED = 'failed.json'  # A seed's record of why it stopped (a non-finite loss, a crash).
 
 
+class LayoutError(errors.UserError):
+    """A run of one seed in a workdir that holds several seeds' runs, or the reverse."""
+
+
+def check_layout(workdir, several: bool) -> None:
+    """Refuses (one line) a one-seed run in a root of seed<k>/ dirs, and several seeds in a
+    one-seed run's workdir: either would train a second run beside the first one's records."""
+    root = epath.Path(workdir)
+    if not root.is_dir():
+        return
+    seed_runs = sorted(p.parent.name for p in root.glob('seed*/config.json'))
+    if not several and seed_runs:
+        raise LayoutError(f'{workdir} holds the runs of several seeds ({", ".join(seed_runs)}): '
+                          f'rerun with --config.num_seeds={len(seed_runs)}, or pass one of them, '
+                          f'e.g. --workdir={workdir}/{seed_runs[0]}, or use a new --workdir.')
+    config = root / 'config.json'
+    if several and config.is_file() and records.read(config).get('num_seeds', 1) == 1:
+        raise LayoutError(f'{workdir} holds a one-seed run (its config.json): rerun it with '
+                          f'--config.num_seeds=1, or use a new --workdir for several seeds.')
+
+
 def record_failure(workdir, error) -> str:
     """Writes workdir/failed.json {'reason'} (an exception's first line, or a reason given);
     returns the reason."""

@@ -209,6 +209,7 @@ def train_and_evaluate(config, workdir: str, seeds=None) -> dict:
     info = input_pipeline.get_info(config)
     check_data_fits(config, info)
     plain = seeds is None and config.get('num_seeds', 1) == 1
+    seeds_lib.check_layout(workdir, several=not plain)
     seeds = seeds_lib.seed_list(config) if seeds is None else list(seeds)
     mode = seeds_lib.resolve_mode(config, len(seeds), device_data.enabled(config, info))
     if plain:
@@ -386,6 +387,9 @@ def _train_group(config, info, seeds: list, mode: str, num_steps: int, steps_per
                                        per_example=jax.process_count() == 1)
     p_last = p_test if d.test_split == d.eval_split else p_eval
     start, val, t0 = seeds[0].start, None, time.time()
+    if start > num_steps:  # A finished run rerun with fewer steps: its weights are step `start`'s.
+        logging.warning('The checkpoint is at step %d, past this config\'s %d steps: testing it '
+                        'as it is (results.json says steps %d).', start, num_steps, start)
     if start < num_steps:
         logging.info('Training steps %d..%d (%d per epoch)%s.', start + 1, num_steps,
                      steps_per_epoch, f' of seeds {[s.seed for s in seeds]}' * (len(seeds) > 1))
@@ -427,10 +431,10 @@ def _train_group(config, info, seeds: list, mode: str, num_steps: int, steps_per
     for i, (s, v) in enumerate(zip(seeds, test)):
         if not s.failed:
             one = jax.tree.map(lambda x, i=i: x[i], host)
-            s.recorder.write_diagnostics(num_steps, diagnostics.measure(
+            s.recorder.write_diagnostics(max(num_steps, start), diagnostics.measure(
                 one.apply_fn, one.params, one.batch_stats, probe, config.model))
-            s.results = final_results(s, config, v, num_steps, s.elapsed + elapsed, mode,
-                                      len(seeds))
+            s.results = final_results(s, config, v, max(num_steps, start), s.elapsed + elapsed,
+                                      mode, len(seeds))
     return None
 
 
@@ -495,14 +499,22 @@ def log_train(recorder, step: int, stacked: dict, last_saved: int | None = None)
         loss = losses[~ok][0]
         what = (f'loss is {loss}' if not np.isfinite(loss) else
                 f'gradient is non-finite at loss scale {MIN_LOSS_SCALE}')
-        then = (f'The last checkpoint (step {last_saved}) is intact: lower '
-                'config.optim.learning_rate or check the data, then rerun to resume from it.'
+        then = (f'The last checkpoint (step {last_saved}{_loss_at(recorder, last_saved)}) is '
+                'finite: lower config.optim.learning_rate or check the data, then rerun to resume '
+                'from it; if its loss is already far above the first steps\' it has diverged '
+                'too: start again in a new --workdir.'
                 if last_saved is not None else
                 'No checkpoint was saved yet: lower config.optim.learning_rate or check the '
                 'data, then rerun (it starts from step 0).')
         raise NonFiniteLossError(f'Training {what} at step {bad}; stopping. {then}')
     recorder.write(step, 'train', {k: float(np.mean(v)) for k, v in stacked.items()},
                    num_steps_since=len(losses))
+
+
+def _loss_at(recorder, step: int) -> str:
+    """', training loss L' of the last training log at or before `step` ('' without one)."""
+    logged = [h for h in recorder.history if h['split'] == 'train' and h['step'] <= step]
+    return f', training loss {logged[-1]["loss"]:.3g}' if logged else ''
 
 
 def update_plateaus(seeds, state, val: list, o, step: int):

@@ -606,7 +606,9 @@ def test_a_changed_search_or_point_is_refused_before_the_search_rewrites_its_rec
     lr_search.write(config, found, choices, tmp_path)
     points = grid_lib.expand(config)
     trained = lr_search.apply(points, choices)[0]
-    grid_lib.check_definition(config, trained, tmp_path / trained.name)  # relu's point.json.
+    grid_lib.check_definition(config, trained, tmp_path / trained.name)  # relu's point.json,
+    (tmp_path / 'relu' / 'seed0').mkdir()  # and a seed that started.
+    (tmp_path / 'relu' / 'seed0' / 'config.json').write_text('{}')
     lr_search.check_recorded(config, tmp_path, points)  # The same grid: nothing to refuse.
     before = (tmp_path / 'lr_search.md').read_text()
     other = ablations.get_config('fig1')
@@ -620,3 +622,24 @@ def test_a_changed_search_or_point_is_refused_before_the_search_rewrites_its_rec
     with pytest.raises(grid_lib.DefinitionError, match='optim.momentum: 0.9 -> 0.5'):
         lr_search.check_recorded(changed, tmp_path, grid_lib.expand(changed))
     assert (tmp_path / 'lr_search.md').read_text() == before
+
+
+def test_a_point_json_left_by_a_stopped_rerun_does_not_refuse_the_corrected_one(tmp_path):
+    """A sweep stopped by a user error after recording point.json, before any seed started:
+    the corrected rerun is not 'trained with another definition'; once a seed has started, a
+    changed definition is refused."""
+    config = ablations.get_config('pool')
+    point = grid_lib.expand(config)[0]
+    wrong = ablations.get_config('pool')
+    wrong.base_overrides = tuple(sorted({**dict(wrong.base_overrides),
+                                         'train.num_epochs': 1e9}.items()))
+    wrong_point = grid_lib.expand(wrong)[0]
+    assert wrong_point.name == point.name
+    grid_lib.check_definition(wrong, wrong_point, tmp_path / point.name)  # Then a user error.
+    grid_lib.check_definition(config, point, tmp_path / point.name)  # Corrected: accepted,
+    recorded = json.loads((tmp_path / point.name / 'point.json').read_text())
+    assert recorded['config']['train.num_epochs'] == 12.0  # and recorded anew.
+    (tmp_path / point.name / 'seed0').mkdir()
+    (tmp_path / point.name / 'seed0' / 'config.json').write_text('{}')  # A seed started.
+    with pytest.raises(grid_lib.DefinitionError, match='train.num_epochs'):
+        grid_lib.check_definition(wrong, wrong_point, tmp_path / point.name)

@@ -140,3 +140,43 @@ def test_a_finished_rerun_leaves_no_failed_record(tmp_path):
     results = train.train_and_evaluate(tiny_config(num_steps=2), str(tmp_path))
     assert results['steps'] == 2 and (tmp_path / 'results.json').exists()
     assert not (tmp_path / 'failed.json').exists()
+
+
+def test_one_seed_and_several_seeds_never_share_a_workdir(tmp_path):
+    """A one-seed rerun of a 2-seed workdir once trained a fresh run beside seed0/ and seed1/
+    (and the reverse was accepted too)."""
+    from alexnet_jax import seeds as seeds_lib  # pylint: disable=import-outside-toplevel
+    for k in (0, 1):
+        (tmp_path / 'many' / f'seed{k}').mkdir(parents=True)
+        (tmp_path / 'many' / f'seed{k}' / 'config.json').write_text('{"num_seeds": 1}')
+    with pytest.raises(seeds_lib.LayoutError, match='--config.num_seeds=2') as e:
+        train.train_and_evaluate(tiny_config(), str(tmp_path / 'many'))
+    assert '\n' not in str(e.value) and 'seed0, seed1' in str(e.value)
+    (tmp_path / 'one').mkdir()
+    (tmp_path / 'one' / 'config.json').write_text('{"num_seeds": 1}')
+    several = tiny_config()
+    several.num_seeds = 2
+    with pytest.raises(seeds_lib.LayoutError, match='holds a one-seed run'):
+        train.train_and_evaluate(several, str(tmp_path / 'one'))
+    assert sorted(p.name for p in (tmp_path / 'one').iterdir()) == ['config.json']
+
+
+def test_a_finished_run_rerun_shorter_says_which_step_it_tested(tiny_run, tmp_path):
+    """Rerun with fewer steps, a finished run tests its last weights (step 6) and says so: its
+    results.json once said "steps": 3."""
+    workdir = tmp_path / 'run'
+    shutil.copytree(tiny_run[0], workdir)
+    results = train.train_and_evaluate(tiny_config(num_steps=3), str(workdir))
+    assert results['steps'] == 6
+    assert results['test_top1'] == pytest.approx(tiny_run[1]['test_top1'])
+
+
+def test_the_nan_advice_names_the_loss_of_the_checkpoint_it_points_at():
+    class Recorder:
+        history = [{'split': 'train', 'step': 2, 'loss': 2.3}, {'split': 'train', 'step': 4,
+                                                                  'loss': 5.9e5}]
+    losses = {'loss': np.array([np.nan]), 'top1': np.array([0.1])}
+    with pytest.raises(train.NonFiniteLossError) as e:
+        train.log_train(Recorder(), 5, losses, last_saved=4)
+    assert 'The last checkpoint (step 4, training loss 5.9e+05) is finite' in str(e.value)
+    assert 'new --workdir' in str(e.value)

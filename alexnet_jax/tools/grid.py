@@ -122,10 +122,13 @@ def definition(config) -> dict:
 def check_definition(sweep, point: Point, group) -> None:
     """Refuses (DefinitionError, one line) a point whose directory was trained with another
     definition; else records it in group/point.json. A directory from before that file is
-    checked against its seeds' config.json. More seeds of the same definition are welcome."""
+    checked against its seeds' config.json. More seeds of the same definition are welcome. A
+    point.json with no seed started beside it (a rerun after a user error) is replaced."""
     group = pathlib.Path(group)
     ours = definition(point_config(sweep, point))
     path = group / DEFINITION_FILE
+    if path.exists() and not any(group.glob('seed*/config.json')):
+        path.unlink()  # Recorded, then stopped (a user error) before any seed started: stale.
     if path.exists():
         recorded = {path: records.read(path)['config']}
     else:
