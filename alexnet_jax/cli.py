@@ -111,10 +111,15 @@ def default_config():
     return load_config_file(config_file())
 
 
+def split_config_spec(spec: str) -> tuple:
+    """'path[:variant]' -> (path, variant or ''); a colon in a directory name is the path's."""
+    return spec.rpartition(':')[::2] if ':' in spec.split('/')[-1] else (spec, '')
+
+
 def load_config_file(spec: str, root: str = ''):
     """'path[:variant]' -> that file's get_config(variant), as config_flags loads it; a
     relative path is taken from `root` (default: the current directory)."""
-    path, _, arg = spec.rpartition(':') if ':' in spec.split('/')[-1] else (spec, '', '')
+    path, arg = split_config_spec(spec)
     module_spec = importlib.util.spec_from_file_location('_config_file',
                                                          os.path.join(root, path))
     module = importlib.util.module_from_spec(module_spec)

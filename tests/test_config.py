@@ -100,3 +100,24 @@ def test_bad_seed_fields_are_named(field, value):
     c[field] = value
     with pytest.raises(validation.ConfigError, match=f'config.{field}:'):
         validation.validate_config(c)
+
+
+@pytest.mark.parametrize('spec, expected', [
+    ('configs/alexnet.py:digits', ('configs/alexnet.py', 'digits')),
+    ('configs/alexnet.py', ('configs/alexnet.py', '')),
+    ('/d/c:g/alexnet.py:digits', ('/d/c:g/alexnet.py', 'digits')),  # Once split at 'c:'.
+    ('/d/c:g/alexnet.py', ('/d/c:g/alexnet.py', '')),
+])
+def test_a_config_spec_splits_at_the_variants_colon(spec, expected):
+    from alexnet_jax import cli  # pylint: disable=import-outside-toplevel
+    assert cli.split_config_spec(spec) == expected
+
+
+def test_a_sweep_base_in_a_directory_with_a_colon_loads(tmp_path):
+    import shutil  # pylint: disable=import-outside-toplevel
+    from alexnet_jax.tools import grid  # pylint: disable=import-outside-toplevel
+    directory = tmp_path / 'c:g'
+    directory.mkdir()
+    shutil.copy(grid.REPO / 'configs' / 'alexnet.py', directory)
+    config = grid.load_base_config(f'{directory}/alexnet.py:digits')
+    assert config.variant == 'digits'

@@ -116,7 +116,7 @@ def main(argv):
         print_commands(sweep, points, search, root)
         return
     from alexnet_jax import validation
-    base = pathlib.Path(sweep.base.partition(':')[0])
+    base = pathlib.Path(cli.split_config_spec(sweep.base)[0])
     if not (base if base.is_absolute() else grid.REPO / base).is_file():
         cli.fail(f'config.base={sweep.base!r}: no such config file; e.g. '
                  f'--config.base=configs/alexnet.py:digits')
