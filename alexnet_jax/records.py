@@ -15,8 +15,9 @@ class RecordError(errors.UserError):
 
 def write(path, value, **dumps) -> None:
     path = epath.Path(path)
+    text = json.dumps(value, **dumps) + '\n'  # A value that cannot be written fails here.
     tmp = path.parent / f'.{path.name}.tmp'
-    tmp.write_text(json.dumps(value, **dumps) + '\n')
+    tmp.write_text(text)  # (A full disk fails here: the record itself stays whole.)
     tmp.replace(path)
 
 

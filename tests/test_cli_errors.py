@@ -116,7 +116,8 @@ def _strict_folder(tmp_path):
 def _full_disk(tmp_path):
     workdir = tmp_path / 'full'
     workdir.mkdir()
-    (workdir / 'config.json').symlink_to('/dev/full')  # Every write there: ENOSPC.
+    # Every write there: ENOSPC. config.json is written through this temp file (records.py).
+    (workdir / '.config.json.tmp').symlink_to('/dev/full')
     return workdir
 
 
