@@ -9,7 +9,8 @@ Prints, for both steps: compile time, step time and images/s; then `ratio` = pro
 learning rate, loss scaling; goal <= 1.05), MFU = achieved FLOP/s / peak (training FLOPs per
 image = 3 x 2 x forward MACs, from the summary of the live module) and the peak host memory.
 
-The project step is `train.make_train_step`, the function the training loop runs, on a state
+The project step is `train.make_train_step`: `train.train_step` (the step the training loop
+compiles, there wrapped by `train.make_seeds_step` for its seed axis) pmapped alone, on a state
 from `train.initial_state`-equivalent parts of the config (paper recipe: SGD + momentum + weight
 decay, plateau lr; fp16 adds dynamic loss scaling as the loop would). The plain step is written
 here: the same model, cross-entropy and SGD-with-momentum-and-decay update under `jax.jit`, and

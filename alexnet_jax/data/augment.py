@@ -10,7 +10,7 @@ crop window in the *original* image's pixels (`paper_window`), decoded alone and
 the full image is never decoded to be thrown away, a 256x256 source needs no resampling, and
 crop-then-resize differs from resize-then-crop only by interpolation at the edges.
 
-Outputs are uint8 (the input boundary, DESIGN.md Sec. 8), rounded after resizing, so a
+Outputs are uint8 (the input boundary: preprocess.py), rounded after resizing, so a
 device-side augmentation of the same uint8 image gives the same pixels. The PCA lighting offset
 (`random_lighting`, per example) and the mean are applied on the device
 (`preprocess.normalize_batch`).

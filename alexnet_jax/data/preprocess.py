@@ -1,7 +1,7 @@
 """The device side of the input boundary: a uint8 batch -> the model's float input.
 
 Batches cross from host to device as uint8 (4x fewer bytes than float32, no float work on the
-host; DESIGN.md Sec. 8). The host pipeline and on-device data produce the same batch dict and
+host). The host pipeline and on-device data produce the same batch dict and
 call `normalize_batch` inside the jitted step: one place where pixels become model inputs.
 """
 
