@@ -27,7 +27,7 @@ def environment_failure(error: BaseException, where: str) -> EnvironmentFailure 
     """`error` as an EnvironmentFailure if it is one (an OSError, an out-of-memory), else None:
     any other exception is a bug and keeps its traceback."""
     text = str(error).splitlines()[0] if str(error) else ''
-    if isinstance(error, OSError) or 'RESOURCE_EXHAUSTED' in text \
+    if isinstance(error, (OSError, MemoryError)) or 'RESOURCE_EXHAUSTED' in text \
             or type(error).__name__ == 'ResourceExhaustedError':
         return EnvironmentFailure(
             f'{where}: {type(error).__name__}: {text[:300]}. The machine stopped it, not the '

@@ -61,8 +61,9 @@ INITS = ('paper', 'he', 'xavier', 'cuda_convnet')
 # fc4) initW=0.01 (layers-80sec.cfg's extra fc64 and its fc10 use 0.1). cuda-convnet draws
 # weights as initW * randn (layer.py, make_weights) and biases as initB, default 0.
 CUDA_CONVNET_STDDEV = {'conv1': 1e-4, 'conv2': 1e-2, 'conv3': 1e-2, 'fc4': 1e-2}
-# init_scheme='paper' on Fig1Net: N(0, 0.01) and, as the paper does for every layer after the
-# first but conv3, biases of 1; this net's layers after the first are conv2, conv3 and fc4.
+# init_scheme='paper' on Fig1Net: N(0, 0.01) and biases of 1 where the paper puts them (conv2,
+# conv4, conv5 and the FC layers: all but the input layer and conv3); this net has no conv4-5,
+# so its layers after the first, conv2, conv3 and fc4, get them.
 FIG1_ONE_BIASES = ('conv2', 'conv3', 'fc4')
 
 

@@ -25,8 +25,9 @@ one `python launch.py` command (`--print_commands`).
 
 Seed s of every point shares the data order and, where parameter shapes agree (relu/tanh, LRN
 on/off), the initial weights and dropout keys (all derive from config.seed), so each effect is
-reported as a paired difference by seed with a 95% t-interval and a verdict, and every point as
-a mean with its 95% t-interval (alexnet_jax/tools/stats.py). More seeds narrow the intervals:
+paired by seed (and by test image): intervals resample seeds and test images together, epochs to
+a training error count the runs that never reach it, and every grid's verdicts are
+Holm-corrected (alexnet_jax/tools/report.py). More seeds narrow the intervals:
 `--config.num_seeds=10`.
 """
 

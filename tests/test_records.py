@@ -40,3 +40,14 @@ def test_a_garbage_config_is_a_one_line_error_for_the_tools(tmp_path):
     (tmp_path / 'config.json').write_text('not json')
     with pytest.raises(records.RecordError, match='config.json is not valid JSON'):
         checkpoints.load_config(tmp_path)
+
+
+@pytest.mark.parametrize('error, machine', [
+    (OSError(28, 'No space left on device'), True), (MemoryError(), True),
+    (RuntimeError('RESOURCE_EXHAUSTED: Out of memory while trying to allocate'), True),
+    (TypeError('unsupported operand'), False)])
+def test_what_counts_as_the_machine_failing(error, machine):
+    failure = errors.environment_failure(error, 'relu')
+    assert (failure is not None) == machine
+    if machine:
+        assert str(failure).startswith(f'relu: {type(error).__name__}') and 'rerun' in str(failure)

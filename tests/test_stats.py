@@ -189,3 +189,40 @@ def test_holm_by_hand():
 def test_minimum_detectable_effect_multiplier():
     assert stats.mde_z(1) == pytest.approx(1.95996 + 0.84162, abs=1e-4)
     assert stats.mde_z(10) == pytest.approx(scipy_stats.norm.ppf(1 - 0.0025) + 0.84162, abs=1e-4)
+
+
+def test_few_seeds_give_no_bootstrap_verdict_and_an_unreachable_sign_test_no_mde(tmp_path):
+    """Three seeds all on one side of 0 put every bootstrap resample there (p ~ 0): that is no
+    evidence at n=3 (a paired t-test gives p ~ 0.16). And a sign test of 3 pairs cannot reach
+    5%: its MDE is not a number."""
+    from alexnet_jax.tools import report  # pylint: disable=import-outside-toplevel
+    from configs import ablations  # pylint: disable=import-outside-toplevel
+    config = ablations.get_config('pool')
+    rows = []
+    for point, extra in (('pool3s2', 0), ('pool2s2', 1)):
+        for s in range(3):
+            hits = ['1'] * 100
+            for i in range(10 * extra * (s + 1)):
+                hits[i] = '0'  # pool2s2 misses 10, 20, 30 images, pool3s2 none.
+            rows.append({'point': point, 'seed': s, 'status': 'done', 'reason': '',
+                         'test_top1_error': hits.count('0') / 100, 'test_top5_error': 0.0,
+                         'epochs_to_50pct': 1.0 + extra, 'epochs_to_25pct': 2.0 + extra,
+                         'epochs_to_10pct': 3.0 + extra, 'test_correct': ''.join(hits)})
+    found = report.effects(config, report.summarize(config, rows))
+    top1 = next(e for e in found if e['metric'] == 'top1')
+    assert top1['estimate'].p < 0.01  # The bootstrap alone would call it,
+    assert top1['verdict'] == f'not resolved: n=3 < {stats.MIN_BOOTSTRAP_SEEDS} seeds'
+    speed = next(e for e in found if e['metric'] == 0.25)
+    assert speed['mde'] == 'unattainable' and 'no MDE' in speed['verdict']
+
+
+def test_a_failed_run_counts_as_never_reaching_after_it_diverged():
+    from alexnet_jax.tools import report  # pylint: disable=import-outside-toplevel
+    from configs import ablations  # pylint: disable=import-outside-toplevel
+    rows = [{'point': 'p', 'seed': s, 'status': status, 'reason': '', 'test_top1_error': 0.1,
+             'test_top5_error': 0.0, 'epochs_to_50pct': e, 'epochs_to_25pct': '',
+             'epochs_to_10pct': '', 'test_correct': ''}
+            for s, (status, e) in enumerate([('done', 1.0), ('failed', 2.0), ('failed', '')])]
+    point, = report.summarize(ablations.get_config('pool'), rows)
+    assert point['times'][0.5] == {0: 1.0, 1: 2.0, 2: math.inf}  # Counted, not dropped.
+    assert point['done'] == 1 and point['failed'] == 2

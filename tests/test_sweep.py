@@ -643,3 +643,12 @@ def test_a_point_json_left_by_a_stopped_rerun_does_not_refuse_the_corrected_one(
     (tmp_path / point.name / 'seed0' / 'config.json').write_text('{}')  # A seed started.
     with pytest.raises(grid_lib.DefinitionError, match='train.num_epochs'):
         grid_lib.check_definition(wrong, wrong_point, tmp_path / point.name)
+
+
+def test_a_replication_cannot_reuse_the_search_seeds():
+    config = ablations.get_config('fig1')
+    config.first_seed = 999  # 999..1001 would include the search's 1000, 1001.
+    with pytest.raises(validation.ConfigError, match='overlap the learning-rate search'):
+        grid_lib.check_sweep(config)
+    config.first_seed = 20
+    grid_lib.check_sweep(config)

@@ -18,6 +18,7 @@ from alexnet_jax import metrics
 from alexnet_jax import records
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
+SEARCH_SEED0 = 1000  # Fig. 1's learning-rate search seeds start here (lr_search.py).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +43,12 @@ def check_sweep(sweep) -> None:
         least = 1 if field == 'num_seeds' else 0
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise errors.ConfigError(f'config.{field}: must be an integer >= {least}, got {value!r}.')
+    search = range(SEARCH_SEED0, SEARCH_SEED0 + int(sweep.get('lr_search_seeds', 0)))
+    if tuple(sweep.get('lr_search_rates', ())) and set(seeds(sweep)) & set(search):
+        raise errors.ConfigError(
+            f'config.first_seed: the seeds {seeds(sweep)[0]}..{seeds(sweep)[-1]} overlap the '
+            f'learning-rate search\'s {search[0]}..{search[-1]}: a reported run must not be '
+            f'the one its rate was chosen on; choose seeds below {SEARCH_SEED0}.')
     pairs = sweep.base_overrides
     if not isinstance(pairs, (tuple, list)) or not all(
             isinstance(p, (tuple, list)) and len(p) == 2 and isinstance(p[0], str) for p in pairs):

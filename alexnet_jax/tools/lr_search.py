@@ -5,9 +5,9 @@ fast as possible." For every point of the grid (e.g. relu, tanh) and every rate 
 `sweep.lr_search_rates` (a log grid), one run per search seed trains in
 ROOT/lr_search/<point>_lr<rate>/seed<k> (ordinary run dirs: resumable, failures recorded, as the
 sweep's own points). The chosen rate reaches `sweep.threshold` training error in the fewest
-epochs: the mean over the search seeds with a run that never reached it (or diverged) counted as
-censored at the run's full length (a restricted mean), so a rate where some seeds never get there
-is penalised, not ruled out; ties go to the smaller rate. If no run of any rate reaches it, the
+epochs: the mean over the search seeds with a run that never reached it counted as censored at
+the run's full length (a restricted mean), so a rate where some seeds never get there is
+penalised, not ruled out; a rate where a run diverged is ruled out; ties go to the smaller rate. If no run of any rate reaches it, the
 rate with the lowest final training error is taken and the choice says so. A choice at an edge of the rates
 tried is extended past that edge until it is bracketed (`run`). The search seeds (1000, 1001, ...)
 are disjoint from the grid's seeds (0, 1, ...), so no reported run is the one its rate was
@@ -22,7 +22,7 @@ import statistics
 from alexnet_jax import records
 from alexnet_jax.tools import grid
 
-SEARCH_SEED0 = 1000
+SEARCH_SEED0 = grid.SEARCH_SEED0
 LR_FIELD = 'optim.learning_rate'
 
 
@@ -147,16 +147,17 @@ def past_edge(trial_list: list, chosen: float | None) -> float | None:
 
 def _score(trial):
     """How good a rate is (lower is better): (0, the censored mean epochs) if any search seed
-    reached the threshold, else (1, mean final training error of the runs that did not fail);
-    None if every run failed."""
+    reached the threshold, else (1, mean final training error); None if a run diverged (a rate
+    that diverges for some seeds is not one to train every seed at)."""
+    if 'failed' in trial.status or None in trial.final_error:
+        return None
     if any(e is not None for e in trial.epochs):
         return (0, censored_mean(trial))
-    finals = [f for f in trial.final_error if f is not None]
-    return (1, statistics.fmean(finals)) if finals else None
+    return (1, statistics.fmean(trial.final_error))
 
 
 def censored_mean(trial) -> float:
-    """Mean epochs to the threshold, a run that never reached it (or failed) at its length."""
+    """Mean epochs to the threshold, a run that never reached it at its length."""
     return statistics.fmean(trial.length if e is None else e for e in trial.epochs)
 
 

@@ -21,6 +21,7 @@ import pathlib
 import statistics
 
 import numpy as np
+from scipy import stats as scipy_stats
 
 from alexnet_jax import diagnostics
 from alexnet_jax import metrics
@@ -46,9 +47,10 @@ def summarize(sweep, rows) -> list:
         hits = {r['seed']: np.frombuffer(r['test_correct'].encode(), np.uint8) == ord('1')
                 for r in done if r.get('test_correct')}
         errors = {s: 1.0 - h.astype(np.float64) for s, h in hits.items()}
-        times = {t: {r['seed']: (float(r[grid.threshold_column(t)])
+        ran = [r for r in runs if r['status'] in ('done', 'failed')]  # A diverged run counts:
+        times = {t: {r['seed']: (float(r[grid.threshold_column(t)])  # its crossing, or never.
                                  if r[grid.threshold_column(t)] != '' else math.inf)
-                     for r in done} for t in grid.thresholds(sweep)}
+                     for r in ran} for t in grid.thresholds(sweep)}
         diag = {}
         for key in dict.fromkeys(k for r in done for k in r if k.startswith(('init/', 'final/'))):
             values = [float(r[key]) for r in done if r.get(key, '') != '']
@@ -58,6 +60,7 @@ def summarize(sweep, rows) -> list:
         out.append({
             'point': name, 'done': len(done), 'failed': sum(r['status'] == 'failed' for r in runs),
             'errors': errors,
+            'seed_errors': {r['seed']: float(r['test_top1_error']) for r in done},
             'top1': (stats.bootstrap_estimate(np.stack([errors[s] for s in sorted(errors)]))
                      if errors and len(errors) == len(done) else None),
             'top1_seeds': stats.mean_ci([r['test_top1_error'] for r in done], lower=0.0),
@@ -101,7 +104,7 @@ def effects(sweep, summary) -> list:
                                   'inactive': b['lrn_inactive'] or a['lrn_inactive'],
                                   'never': (sum(math.isinf(v) for v in b['times'][t].values()),
                                             sum(math.isinf(v) for v in a['times'][t].values()))})
-    tested = [e for e in found if e['estimate'].n >= stats.MIN_SEEDS
+    tested = [e for e in found if e['estimate'].n >= _least_seeds(e)
               and math.isfinite(e['estimate'].p)]
     z = stats.mde_z(len(tested))
     for e, p in zip(tested, stats.holm([e['estimate'].p for e in tested])):
@@ -109,10 +112,12 @@ def effects(sweep, summary) -> list:
     for e in found:
         est, ratio = e['estimate'], e['metric'] != 'top1'
         e['mde'] = (math.exp(z * est.se) if ratio else z * est.se) if math.isfinite(est.se) else None
+        if ratio and 2.0 ** (1 - est.n) > stats.ALPHA / max(len(tested), 1):
+            e['mde'] = 'unattainable'  # No outcome of n sign-test pairs reaches Holm's level.
         if 'p_holm' not in e:
             e['verdict'] = ('no estimate' if est.n == 0 else
-                            f'not resolved: n={est.n} < {stats.MIN_SEEDS} seeds'
-                            if est.n < stats.MIN_SEEDS else 'neither point reached it')
+                            f'not resolved: n={est.n} < {_least_seeds(e)} seeds'
+                            if est.n < _least_seeds(e) else 'neither point reached it')
             continue
         e['verdict'] = stats.decide(est, e['p_holm'], 1.0 if ratio else 0.0,
                                     'ablated faster' if ratio else 'ablated better',
@@ -120,21 +125,46 @@ def effects(sweep, summary) -> list:
         if e['verdict'] == 'not resolved':
             e['verdict'] += f' at n={est.n}' + (
                 '' if e['mde'] is None else
+                f': no MDE (a sign test of {est.n} pairs cannot reach Holm\'s level)'
+                if e['mde'] == 'unattainable' else
                 f': MDE {e["mde"]:.2f}x' if ratio else f': MDE {100 * e["mde"]:.2f} points')
+        if est.seeds_only:
+            e['verdict'] += ' (seeds only: no per-image results)'
         if e['inactive']:
             e['verdict'] += '; LRN inactive at this input scale'
     return found
+
+
+def _least_seeds(effect) -> int:
+    """Seeds an effect needs for a verdict: a bootstrap's more than a t-test's (stats.py)."""
+    if effect['metric'] == 'top1' and not effect['estimate'].seeds_only:
+        return stats.MIN_BOOTSTRAP_SEEDS
+    return stats.MIN_SEEDS
 
 
 def _error_effect(group) -> stats.Estimate:
     """Ablated - baseline test errors per seed and image, averaged over the group's pairs at the
     seeds every pair has per-image results for; bootstrapped over seeds and images."""
     seeds = set.intersection(*(set(b['errors']) & set(a['errors']) for _, b, a in group))
-    if not seeds:
-        return stats.NO_ESTIMATE
+    if not seeds:  # No per-image results (several hosts, older runs): the seeds alone.
+        return _seeds_only_effect(group)
     diffs = np.stack([np.mean([a['errors'][s] - b['errors'][s] for _, b, a in group], axis=0)
                       for s in sorted(seeds)])
     return stats.bootstrap_estimate(diffs)
+
+
+def _seeds_only_effect(group) -> stats.Estimate:
+    """The paired t-interval and t-test over seeds of the test errors (test images not counted)."""
+    diffs = [statistics.fmean(a['seed_errors'][s] - b['seed_errors'][s] for _, b, a in group)
+             for s in sorted(set.intersection(*(set(b['seed_errors']) & set(a['seed_errors'])
+                                                for _, b, a in group)))]
+    ci = stats.mean_ci(diffs)
+    if ci.n < 2:
+        return stats.NO_ESTIMATE if ci.n == 0 else stats.Estimate(ci.mean, math.nan, math.nan, 1)
+    se = ci.half_width / stats.t_quantile(ci.n) if ci.half_width > 0 else 0.0
+    p = float(scipy_stats.ttest_1samp(diffs, 0.0).pvalue) if se > 0 else (
+        1.0 if ci.mean == 0 else 0.0)
+    return stats.Estimate(ci.mean, ci.lo, ci.hi, ci.n, p, se, seeds_only=True)
 
 
 def write(sweep, rows, root, notes=()) -> str:
@@ -183,8 +213,8 @@ def markdown(sweep, summary, found, notes=()) -> list:
              'Test top-1 error: mean [95% interval] with seeds and test images resampled '
              'together (two-way bootstrap); top-5: t-interval over seeds. Epochs to a training '
              'error: median [distribution-free 95% interval] over the runs done, a run that '
-             'never reached it counted as longer than its length ("not reached" when half did '
-             'not); the training error is measured on training batches in training mode '
+             'never reached it (or diverged first) counted as longer than its length ("not reached" '
+             'when more than half did not); the training error is measured on training batches in training mode '
              '(dropout active where the net has it).', '',
              '| point | n done | failed | test top-1 error (%) | test top-5 error (%) | '
              + ' | '.join(f'epochs to {_pct(t)} (reached)' for t in ts) + ' |',
@@ -320,11 +350,20 @@ def plot_figures(sweep, rows, root) -> list:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     medians = [s['medians'][t] for s in summary]
-    shown = [m.value if math.isfinite(m.value) else 0.0 for m in medians]
+    lengths = [float(r['epochs_trained']) for r in rows if r.get('epochs_trained', '') != '']
+    top = max(lengths, default=max([m.value for m in medians if math.isfinite(m.value)],
+                                   default=1.0))
+    # A median or bound never reached is drawn at the run length, the bar hatched.
+    shown = [m.value if math.isfinite(m.value) else top for m in medians]
     below = [v - m.lo if m.n > 1 and math.isfinite(m.value) else 0.0 for v, m in zip(shown, medians)]
-    above = [m.hi - v if m.n > 1 and math.isfinite(m.hi) else 0.0 for v, m in zip(shown, medians)]
-    bars.bar(range(len(summary)), shown, yerr=[below, above], capsize=4,
-             color=[f'C{k}' for k in range(len(summary))])
+    above = [min(m.hi, top) - v if m.n > 1 and math.isfinite(m.value) else 0.0
+             for v, m in zip(shown, medians)]
+    drawn = bars.bar(range(len(summary)), shown, yerr=[below, above], capsize=4,
+                     color=[f'C{k}' for k in range(len(summary))])
+    for bar, m in zip(drawn, medians):
+        if not math.isfinite(m.value):
+            bar.set_hatch('//')
+            bar.set_label('median not reached')
     bars.set_xticks(range(len(summary)), [f'{s["point"]}\n({_reached(s["times"][t])})'
                                           for s in summary], fontsize=7, rotation=30, ha='right')
     bars.set(ylabel=f'epochs to {_pct(t)} (median, 95% CI)')
