@@ -75,7 +75,7 @@ RESUME_FIXED = ('seed', 'train.batch_size', 'data.name', 'data.train_split', 'da
 # Fields a resumed run may not change either: the optimizer's update and the preprocessing of
 # every training image are functions of them (a resume that took other values would train a
 # run that its config.json no longer describes).
-RECIPE_FIXED = ('optim.momentum', 'optim.nesterov', 'optim.weight_decay', 'optim.weight_decay_mask',
+RECIPE_FIXED = ('optim.schedule', 'optim.momentum', 'optim.nesterov', 'optim.weight_decay', 'optim.weight_decay_mask',
                 'optim.b1', 'optim.b2', 'optim.eps', 'optim.grad_clip_norm',
                 'optim.lars_trust_coefficient', 'optim.lars_eps', 'optim.lars_trust_ratio_mask',
                 'data.mean_rgb', 'data.stddev_rgb', 'data.random_flip', 'data.train_augment',
@@ -119,10 +119,10 @@ def check_fits(info: dict, fingerprint: dict, where, target: dict | None = None)
     fix = 'Set those values back to resume, or use a new --workdir for this config.'
     if not causes and target is not None:  # Same fields, other shapes: a code change.
         causes, fix = integrity.differences(info['leaves'], target), 'Use a new --workdir.'
-    if causes:
-        more = f'\n  ... and {len(causes) - 10} more' if len(causes) > 10 else ''
-        raise ConfigMismatchError(f'{where} does not fit this config:\n  '
-                                  + '\n  '.join(causes[:10]) + more + '\n' + fix)
+    if causes:  # One line (a CLI prints it so): causes by '; ', then the fix as a sentence.
+        more = f'; ... and {len(causes) - 10} more' if len(causes) > 10 else ''
+        raise ConfigMismatchError(f'{where} does not fit this config: '
+                                  + '; '.join(causes[:10]) + more + '. ' + fix)
     was, now = info.get('topology'), topology()
     if was and was != now:
         what = ('the same batches; dropout masks (drawn per device) and float summation order '

@@ -372,6 +372,8 @@ def test_a_killed_run_does_not_leave_its_workdir_locked(tmp_path):
     ('optim.momentum', 0.0, False), ('optim.nesterov', True, False),
     ('data.mean_rgb', (0.0, 0.0, 0.0), False), ('data.random_flip', True, False),
     ('data.device_resident', 'never', False),
+    # Once refused with the optimizer state's tree paths (opt_state/hyperparams_states/...).
+    ('optim.schedule', 'constant', False), ('optim.grad_clip_norm', 1.0, False),
 ])
 def test_resume_rule_names_the_changed_field(field, value, allowed):
     saved = {'fingerprint': config_fingerprint(_load_config('digits'))}
@@ -489,3 +491,18 @@ def test_load_variables_reads_params_of_a_train_state(tmp_path):
         config, variables = checkpoints.load_variables(tmp_path / 'w', step)
         assert config.model.num_classes == 3 and set(variables) == {'params'}
         assert_states_equal(variables['params'], jax.device_get(states[step or 2].params))
+
+
+def test_several_causes_and_the_fix_read_as_one_line():
+    """A CLI prints a user error on one line: the causes once ran into the fix there."""
+    saved = {'fingerprint': config_fingerprint(_load_config('digits'))}
+    config = _load_config('digits')
+    config.optim.momentum, config.seed = 0.5, 3
+    with pytest.raises(ConfigMismatchError) as e:
+        checkpoints.check_fits(saved, config_fingerprint(config), '/w')
+    message = str(e.value)
+    assert '\n' not in message
+    assert message.startswith('/w does not fit this config: config.optim.momentum=0.5 (it was')
+    assert '; config.seed=3 (it was trained with 0)' in message
+    assert message.endswith('depend on it. Set those values back to resume, or use a new '
+                            '--workdir for this config.')
