@@ -124,7 +124,8 @@ def check_fits(info: dict, fingerprint: dict, where, target: dict | None = None)
         raise ConfigMismatchError(f'{where} does not fit this config: '
                                   + '; '.join(causes[:10]) + more + '. ' + fix)
     was, now = info.get('topology'), topology()
-    if was and was != now:
+    if was and was != now and (str(was), str(now)) not in _TOPOLOGY_LOGGED:
+        _TOPOLOGY_LOGGED.add((str(was), str(now)))  # Once a process, not once per seed.
         what = ('the same batches; dropout masks (drawn per device) and float summation order '
                 'differ' if was['processes'] == now['processes'] else
                 'each host reads another share of the data, so the batches differ too; so do '
@@ -132,6 +133,9 @@ def check_fits(info: dict, fingerprint: dict, where, target: dict | None = None)
         logging.warning('Resuming %s on %d process(es) / %d device(s), trained on %d / %d: %s, '
                         'so the run will not match an uninterrupted one.', where,
                         now['processes'], now['devices'], was['processes'], was['devices'], what)
+
+
+_TOPOLOGY_LOGGED = set()
 
 
 class WorkdirError(errors.UserError):
@@ -199,6 +203,12 @@ class _UnrankedSaveFilter(pylogging.Filter):
 pylogging.getLogger('absl').addFilter(_UnrankedSaveFilter())  # orbax logs through absl.
 
 
+def check_keep(keep) -> None:
+    """config.train.keep_checkpoints' one rule (the Checkpointer's, and train's before any work)."""
+    errors.check(isinstance(keep, int) and keep >= 1, 'train.keep_checkpoints',
+                 f'must keep at least the latest checkpoint (>= 1), got {keep!r}.')
+
+
 class Checkpointer:
     """orbax CheckpointManager under `workdir/checkpoints`: the last `keep` steps plus the best
     by `metrics[best_metric]`. An async save returns once the arrays are copied; the next save,
@@ -207,8 +217,7 @@ class Checkpointer:
     def __init__(self, workdir: str, *, config_fingerprint: dict, keep: int = 3,
                  best_metric: str | None = 'val_top1', async_save: bool = True,
                  best_mode: str = 'max'):
-        errors.check(keep >= 1, 'train.keep_checkpoints',  # Its one check.
-                     f'must keep at least the latest checkpoint (>= 1), got {keep!r}.')
+        check_keep(keep)
         if best_mode not in ('max', 'min'):
             raise ValueError(f"best_mode={best_mode!r}: must be 'max' or 'min'.")
         self.workdir = epath.Path(workdir)

@@ -205,6 +205,7 @@ def train_and_evaluate(config, workdir: str, seeds=None) -> dict:
     seeds (or a sweep's `seeds`) each in workdir/seed<k>, where a non-finite loss fails that
     seed only. How seeds share the machine: `seeds.resolve_mode`."""
     from alexnet_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
+    checkpoints.check_keep(config.train.keep_checkpoints)  # Before any seed dir is made.
     config = finetune.resolve_config(config)  # init_from: its net and preprocessing.
     info = input_pipeline.get_info(config)
     check_data_fits(config, info)
@@ -247,6 +248,10 @@ def train_one_seed(config, workdir, seed) -> dict:
 def check_data_fits(config, info) -> None:
     """The config's classes and batch against the data, once for all seeds."""
     d, batch = config.data, config.train.batch_size
+    if info.num_classes < 2:
+        logging.warning('%s has %d class: the loss is 0 from the first step and there is nothing '
+                        'to learn; check the data (a folder needs one subfolder per class).',
+                        d.name, info.num_classes)
     validation.check_classes(config, info.num_classes,
                              f'set --config.model.num_classes={info.num_classes}')
     n = info.num_examples[d.train_split]

@@ -393,7 +393,8 @@ def test_resume_rule_names_the_changed_field(field, value, allowed):
     ({'processes': 1, 'devices': 4}, 'the same batches; dropout masks'),
     ({'processes': 2, 'devices': 2}, 'the batches differ too'),
 ])
-def test_a_resume_on_other_devices_is_logged_in_one_line(caplog, was, line):
+def test_a_resume_on_other_devices_is_logged_in_one_line(caplog, monkeypatch, was, line):
+    monkeypatch.setattr(checkpoints, '_TOPOLOGY_LOGGED', set())  # As in a fresh process.
     config = _load_config('digits')
     info = {'fingerprint': config_fingerprint(config), **({'topology': was} if was else {})}
     assert checkpoints.topology() == {'processes': 1, 'devices': 2}  # conftest's 2 devices.
@@ -506,3 +507,13 @@ def test_several_causes_and_the_fix_read_as_one_line():
     assert '; config.seed=3 (it was trained with 0)' in message
     assert message.endswith('depend on it. Set those values back to resume, or use a new '
                             '--workdir for this config.')
+
+
+def test_the_topology_line_is_logged_once_for_all_seeds(caplog, monkeypatch):
+    monkeypatch.setattr(checkpoints, '_TOPOLOGY_LOGGED', set())
+    config = _load_config('digits')
+    info = {'fingerprint': config_fingerprint(config), 'topology': {'processes': 1, 'devices': 1}}
+    with caplog.at_level('WARNING'):
+        for seed in range(3):
+            checkpoints.check_fits(info, config_fingerprint(config), f'/w/seed{seed}')
+    assert sum('Resuming' in r.getMessage() for r in caplog.records) == 1

@@ -101,3 +101,10 @@ def test_with_data_from_keeps_preprocessing():
     assert merged.data.name == 'folder' and merged.data.folder_root == '/x'
     assert merged.data.image_size == SIZE and tuple(merged.data.mean_rgb) == tuple(config.data.mean_rgb)
     assert config.data.name == 'imagenet2012'  # The original is unchanged.
+
+
+def test_an_output_in_a_missing_directory_is_refused_before_any_work(tmp_path):
+    """Once a traceback after the features were computed."""
+    with pytest.raises(ValueError, match='is not a directory; create it'):
+        features.output_path(str(tmp_path / 'missing' / 'feats.npz'))
+    assert features.output_path(str(tmp_path / 'feats.npz')) == tmp_path / 'feats.npz'

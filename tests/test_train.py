@@ -180,3 +180,23 @@ def test_the_nan_advice_names_the_loss_of_the_checkpoint_it_points_at():
         train.log_train(Recorder(), 5, losses, last_saved=4)
     assert 'The last checkpoint (step 4, training loss 5.9e+05) is finite' in str(e.value)
     assert 'new --workdir' in str(e.value)
+
+
+def test_data_with_one_class_is_warned_about(caplog):
+    import types  # pylint: disable=import-outside-toplevel
+    config = tiny_config()
+    info = types.SimpleNamespace(num_classes=1, num_examples={'train': 64})
+    config.model.num_classes = 1
+    with caplog.at_level('WARNING'):
+        train.check_data_fits(config, info)
+    assert any('has 1 class' in r.getMessage() for r in caplog.records)
+
+
+def test_keep_checkpoints_zero_is_refused_before_any_work(tmp_path):
+    """Once caught ~20 s in, at the first seed's checkpointer, leaving empty seed dirs."""
+    config = tiny_config(keep_checkpoints=0)
+    config.num_seeds = 2
+    from alexnet_jax import errors  # pylint: disable=import-outside-toplevel
+    with pytest.raises(errors.ConfigError, match='train.keep_checkpoints'):
+        train.train_and_evaluate(config, str(tmp_path / 'run'))
+    assert not (tmp_path / 'run').exists()

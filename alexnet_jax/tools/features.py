@@ -115,6 +115,9 @@ def output_path(output: str) -> pathlib.Path:
     path = pathlib.Path(output)
     if path.suffix != '.npz':
         raise cli.InputError(f'--output={output} must end in .npz (features, labels and ids).')
+    if not path.parent.is_dir():  # Checked before the features are computed, not after.
+        raise cli.InputError(f'--output={output}: {path.parent} is not a directory; create it '
+                             f'or choose another path.')
     if jax.process_count() > 1:
         path = path.with_name(f'{path.stem}.process-{jax.process_index()}-of-{jax.process_count()}.npz')
     return path
