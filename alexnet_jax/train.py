@@ -286,7 +286,8 @@ class Seed:
             elif config.get('init_from'):  # Only a fresh run: a resumed one has its own weights.
                 self.state = finetune.load_into(self.state, config.init_from)
             self.plateau = optim.Plateau.from_config(config.optim, meta.get('plateau'))
-            self.state = configured_learning_rate(self.state, config.optim, self.plateau)
+            self.state = configured_learning_rate(self.state, config.optim, self.plateau,
+                                                  steps_per_epoch, num_steps)
         except BaseException:
             self.close()
             raise
@@ -468,10 +469,22 @@ def _log(seeds, step: int, pending: list) -> None:
             s.fail(e)
 
 
-def configured_learning_rate(state, o, plateau):
+def configured_learning_rate(state, o, plateau, steps_per_epoch: int = 1,
+                             num_steps: int = 1):
     """The configured rate (times the plateau reductions taken) into a restored state, for
-    the schedules whose rate lives in the optimizer state: a rerun may lower it (logged)."""
+    the schedules whose rate lives in the optimizer state: a rerun may lower it (logged). A
+    schedule of the step (warmup_cosine, step, warmup_poly) that a changed rate, warmup or length
+    reshaped is announced: the run goes on along the new one from here."""
     if o.schedule not in ('plateau', 'constant'):
+        step = int(np.asarray(state.step))
+        if step > 0:
+            old = float(np.asarray(optim.learning_rate(state.opt_state)))  # The last step's.
+            new = float(optim.create_schedule(o, steps_per_epoch, num_steps)(step - 1))
+            if not np.isclose(old, new, rtol=1e-5, atol=1e-12):
+                logging.warning('The %s learning-rate schedule changed: step %d trained at %g, '
+                                'the config\'s schedule has %g there (a changed learning_rate, '
+                                'warmup or length); the run follows the new one from here.',
+                                o.schedule, step, old, new)
         return state
     old = np.asarray(optim.learning_rate(state.opt_state))
     new = o.learning_rate * (plateau.scale if o.schedule == 'plateau' else 1.0)

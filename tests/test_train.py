@@ -200,3 +200,22 @@ def test_keep_checkpoints_zero_is_refused_before_any_work(tmp_path):
     with pytest.raises(errors.ConfigError, match='train.keep_checkpoints'):
         train.train_and_evaluate(config, str(tmp_path / 'run'))
     assert not (tmp_path / 'run').exists()
+
+
+def test_a_reshaped_schedule_is_announced_on_resume(tmp_path, caplog):
+    """A cosine schedule restarted by a longer run (or another peak rate) once went unsaid."""
+    config = tiny_config(num_steps=4, checkpoint_every_steps=4, eval_every_steps=0)
+    config.optim.update(schedule='warmup_cosine', warmup_steps=1)
+    train.train_and_evaluate(config, str(tmp_path))
+    longer = tiny_config(num_steps=8, checkpoint_every_steps=4, eval_every_steps=0)
+    longer.optim.update(schedule='warmup_cosine', warmup_steps=1)
+    with caplog.at_level('WARNING'):
+        train.train_and_evaluate(longer, str(tmp_path))
+    announced = [r.getMessage() for r in caplog.records if 'schedule changed' in r.getMessage()]
+    assert len(announced) == 1 and 'step 4 trained at' in announced[0]
+    caplog.clear()
+    same = tiny_config(num_steps=8, checkpoint_every_steps=4, eval_every_steps=0)
+    same.optim.update(schedule='warmup_cosine', warmup_steps=1)
+    with caplog.at_level('WARNING'):  # Finished at 8 with this schedule: nothing to announce.
+        train.train_and_evaluate(same, str(tmp_path))
+    assert not any('schedule changed' in r.getMessage() for r in caplog.records)
