@@ -41,6 +41,19 @@ def define_config_flag(default: str | None = 'configs/alexnet.py') -> None:
     config_flags.DEFINE_config_file(
         'config', default, 'Config file, optionally with a variant: configs/alexnet.py:digits. '
         'Override fields with --config.model.activation=tanh etc.', lock_config=True)
+    parser = flags.FLAGS['config'].parser
+    by_first_colon = parser.parse
+
+    def parse(spec):  # config_flags splits at the first colon: a directory may hold one.
+        file = split_config_spec(spec)[0]
+        if ':' not in file:
+            return by_first_colon(spec)
+        if not os.path.isfile(file):
+            raise FileNotFoundError(f'{file}: no such config file')
+        config = load_config_file(spec)
+        config.lock()
+        return config
+    parser.parse = parse
 
 
 def fail(message: str, code: int = 2):

@@ -215,3 +215,20 @@ def test_a_disk_that_fills_during_training_is_one_line_naming_the_checkpoint(tmp
     assert p.returncode == 1 and 'Traceback' not in p.stderr, p.stderr[-3000:]
     assert len(lines) == 1 and lines[0].startswith(
         f'error: no space left on the device: {disk}/run/checkpoints/'), p.stderr[-3000:]
+
+
+@pytest.mark.slow  # launch.py subprocesses.
+def test_a_config_in_a_directory_with_a_colon_loads(tmp_path):
+    """config_flags splits --config at the first colon: /d/c:g/alexnet.py:digits was not found."""
+    import shutil  # pylint: disable=import-outside-toplevel
+    directory = tmp_path / 'c:g'
+    directory.mkdir()
+    shutil.copy(ROOT / 'configs' / 'alexnet.py', directory)
+    for spec, message in ((f'{directory}/alexnet.py:digits', 'config.model.width: must be > 0'),
+                          (f'{directory}/nope.py:digits', 'nope.py: no such config file')):
+        p = subprocess.run([sys.executable, 'launch.py', f'--config={spec}',
+                            '--config.model.width=-1', f'--workdir={tmp_path / "run"}'],
+                           cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
+                           timeout=300)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode != 0 and len(lines) == 1 and message in lines[0], p.stderr[-2000:]
