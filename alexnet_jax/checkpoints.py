@@ -170,6 +170,12 @@ def lock_workdir(workdir) -> WorkdirLock:
     except PermissionError as e:
         raise WorkdirError(f'--workdir={workdir} cannot be created ({e.strerror}: '
                            f'{e.filename}); choose a writable directory.') from None
+    except OSError as e:
+        if not is_url(str(workdir)):
+            raise
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise WorkdirError(f'--workdir={workdir} cannot be reached ({first}); check the URL, '
+                           f'the network and the credentials, or use a local path.') from None
     if is_url(str(workdir)):
         return WorkdirLock(None)
     if not os.access(workdir, os.W_OK | os.X_OK):

@@ -517,3 +517,18 @@ def test_the_topology_line_is_logged_once_for_all_seeds(caplog, monkeypatch):
         for seed in range(3):
             checkpoints.check_fits(info, config_fingerprint(config), f'/w/seed{seed}')
     assert sum('Resuming' in r.getMessage() for r in caplog.records) == 1
+
+
+def test_an_unreachable_url_workdir_is_one_line(monkeypatch):
+    """What etils' GCS backend raises without a network (no request is made here)."""
+    from etils import epath  # pylint: disable=import-outside-toplevel
+
+    def unreachable(self, *args, **kwargs):
+        raise OSError("Error executing an HTTP request: libcurl code 6 meaning 'Could not resolve "
+                      "hostname'\n\t when reading metadata of " + str(self))
+    monkeypatch.setattr(epath.Path, 'mkdir', unreachable)
+    with pytest.raises(checkpoints.WorkdirError) as e:
+        checkpoints.lock_workdir('gs://bucket/run')
+    message = str(e.value)
+    assert '\n' not in message and message.startswith('--workdir=gs://bucket/run cannot be reached')
+    assert "Could not resolve hostname'" in message and 'use a local path' in message
