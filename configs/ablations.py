@@ -140,4 +140,7 @@ def get_config(arg=None):
     c.lr_search_rates = FIG1_LR_RATES if grid.startswith('fig1') else ()
     c.lr_search_seeds = 2  # A rate chosen on one seed's luck is not the fastest rate.
     c.paper = PAPER[grid]
+    # The paper's numbers the report prints beside ours, by the ablated value's label.
+    c.paper_top1_delta = dict(PAPER_TOP1_DELTA)
+    c.paper_epochs_ratio = dict(PAPER_EPOCHS_RATIO)
     return c

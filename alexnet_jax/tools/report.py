@@ -204,7 +204,6 @@ def write_curves(rows, root) -> None:
 
 
 def markdown(sweep, summary, found, notes=()) -> list:
-    from configs import ablations  # pylint: disable=import-outside-toplevel
     seeds = grid.seeds(sweep)
     ts = grid.thresholds(sweep)
     tested = sum('p_holm' in e for e in found)
@@ -263,7 +262,7 @@ def markdown(sweep, summary, found, notes=()) -> list:
             if t == 'top1':
                 metric, value = 'test top-1 error (points)', _signed(100 * est.value)
                 ci = f'[{100 * est.lo:.2f}, {100 * est.hi:.2f}]' if est.n > 1 else '-'
-                paper = ablations.PAPER_TOP1_DELTA.get(e['key'])
+                paper = _paper(sweep, 'paper_top1_delta', e['key'])
                 paper = '-' if paper is None else f'{paper:+.1f} (ImageNet)'
                 never = '-'
             else:
@@ -271,7 +270,7 @@ def markdown(sweep, summary, found, notes=()) -> list:
                 value = _ratio(est.value)
                 ci = (f'[{_ratio(est.lo)}, {_ratio(est.hi)}]'
                       if est.n > 1 and not math.isnan(est.lo) else '-')
-                paper = ablations.PAPER_EPOCHS_RATIO.get(e['key']) if t == 0.25 else None
+                paper = _paper(sweep, 'paper_epochs_ratio', e['key']) if t == 0.25 else None
                 paper = '-' if paper is None else f'~{paper:g}x (CIFAR-10)'
                 never = f'{e["never"][0]} / {e["never"][1]}'
             p = f'{e["p_holm"]:.3g}' if 'p_holm' in e else '-'
@@ -283,6 +282,11 @@ def markdown(sweep, summary, found, notes=()) -> list:
     lines += ['', *notes] if notes else []
     lines += ['', f'Paper: {sweep.paper}', '']
     return lines
+
+
+def _paper(sweep, field: str, key: str, default=None):
+    """The paper's number for an ablated value's label, from the grid's config (None: none)."""
+    return dict(sweep.get(field, {})).get(key, default)
 
 
 def _estimate(e, scale: float) -> str:
@@ -324,7 +328,6 @@ def plot_figures(sweep, rows, root) -> list:
     import matplotlib  # pylint: disable=import-outside-toplevel
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-    from configs import ablations  # pylint: disable=import-outside-toplevel
 
     root, written = pathlib.Path(root), []
     summary = summarize(sweep, rows)
@@ -344,7 +347,9 @@ def plot_figures(sweep, rows, root) -> list:
     if ratio is not None:
         est = ratio['estimate']
         title += (f'\ntanh / ReLU {ratio["within"]} = {_ratio(est.value)} [{_ratio(est.lo)}, '
-                  f'{_ratio(est.hi)}] (n={est.n}; paper ~{ablations.PAPER_EPOCHS_RATIO["tanh"]:g}x)')
+                  f'{_ratio(est.hi)}] (n={est.n}'
+                  + (f'; paper ~{_paper(sweep, "paper_epochs_ratio", "tanh"):g}x)'
+                     if _paper(sweep, 'paper_epochs_ratio', 'tanh') else ')'))
     ax.axhline(t, color='grey', lw=0.8)
     ax.set(xlabel='epochs', ylabel='training error', title=title, ylim=(0, 1))
     if ax.get_legend_handles_labels()[0]:
@@ -382,7 +387,7 @@ def plot_figures(sweep, rows, root) -> list:
                yerr=[[100 * max(e.value - e.lo, 0) for e in ests],
                      [100 * max(e.hi - e.value, 0) for e in ests]], capsize=4,
                label='ours: Δ, 95% CI (seeds x test images)')
-        paper = [ablations.PAPER_TOP1_DELTA.get(e['key'], math.nan) for e in main]
+        paper = [_paper(sweep, 'paper_top1_delta', e['key'], math.nan) for e in main]
         ax.bar([x + 0.2 for x in xs], paper, 0.4, label='paper (ImageNet)')
         ax.set_xticks(list(xs), [f'{e["axis"]}\n(n={e["estimate"].n})' for e in main])
         ax.axhline(0, color='k', lw=0.8)
