@@ -192,15 +192,6 @@ def test_data_with_one_class_is_warned_about(caplog):
     assert any('has 1 class' in r.getMessage() for r in caplog.records)
 
 
-def test_keep_checkpoints_zero_is_refused_before_any_work(tmp_path):
-    """Once caught ~20 s in, at the first seed's checkpointer, leaving empty seed dirs."""
-    config = tiny_config(keep_checkpoints=0)
-    config.num_seeds = 2
-    from alexnet_jax import errors  # pylint: disable=import-outside-toplevel
-    with pytest.raises(errors.ConfigError, match='train.keep_checkpoints'):
-        train.train_and_evaluate(config, str(tmp_path / 'run'))
-    assert not (tmp_path / 'run').exists()
-
 
 def test_a_reshaped_schedule_is_announced_on_resume(tmp_path, caplog):
     """A cosine schedule restarted by a longer run (or another peak rate) once went unsaid."""
