@@ -433,12 +433,13 @@ def _train_group(config, info, seeds: list, mode: str, num_steps: int, steps_per
     elapsed = time.time() - t0  # Training, as results.json's train_seconds says.
     test = (val if val is not None and d.test_split == d.eval_split
             else evaluation.evaluate_seeds(p_test, state, config, d.test_split))
-    host = parallel.unreplicate(state)
+    # What the diagnostics read: the weights, not the optimizer state (as large again).
+    weights = parallel.unreplicate((state.params, state.batch_stats))
     for i, (s, v) in enumerate(zip(seeds, test)):
         if not s.failed:
-            one = jax.tree.map(lambda x, i=i: x[i], host)
+            params, batch_stats = jax.tree.map(lambda x, i=i: x[i], weights)
             s.recorder.write_diagnostics(max(num_steps, start), diagnostics.measure(
-                one.apply_fn, one.params, one.batch_stats, probe, config.model))
+                state.apply_fn, params, batch_stats, probe, config.model))
             s.results = final_results(s, config, v, max(num_steps, start), s.elapsed + elapsed,
                                       mode, len(seeds))
     return None
@@ -469,8 +470,7 @@ def _log(seeds, step: int, pending: list) -> None:
             s.fail(e)
 
 
-def configured_learning_rate(state, o, plateau, steps_per_epoch: int = 1,
-                             num_steps: int = 1):
+def configured_learning_rate(state, o, plateau, steps_per_epoch: int, num_steps: int):
     """The configured rate (times the plateau reductions taken) into a restored state, for
     the schedules whose rate lives in the optimizer state: a rerun may lower it (logged). A
     schedule of the step (warmup_cosine, step, warmup_poly) that a changed rate, warmup or length

@@ -7,8 +7,9 @@ ROOT/lr_search/<point>_lr<rate>/seed<k> (ordinary run dirs: resumable, failures 
 sweep's own points). The chosen rate reaches `sweep.threshold` training error in the fewest
 epochs: the mean over the search seeds with a run that never reached it counted as censored at
 the run's full length (a restricted mean), so a rate where some seeds never get there is
-penalised, not ruled out; a rate where a run diverged is ruled out; ties go to the smaller rate. If no run of any rate reaches it, the
-rate with the lowest final training error is taken and the choice says so. A choice at an edge of the rates
+penalised, not ruled out; a rate where a run diverged is ruled out; ties go to the smaller rate.
+If no run of any rate reaches it, the rate with the lowest final training error is taken and the
+choice says so. A choice at an edge of the rates
 tried is extended past that edge until it is bracketed (`run`). The search seeds (1000, 1001, ...)
 are disjoint from the grid's seeds (0, 1, ...), so no reported run is the one its rate was
 picked on. The choices go to ROOT/lr_search.json and ROOT/lr_search.md.
