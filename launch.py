@@ -16,6 +16,7 @@ import jax
 
 from alexnet_jax import cli
 from alexnet_jax import parallel
+from alexnet_jax import workdirs
 
 cli.define_config_flag()
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, plots, results.',
@@ -45,27 +46,28 @@ def run(config, workdir: str) -> dict:
     """A validated config's job: evaluate only (config.eval_only) or train its seeds."""
     # Imported here, after the flags and the config are checked: they load TensorFlow (~6 s),
     # and a typo in a flag should fail in a second or two.
+    from alexnet_jax import evaluation  # pylint: disable=import-outside-toplevel
     from alexnet_jax import train  # pylint: disable=import-outside-toplevel
-    from alexnet_jax.tools import evaluate  # pylint: disable=import-outside-toplevel
     if config.get('eval_only'):
-        return evaluate.eval_only(config, workdir)
+        return evaluation.eval_only(config, workdir)
     return train.train_and_evaluate(config, workdir)
 
 
 def check_some_seed_trained(out: dict, workdir: str) -> None:
     """Several seeds that all failed are an error (exit 1, one line), not a finished run; a seed
-    that failed among finished ones is recorded in its failed.json and the run is done."""
+    that failed among finished ones is recorded in its workdir and the run is done."""
     runs = [r for r in out.values() if isinstance(r, dict)] if len(out) else []
     if runs and len(runs) == len(out) and all('failed' in r for r in runs):
         reasons = sorted({r['failed'].split(':')[0] for r in runs})
-        cli.fail(f'every seed failed ({", ".join(reasons)}): see {workdir}/seed<k>/failed.json; '
+        cli.fail(f'every seed failed ({", ".join(reasons)}): see '
+                 f'{workdirs.seed_dir(workdir, "<k>") / workdirs.FAILED}; '
                  f'lower --config.optim.learning_rate or check the data, then rerun.', code=1)
 
 
 def log_setup(config, workdir: str) -> None:
     """Checks the batch splits over the devices; logs what runs where: the config file and the
     fields that differ from it, the processes and devices, the workdir (the run writes the whole
-    config to workdir/config.json once its checkpoint, if any, is known to fit it)."""
+    config to the workdir once its checkpoint, if any, is known to fit it)."""
     for name in ('batch_size', 'eval_batch_size'):
         try:
             parallel.per_device_batch_size(config.train[name])
@@ -74,7 +76,7 @@ def log_setup(config, workdir: str) -> None:
     changes = cli.config_changes(config, cli.default_config())
     logging.info('%s %s in %s%s%s', 'Evaluating' if config.get('eval_only') else 'Training',
                  cli.config_file(), workdir, '' if config.get('eval_only') else
-                 ' (the full config goes to config.json there)',
+                 f' (the full config goes to {workdirs.CONFIG} there)',
                  ''.join(f'\n  {c}' for c in changes) if changes else '; no overrides.')
     logging.info('Process %d of %d; %d local / %d global devices: %s', jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count(),

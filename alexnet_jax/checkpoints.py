@@ -1,4 +1,4 @@
-"""Workdirs, read and written here only: checkpoints (orbax), config.json, lock, resume rule.
+"""A workdir's checkpoints (orbax), their integrity, and the rule of what may resume them.
 
 State goes in and comes out unreplicated: orbax cannot save pmap-replicated arrays as such.
 A step directory (orbax `Composite`) holds `state/` (the pytree), `meta/` (the caller's JSON),
@@ -11,19 +11,14 @@ renamed when complete, so a killed save never counts as a step.
 from __future__ import annotations
 
 import atexit
-import errno
-import fcntl
 import json
 import logging as pylogging
-import os
 import math
-import re
 import time
 import weakref
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
@@ -32,11 +27,9 @@ from flax import traverse_util
 
 from alexnet_jax import errors
 from alexnet_jax import integrity
-from alexnet_jax import records
+from alexnet_jax import workdirs
 
 FORMAT_VERSION = 1
-CHECKPOINT_SUBDIR = 'checkpoints'
-CORRUPT_SUBDIR = 'checkpoints_corrupt'   # Unreadable steps are moved here, never deleted.
 _INFO = 'checkpoint_info'
 _ITEMS = ('state', 'meta', _INFO)
 
@@ -74,7 +67,7 @@ RESUME_FIXED = ('seed', 'train.batch_size', 'data.name', 'data.train_split', 'da
                 'data.shuffle_buffer', 'data.fake_train_examples', 'data.device_resident')
 # Fields a resumed run may not change either: the optimizer's update and the preprocessing of
 # every training image are functions of them (a resume that took other values would train a
-# run that its config.json no longer describes).
+# run that its recorded config no longer describes).
 RECIPE_FIXED = ('optim.schedule', 'optim.momentum', 'optim.nesterov', 'optim.weight_decay', 'optim.weight_decay_mask',
                 'optim.b1', 'optim.b2', 'optim.eps', 'optim.grad_clip_norm',
                 'optim.lars_trust_coefficient', 'optim.lars_eps', 'optim.lars_trust_ratio_mask',
@@ -138,66 +131,6 @@ def check_fits(info: dict, fingerprint: dict, where, target: dict | None = None)
 _TOPOLOGY_LOGGED = set()
 
 
-class WorkdirError(errors.UserError):
-    """The workdir is a file, cannot be created or written, another run is using it, or it has
-    no config.json or checkpoint to read."""
-
-
-class WorkdirLock:
-    """An exclusive `flock` on the workdir itself, held by process 0: the kernel drops it when
-    the process dies (kill -9 included), and nothing is written for it. None on URLs and on
-    file systems without flock (a warning says so)."""
-
-    def __init__(self, fd: int | None):
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # Closing the descriptor releases the flock.
-            self._fd = None
-
-
-def lock_workdir(workdir) -> WorkdirLock:
-    """Creates `workdir` and locks it; one-line errors for a file, no permission, a holder."""
-    if jax.process_index() != 0:
-        return WorkdirLock(None)
-    path = epath.Path(workdir)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError) as e:
-        raise WorkdirError(f'--workdir={workdir} is not a directory ({e.strerror}: '
-                           f'{e.filename}); choose a directory path.') from None
-    except PermissionError as e:
-        raise WorkdirError(f'--workdir={workdir} cannot be created ({e.strerror}: '
-                           f'{e.filename}); choose a writable directory.') from None
-    except OSError as e:
-        if not is_url(str(workdir)):
-            raise
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise WorkdirError(f'--workdir={workdir} cannot be reached ({first}); check the URL, '
-                           f'the network and the credentials, or use a local path.') from None
-    if is_url(str(workdir)):
-        return WorkdirLock(None)
-    if not os.access(workdir, os.W_OK | os.X_OK):
-        raise WorkdirError(f'--workdir={workdir} is not writable; choose a writable directory '
-                           f'or fix its permissions.')
-    fd = os.open(workdir, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise WorkdirError(f'--workdir={workdir} is in use by another run (it holds the lock on '
-                           f'that directory); wait for it to end or stop it, or use another '
-                           f'--workdir.') from None
-    except OSError as e:  # A file system without flock (some NFS setups): run unguarded.
-        os.close(fd)
-        if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EBADF, errno.EINVAL):
-            raise
-        logging.warning('Cannot lock %s (%s): nothing stops a second run on it.', workdir, e)
-        return WorkdirLock(None)
-    return WorkdirLock(fd)
-
-
 class _UnrankedSaveFilter(pylogging.Filter):
     """Drops orbax's "did not provide metrics" warning: with keep-best, the periodic saves
     between evaluations are unranked on purpose (each new best is saved at its evaluation)."""
@@ -227,7 +160,7 @@ class Checkpointer:
         if best_mode not in ('max', 'min'):
             raise ValueError(f"best_mode={best_mode!r}: must be 'max' or 'min'.")
         self.workdir = epath.Path(workdir)
-        self.directory = self.workdir / CHECKPOINT_SUBDIR
+        self.directory = workdirs.checkpoint_dir(self.workdir)
         self.fingerprint = _jsonable(config_fingerprint)
         self.best_metric = best_metric
         self._async = async_save
@@ -388,7 +321,7 @@ class Checkpointer:
     def _quarantine(self, steps):
         """Moves unreadable steps (all newer than the restored one) out of orbax's sight."""
         if jax.process_index() == 0:
-            dest_root = self.workdir / CORRUPT_SUBDIR
+            dest_root = workdirs.corrupt_dir(self.workdir)
             dest_root.mkdir(parents=True, exist_ok=True)
             for step in steps:
                 dest = dest_root / f'{step}-{int(time.time())}'
@@ -448,43 +381,24 @@ def _restore_checked(mgr, step, state_args, saved: dict, meta: bool):
 
 # -- what tools read: a training workdir or a converted checkpoint (tools/convert.py) ----------
 
-def write_config(config, workdir) -> None:
-    """workdir/config.json: the net and preprocessing of its checkpoints (`load_config`)."""
-    if jax.process_index() == 0:
-        path = epath.Path(workdir)
-        path.mkdir(parents=True, exist_ok=True)
-        records.write(path / 'config.json', config.to_dict(), indent=2, default=str)
-
-
-def load_config(directory) -> ml_collections.ConfigDict:
-    """DIR/config.json (of a training workdir or a conversion) as a ConfigDict."""
-    path = epath.Path(directory) / 'config.json'
-    if not path.is_file():
-        seeds = sorted(p.parent.name for p in epath.Path(directory).glob('seed*/config.json'))
-        raise WorkdirError(f'{directory} has no config.json: ' + (
-            f'it holds the seeds of a run ({", ".join(seeds)}); pass one of them, e.g. '
-            f'{directory}/{seeds[0]}.' if seeds else 'not a converted checkpoint or a training '
-            'workdir; pass a directory that launch.py or alexnet_jax.tools.convert wrote.'))
-    return ml_collections.ConfigDict(_tuples(records.read(path)))
-
-
 def load_variables(directory, step: int | None = None):
     """(config, {'params'[, 'batch_stats']}) of DIR's latest (or given) step, whatever state
     was saved (a conversion's or a TrainState), checked against their crc32s."""
-    config = load_config(directory)
-    ckpt_dir = epath.Path(directory) / CHECKPOINT_SUBDIR
+    config = workdirs.read_config(directory)
+    ckpt_dir = workdirs.checkpoint_dir(directory)
     mgr = ocp.CheckpointManager(ckpt_dir, item_names=_ITEMS,  # Reads only: no create, no cleanup.
                                 options=ocp.CheckpointManagerOptions(create=False))
     try:
         step = mgr.latest_step() if step is None else step
         if step is None:
-            raise WorkdirError(f'{directory} has no checkpoint in {ckpt_dir}; train there first '
-                               'or pass another directory.')
+            raise workdirs.WorkdirError(f'{directory} has no checkpoint in {ckpt_dir}; train '
+                                        'there first or pass another directory.')
         wanted = {p: v for p, v in _read_info(mgr, step)['leaves'].items()
                   if p.split('/')[0] in ('params', 'batch_stats')}
         if not wanted:
-            raise WorkdirError(f'step {step} in {ckpt_dir} holds no params: not the checkpoint '
-                               'of a model; pass a training workdir or a converted checkpoint.')
+            raise workdirs.WorkdirError(f'step {step} in {ckpt_dir} holds no params: not the '
+                                        'checkpoint of a model; pass a training workdir or a '
+                                        'converted checkpoint.')
         target = traverse_util.unflatten_dict(
             {p: jax.ShapeDtypeStruct(tuple(v['shape']), np.dtype(v['dtype']))
              for p, v in wanted.items()}, sep='/')
@@ -530,12 +444,6 @@ def _json_copy(obj, name):
         raise TypeError(f'Checkpoint {name} must be JSON-serializable: {e}') from e
 
 
-def _tuples(x):  # JSON lists back to the tuples a config holds.
-    if isinstance(x, dict):
-        return {k: _tuples(v) for k, v in x.items()}
-    return tuple(_tuples(v) for v in x) if isinstance(x, list) else x
-
-
 def _jsonable(obj):
     return json.loads(json.dumps(obj, default=str, sort_keys=True))
 
@@ -545,13 +453,8 @@ def _short(e: BaseException, limit: int = 300) -> str:
     return s if len(s) <= limit else s[:limit] + '...'
 
 
-def is_url(path: str) -> bool:
-    """gs://bucket/..., s3://...: paths kept as they are (no flock, no abspath)."""
-    return bool(re.match(r'^[a-zA-Z][a-zA-Z0-9+.-]*://', path))
-
-
 def _warn_if_local_multihost(workdir: str):
-    if jax.process_count() > 1 and not is_url(workdir):
+    if jax.process_count() > 1 and not workdirs.is_url(workdir):
         logging.warning(
             'Running on %d processes with a local workdir %r: every host must see the same '
             'checkpoint directory. Use a shared file system (NFS) mounted at this path on all '

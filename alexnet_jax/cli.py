@@ -18,10 +18,10 @@ from absl import flags
 from flax import traverse_util
 from ml_collections import config_flags
 
-from alexnet_jax import checkpoints
 from alexnet_jax import console
 from alexnet_jax import errors
 from alexnet_jax import validation
+from alexnet_jax import workdirs
 
 UserError = errors.UserError
 InputError = errors.InputError
@@ -193,6 +193,6 @@ def local_path(value: str | None, flag: str) -> str | None:
         return None
     if not value.strip():
         raise InputError(f'{flag} is empty; give a directory, e.g. {flag}=/tmp/run.')
-    if checkpoints.is_url(value):
+    if workdirs.is_url(value):
         return value
     return os.path.abspath(os.path.expanduser(value))

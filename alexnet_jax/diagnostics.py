@@ -8,7 +8,7 @@ are of order 10-100: a run whose 99th percentile stays within INACTIVE_LRN of k^
 constant rescale, and an "LRN on vs off" verdict there says nothing about normalisation.
 
 One forward pass per seed, at the start of a fresh run and at its end; the loop writes them to
-metrics.jsonl (split 'diagnostics') and results.json.
+metrics record (split 'diagnostics') and its results.
 """
 
 import functools

@@ -1,8 +1,11 @@
-"""Evaluation: top-k over every example of a split, the paper's 10 crops, padding masked; the
-one eval step of training and of the evaluate tool.
+"""Evaluation, the one module for it: top-k over every example of a split, the paper's 10
+crops, padding masked. The eval step of training, the checkpoint loader of every tool
+(`load`), and the evaluation of a checkpoint (`evaluate_checkpoint`: the evaluate tool's and
+config.eval_only's, `eval_only`).
 """
 
 import functools
+import time
 from typing import Any, Callable
 
 from flax import struct
@@ -11,10 +14,18 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
+from alexnet_jax import checkpoints
+from alexnet_jax import errors
+from alexnet_jax import models
 from alexnet_jax.data import preprocess
 from alexnet_jax import parallel
+from alexnet_jax import records
 from alexnet_jax import seeds as seeds_lib
+from alexnet_jax import validation
+from alexnet_jax import workdirs
 from alexnet_jax.parallel import AXIS
+
+CROPS = {'center': ('center',), 'ten': ('ten',), 'both': ('center', 'ten')}
 
 
 class EvalState(struct.PyTreeNode):
@@ -100,3 +111,107 @@ def evaluate_seeds(p_eval_step, state, config, split: str) -> list:
     means = _totals(p_eval_step, state, config, split)
     return [{k: (v[i] if k == 'correct' else float(v[i])) for k, v in means.items()}
             for i in range(len(means['loss']))]
+
+
+# -- a checkpoint: a converted one (tools/convert.py) or a training workdir -----------------------
+
+def load(checkpoint):
+    """(config, model, {'params'[, 'batch_stats']}) of DIR's latest step; DIR's own config
+    defines the net and its preprocessing."""
+    config, variables = checkpoints.load_variables(checkpoint)
+    return config, models.create_model(config.model), variables
+
+
+def with_data_from(config, data_config):
+    """`config` with `data_config`'s data source but `config`'s preprocessing (a copy)."""
+    config = config.copy_and_resolve_references()
+    for key, value in data_config.items():
+        if key not in preprocess.PREPROCESSING:
+            config.data[key] = value
+    return config
+
+
+def eval_config(config, run_config=None, eval_batch_size: int | None = None):
+    """The checkpoint's `config` with `run_config`'s data source and eval batch size (a copy)."""
+    if run_config is None:
+        config = config.copy_and_resolve_references()
+    else:
+        config = with_data_from(config, run_config.data)
+        if 'train' in run_config and 'eval_batch_size' in run_config.train:
+            config.train.eval_batch_size = run_config.train.eval_batch_size
+    if eval_batch_size:
+        config.train.eval_batch_size = eval_batch_size
+    return config
+
+
+def evaluate_checkpoint(checkpoint, run_config=None, *, split: str | None = None,
+                        crops: str = 'both', eval_batch_size: int | None = None,
+                        output=None) -> dict:
+    """Evaluates DIR on `split` (default: the data's test_split) with the center crop and/or
+    the 10 crops; writes the results (`workdirs.eval_results_path`), prints a table, returns
+    them."""
+    from alexnet_jax.data import sources  # pylint: disable=import-outside-toplevel  (TF)
+    if crops not in CROPS:
+        raise errors.InputError(f'--crops={crops!r} is not one of {list(CROPS)}.')
+    config, model, variables = load(checkpoint)
+    state = EvalState(apply_fn=model.apply, params=variables['params'],
+                      batch_stats=variables.get('batch_stats', {}))
+    config = eval_config(config, run_config, eval_batch_size)
+    validation.validate_config(config)
+    split = split or config.data.test_split
+    source = sources.get_source(config.data)
+    validation.check_classes(config, source.num_classes,
+                             f'{checkpoint} predicts those: evaluate on data with the same '
+                             'classes (fine-tune with config.init_from for new ones)')
+    results = {
+        'checkpoint': str(checkpoint),
+        'data': config.data.name,
+        'split': split,
+        'num_examples': int(source.num_examples(split)),
+        'image_size': config.data.image_size,
+    }
+    if config.data.name == 'folder':
+        results['folder_root'] = config.data.folder_root
+    p_eval_step = make_eval_step(*preprocess.mean_std(config.data, source.channels),
+                                 config.data.image_size)
+    state = parallel.replicate(state)
+    for mode in CROPS[crops]:
+        mode_config = config.copy_and_resolve_references()
+        mode_config.data.eval_crops = mode
+        t0 = time.time()
+        results[mode] = evaluate(p_eval_step, state, mode_config, split)
+        results[mode]['seconds'] = time.time() - t0
+    path = workdirs.eval_results_path(checkpoint, output)
+    if jax.process_index() == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        records.write(path, results, indent=2)
+        print(table(results) + f'\nWrote {path}.')
+    return results
+
+
+def table(results: dict) -> str:
+    lines = [f'{results["checkpoint"]} on {results["data"]} {results["split"]!r} '
+             f'({results["num_examples"]} examples, {results["image_size"]}px crops)',
+             f'{"crops":<8}{"top-1":>8}{"top-5":>8}{"err-1":>8}{"err-5":>8}{"loss":>8}']
+    for mode in CROPS['both']:
+        if mode in results:
+            r = results[mode]
+            lines.append(f'{mode:<8}{r["top1"]:>8.2%}{r["top5"]:>8.2%}{1 - r["top1"]:>8.2%}'
+                         f'{1 - r["top5"]:>8.2%}{r["loss"]:>8.4f}')
+    return '\n'.join(lines)
+
+
+def eval_only(config, workdir: str) -> dict:
+    """config.eval_only: evaluates the workdir's latest checkpoint, or else config.init_from,
+    on config.data.test_split with config.data.eval_crops, into the workdir's eval record.
+    Several seeds: each WORKDIR/seed<k>, as training laid them out ({seed: results})."""
+    if config.get('num_seeds', 1) > 1:
+        return {s: eval_only(seeds_lib.seed_config(config, s), str(workdirs.seed_dir(workdir, s)))
+                for s in seeds_lib.seed_list(config)}
+    checkpoint = workdir if workdirs.has_checkpoint(workdir) else config.get('init_from')
+    validation.check(bool(checkpoint), 'eval_only',
+                     f'{workdir} has no checkpoint to evaluate and config.init_from is not set; '
+                     f'train there first or set --config.init_from=DIR.')
+    return evaluate_checkpoint(checkpoint, config, split=config.data.test_split,
+                               crops=config.data.eval_crops,
+                               output=workdirs.eval_results_path(workdir))

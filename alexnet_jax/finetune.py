@@ -14,6 +14,7 @@ import numpy as np
 from alexnet_jax import checkpoints
 from alexnet_jax.data import preprocess
 from alexnet_jax import validation
+from alexnet_jax import workdirs
 
 # Model fields that are this run's choice (they do not change what the loaded weights mean).
 RUN_MODEL_FIELDS = ('num_classes', 'dropout_rate', 'bn_momentum', 'init_scheme', 'dtype',
@@ -24,12 +25,12 @@ def _fail(message: str):
     raise validation.ConfigError(f'config.init_from: {message}')
 
 
-_UNREADABLE = (checkpoints.WorkdirError, checkpoints.CorruptCheckpointError)
+_UNREADABLE = (workdirs.WorkdirError, checkpoints.CorruptCheckpointError)
 
 
 def _source_config(directory):
     try:
-        return checkpoints.load_config(directory)
+        return workdirs.read_config(directory)
     except _UNREADABLE as e:
         _fail(str(e))
 
@@ -78,7 +79,7 @@ def merge(target: dict, source: dict, head: str, where: str = 'params', director
         _fail(f'{directory} does not have the same layers as this model ({where}): '
               + '; '.join(filter(None, [
                   missing and f'{missing} only here', extra and f'{extra} only in {directory}']))
-              + '. Its config.json defines the net; check config.model.architecture/batch_norm.')
+              + '. Its own config defines the net; check config.model.architecture/batch_norm.')
     merged, loaded, reinit = {}, [], []
     for layer, tree in target.items():
         want, got = _shapes(tree), _shapes(source[layer])
@@ -95,7 +96,7 @@ def merge(target: dict, source: dict, head: str, where: str = 'params', director
         if layer != head:
             _fail(f'shape mismatch in {where} layer {layer!r}: {detail}. Only the classifier '
                   f'head ({head}) may differ (it is re-initialised); the rest of the net must '
-                  f'be the one in {directory}/config.json.')
+                  f'be the one in {directory}/{workdirs.CONFIG}.')
         logging.info('init_from: re-initialising %s (%s).', layer, detail)
         merged[layer] = tree
         reinit.append(layer)

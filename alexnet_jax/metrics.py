@@ -1,11 +1,11 @@
-"""Where the loop's numbers go: clu writers (TensorBoard + log), metrics.jsonl, the console
-line with ETA, learning_curves.png and results.json, all in the workdir (process 0 writes).
+"""Where the loop's numbers go: clu writers (TensorBoard + log), the workdir's metrics record,
+the console line with ETA, the learning curves and the results (process 0 writes; workdirs.py
+names the files).
 
 Steps/s come from clu's `periodic_actions.ReportProgress` (also the work unit's progress note),
 measured between two logged steps. clu's writers import TensorFlow (its summary writer): where it
-is missing (a GPU image with jax alone) the numbers go to metrics.jsonl and the log only."""
+is missing (a GPU image with jax alone) the numbers go to the metrics record and the log only."""
 
-import json
 import time
 
 from absl import logging
@@ -13,7 +13,7 @@ from etils import epath
 import jax
 
 from alexnet_jax import plots
-from alexnet_jax import records
+from alexnet_jax import workdirs
 
 try:
     from clu import metric_writers
@@ -21,28 +21,12 @@ try:
 except ImportError:  # No TensorFlow: see the module doc.
     metric_writers = periodic_actions = None
 
-JSONL = 'metrics.jsonl'
 DRAW_SHARE = 0.05  # At most this share of the wall time goes to redrawing the plot.
-
-
-def read_history(workdir) -> list:
-    """metrics.jsonl's records; a record re-written after a resume replaces the older one."""
-    path = epath.Path(workdir) / JSONL
-    if not path.exists():
-        return []
-    latest = {}
-    for line in path.read_text().splitlines():
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:  # A line cut by a kill -9.
-            continue
-        latest[(r['split'], r['step'])] = r
-    return sorted(latest.values(), key=lambda r: r['step'])
 
 
 class _Kept:
     """The writer ReportProgress reports to: keeps its last scalars (steps_per_sec) for the
-    console line and metrics.jsonl, which write them under their own names."""
+    console line and the metrics record, which write them under their own names."""
 
     def __init__(self):
         self.scalars = {}
@@ -53,7 +37,7 @@ class _Kept:
 
 
 class _NoWriter:
-    """TensorBoard's place where TensorFlow is missing: metrics.jsonl and the log keep all."""
+    """TensorBoard's place where TensorFlow is missing: the metrics record and the log keep all."""
 
     def write_scalars(self, step, scalars):
         del step, scalars
@@ -92,7 +76,7 @@ class Recorder:
             self.workdir.mkdir(parents=True, exist_ok=True)
         self.writer = (metric_writers.create_default_writer(
             str(self.workdir), just_logging=not self.lead) if metric_writers else _NoWriter())
-        self.history = read_history(self.workdir) if self.lead else []
+        self.history = workdirs.read_metrics(self.workdir) if self.lead else []
         self.kept = _Kept()  # every_secs=0: reports at each logged step (it is called at those).
         self.progress = (periodic_actions.ReportProgress(
             num_train_steps=num_steps, writer=self.kept, every_secs=0.0) if periodic_actions
@@ -130,40 +114,38 @@ class Recorder:
 
     def diagnostics(self) -> dict:
         """{'init': ..., 'final': ...}: the first and last diagnostics records (a resumed run's
-        init ones come from metrics.jsonl)."""
+        init ones come from the metrics record)."""
         found = [{k: v for k, v in h.items() if k not in ('step', 'epoch', 'split',
                                                           'wall_seconds')}
                  for h in self.history if h['split'] == 'diagnostics']
         return {'init': found[0], 'final': found[-1]} if found else {}
 
     def _append(self, step: int, split: str, scalars: dict) -> None:
-        """To TensorBoard, and (process 0) a metrics.jsonl record with the run's wall seconds
+        """To TensorBoard, and (process 0) a metrics record with the run's wall seconds
         so far (those of earlier parts of a resumed run included)."""
         self.writer.write_scalars(step, {f'{split}/{k}': v for k, v in scalars.items()})
         if not self.lead:
             return
         record = {'step': step, 'epoch': step / self.steps_per_epoch, 'split': split,
                   'wall_seconds': self.elapsed_before + time.monotonic() - self.opened, **scalars}
-        with (self.workdir / JSONL).open('a') as f:
-            f.write(json.dumps(record) + '\n')
+        workdirs.append_metrics(self.workdir, record)
         self.history.append(record)
 
     def draw(self, force: bool = False) -> None:
-        """Redraws learning_curves.png; unless `force`, only once DRAW_SHARE of the time since
+        """Redraws the learning curves; unless `force`, only once DRAW_SHARE of the time since
         the last drawing would cover it: a small run evaluating every second or two would
         otherwise spend a fifth of its time in matplotlib. close() draws the last evals."""
         now = time.monotonic()
         if not self.undrawn or (not force and
                                 self.draw_seconds > DRAW_SHARE * (now - self.drawn_at)):
             return
-        plots.learning_curves(self.history, self.workdir / 'learning_curves.png')
+        plots.learning_curves(self.history, workdirs.curves_path(self.workdir))
         self.drawn_at = time.monotonic()
         self.draw_seconds, self.undrawn = self.drawn_at - now, False
 
     def write_results(self, results: dict) -> None:
         logging.info('Results: %s', results)
-        if self.lead:
-            records.write(self.workdir / 'results.json', results, indent=2)
+        workdirs.write_results(self.workdir, results)
 
     def close(self) -> None:
         if self.plot:

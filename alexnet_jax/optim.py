@@ -15,11 +15,14 @@ import dataclasses
 import re
 from typing import Callable
 
+from absl import logging
 import jax
+import numpy as np
 import optax
 from flax import traverse_util
 
 from alexnet_jax import errors
+from alexnet_jax import parallel
 
 SCHEDULES = ('plateau', 'step', 'warmup_cosine', 'warmup_poly', 'constant')
 
@@ -198,3 +201,47 @@ class Plateau:
     def state(self) -> dict:
         best = None if self.best == float('inf') else self.best  # Strict JSON.
         return {'best': best, 'num_bad': self.num_bad, 'reductions': self.reductions}
+
+
+def configured_learning_rate(state, o, plateau, steps_per_epoch: int, num_steps: int):
+    """The configured rate (times the plateau reductions taken) into a restored state, for
+    the schedules whose rate lives in the optimizer state: a rerun may lower it (logged). A
+    schedule of the step (warmup_cosine, step, warmup_poly) that a changed rate, warmup or length
+    reshaped is announced: the run goes on along the new one from here."""
+    if o.schedule not in ('plateau', 'constant'):
+        step = int(np.asarray(state.step))
+        if step > 0:
+            old = float(np.asarray(learning_rate(state.opt_state)))  # The last step's.
+            new = float(create_schedule(o, steps_per_epoch, num_steps)(step - 1))
+            if not np.isclose(old, new, rtol=1e-5, atol=1e-12):
+                logging.warning('The %s learning-rate schedule changed: step %d trained at %g, '
+                                'the config\'s schedule has %g there (a changed learning_rate, '
+                                'warmup or length); the run follows the new one from here.',
+                                o.schedule, step, old, new)
+        return state
+    old = np.asarray(learning_rate(state.opt_state))
+    new = o.learning_rate * (plateau.scale if o.schedule == 'plateau' else 1.0)
+    if np.isclose(old, new, rtol=1e-6, atol=0):
+        return state
+    logging.warning('Learning rate %g in the checkpoint -> %g (config.learning_rate=%g%s).',
+                    float(old), new, o.learning_rate,
+                    f' x {plateau.scale:g} for {plateau.reductions} plateau reduction(s)'
+                    if o.schedule == 'plateau' and plateau.reductions else '')
+    return state.replace(opt_state=set_learning_rate(state.opt_state,
+                                                           np.asarray(new, old.dtype)))
+
+
+def update_plateaus(plateaus: list, state, val: list, o, step: int):
+    """The paper's schedule, per seed: its lr / 10 when its validation error stops improving
+    (`plateaus`: each seed's Plateau, None for a failed seed); the rates go into the replicated
+    state with a seed axis, in the same type and placement (no recompile)."""
+    if o.schedule != 'plateau':
+        return state
+    lowered = [p is not None and p.update(1.0 - v['top1']) for p, v in zip(plateaus, val)]
+    if not any(lowered):
+        return state
+    lr = np.asarray([o.learning_rate * (p.scale if p is not None else 1.0) for p in plateaus],
+                    np.float32)
+    logging.info('Validation error plateaued at step %d: learning rate -> %s.', step,
+                 ', '.join(f'{x:g}' for x in lr))
+    return state.replace(opt_state=set_learning_rate(state.opt_state, parallel.replicate(lr)))

@@ -17,7 +17,6 @@ import time
 from typing import Any
 
 from absl import logging
-from etils import epath
 import flax.linen as nn
 from flax.training import dynamic_scale as dynamic_scale_lib
 from flax.training import train_state
@@ -38,9 +37,10 @@ from alexnet_jax import models
 from alexnet_jax import optim
 from alexnet_jax import parallel
 from alexnet_jax import preemption
+from alexnet_jax import seed_workers
 from alexnet_jax import seeds as seeds_lib
 from alexnet_jax.data import preprocess
-from alexnet_jax import validation
+from alexnet_jax import workdirs
 from alexnet_jax.parallel import AXIS
 
 
@@ -164,33 +164,34 @@ def make_seeds_step(one, mode: str, devices=None):
                     devices=devices)
 
 
-def step_runner(config, info, keys, start_step: int, mode: str, devices=None):
+def step_runner(config, data, keys, start_step: int, mode: str, devices=None):
     """state -> (state, metrics) of the next step, on device-resident data or on tf.data
-    batches (one seed); state and keys ({'dropout', 'data'}) have a leading seed axis."""
-    mean, std = preprocess.mean_std(config.data, info.image_shape[-1])
+    batches (one seed); `data`: the run's input_pipeline.Facts; state and keys ({'dropout',
+    'data'}) have a leading seed axis."""
     keys = parallel.replicate(keys, devices)
-    if device_data.enabled(config, info):
-        one = functools.partial(device_train_step, spec=device_data.make_spec(config),
-                                mean=mean, std=std)
+    if data.on_device:
+        one = functools.partial(device_train_step, spec=data.spec, mean=data.mean,
+                                std=data.std)
         step = make_seeds_step(one, mode, devices)
-        data = device_data.place(device_data.load(config), devices)
+        resident = device_data.place(device_data.load(config), devices)
         logging.info('Training data on the device (%s).', config.data.train_split)
-        return lambda state: step(state, keys, data)
+        return lambda state: step(state, keys, resident)
     step = make_seeds_step(lambda state, keys, batch: train_step(
-        state, batch, dropout_key=keys['dropout'], mean=mean, std=std), mode, devices)
+        state, batch, dropout_key=keys['dropout'], mean=data.mean, std=data.std), mode, devices)
     from alexnet_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
     batches = parallel.prefetch_to_device(
         input_pipeline.train_iterator(config, start_step=start_step))
     return lambda state: step(state, keys, next(batches))
 
 
-def num_train_steps(config, info=None) -> tuple[int, int]:
-    """(total steps, steps per epoch)."""
-    from alexnet_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
-    steps_per_epoch = input_pipeline.steps_per_epoch(config, info)
+def num_train_steps(config, data=None) -> tuple[int, int]:
+    """(total steps, steps per epoch); `data`: the run's input_pipeline.Facts (built if None)."""
+    if data is None:
+        from alexnet_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
+        data = input_pipeline.facts(config)
     if config.train.num_steps is not None:
-        return int(config.train.num_steps), steps_per_epoch
-    return int(math.ceil(config.train.num_epochs * steps_per_epoch)), steps_per_epoch
+        return int(config.train.num_steps), data.steps_per_epoch
+    return int(math.ceil(config.train.num_epochs * data.steps_per_epoch)), data.steps_per_epoch
 
 
 def due(step: int, every: int, last: int) -> bool:
@@ -199,65 +200,73 @@ def due(step: int, every: int, last: int) -> bool:
 
 
 def train_and_evaluate(config, workdir: str, seeds=None) -> dict:
-    """Trains (or resumes) a validated config's seeds and tests them: results.json's dict for
-    a plain run, else {seed: results or {'failed': reason}}; 'preempted_at_step' after
+    """Trains (or resumes) a validated config's seeds and tests them: the results dict for a
+    plain run, else {seed: results or {'failed': reason}}; 'preempted_at_step' after
     SIGTERM/SIGINT. A plain run trains in `workdir` and stops on a non-finite loss; several
-    seeds (or a sweep's `seeds`) each in workdir/seed<k>, where a non-finite loss fails that
-    seed only. How seeds share the machine: `seeds.resolve_mode`."""
+    seeds (or a sweep's `seeds`) each in workdir/seed<k> (`train_seed`), where a non-finite loss
+    fails that seed only. How seeds share the machine: `seeds.resolve_mode`."""
     from alexnet_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
     checkpoints.check_keep(config.train.keep_checkpoints)  # Before any seed dir is made.
     config = finetune.resolve_config(config)  # init_from: its net and preprocessing.
-    info = input_pipeline.get_info(config)
-    check_data_fits(config, info)
+    data = input_pipeline.facts(config)  # Checks the config's classes and batch against them.
     plain = seeds is None and config.get('num_seeds', 1) == 1
-    seeds_lib.check_layout(workdir, several=not plain)
+    workdirs.check_layout(workdir, several=not plain)
     seeds = seeds_lib.seed_list(config) if seeds is None else list(seeds)
-    mode = seeds_lib.resolve_mode(config, len(seeds), device_data.enabled(config, info))
+    mode = seeds_lib.resolve_mode(config, len(seeds), data.on_device)
     if plain:
-        return _train_seeds(config, info, [(int(config.seed), workdir)], 'single', raise_nan=True)
-    lock = checkpoints.lock_workdir(workdir)  # One multi-seed run per workdir.
-    if (epath.Path(workdir) / checkpoints.CHECKPOINT_SUBDIR).exists():
-        logging.warning('%s/%s holds all seeds stacked, as runs before the one loop saved them; '
-                        'it is not resumed: each seed trains in %s/seed<k>.', workdir,
-                        checkpoints.CHECKPOINT_SUBDIR, workdir)
+        return _train_seeds(config, data, [(int(config.seed), workdir)], 'single', raise_nan=True)
+    lock = workdirs.lock(workdir)  # One multi-seed run per workdir.
+    if workdirs.checkpoint_dir(workdir).exists():
+        logging.warning('%s holds all seeds stacked, as runs before the one loop saved them; it '
+                        'is not resumed: each seed trains in %s/seed<k>.',
+                        workdirs.checkpoint_dir(workdir), workdir)
     try:
         if mode == 'processes':
-            return seeds_lib.run_in_processes(train_one_seed, config, workdir, seeds)
+            return seed_workers.run_in_processes(train_seed, config, workdir, seeds)
         if mode == 'sequential':
             out = {}
             for s in seeds:  # A preempted seed stops the rest: rerun to resume.
-                out[s] = train_one_seed(config, workdir, s)
+                out[s] = train_seed(config, workdir, s, data)
                 if 'preempted_at_step' in out[s]:
                     break
             return out
-        return _train_seeds(config, info, [(s, seeds_lib.seed_dir(workdir, s)) for s in seeds],
+        return _train_seeds(config, data, [(s, workdirs.seed_dir(workdir, s)) for s in seeds],
                             mode)
     finally:
         lock.release()
 
 
-def train_one_seed(config, workdir, seed) -> dict:
-    """Seed `seed` as a plain run in workdir/seed<k> ('sequential', 'processes')."""
-    directory = seeds_lib.seed_dir(workdir, seed)
+def train_seed(config, workdir, seed: int, data=None) -> dict:
+    """Seed `seed` of a resolved config alone in workdir/seed<k>, as a plain run trains
+    ('sequential'; 'processes', where a worker builds its own `data` facts); a non-finite loss
+    fails the seed (recorded), not the run."""
+    if data is None:
+        from alexnet_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
+        data = input_pipeline.facts(config)
+    directory = workdirs.seed_dir(workdir, seed)
     try:
-        return train_and_evaluate(seeds_lib.seed_config(config, seed), str(directory))
+        return _train_seeds(config, data, [(seed, directory)], 'single', raise_nan=True)
     except NonFiniteLossError as e:
-        return {'failed': seeds_lib.record_failure(directory, e)}
+        return {'failed': workdirs.record_failure(directory, e)}
 
 
-def check_data_fits(config, info) -> None:
-    """The config's classes and batch against the data, once for all seeds."""
-    d, batch = config.data, config.train.batch_size
-    if info.num_classes < 2:
-        logging.warning('%s has %d class: the loss is 0 from the first step and there is nothing '
-                        'to learn; check the data (a folder needs one subfolder per class).',
-                        d.name, info.num_classes)
-    validation.check_classes(config, info.num_classes,
-                             f'set --config.model.num_classes={info.num_classes}')
-    n = info.num_examples[d.train_split]
-    validation.check(batch <= n, 'train.batch_size',
-                     f'{batch} is larger than the {n} examples of split {d.train_split!r} of '
-                     f'{d.name!r}; set --config.train.batch_size to at most {n}.')
+def starting_state(config, info, ckpt, steps_per_epoch: int, num_steps: int):
+    """Where a seed's state comes from, decided here only: its checkpoint (a resume: the state,
+    the plateau and the meta saved with it), else init_from's weights (a fresh fine-tuning run),
+    else fresh from config.seed; then the configured learning rate into it
+    (`optim.configured_learning_rate`). Returns (state, dropout key, plateau, the checkpoint's
+    meta or None)."""
+    state, dropout_key = initial_state(config, info, steps_per_epoch, num_steps)
+    meta, restored = None, ckpt.restore(state)
+    if restored is not None:
+        state, meta = restored
+        logging.info('Resumed from step %d of %s.', int(state.step), ckpt.workdir)
+    elif config.get('init_from'):  # Only a fresh run: a resumed one has its own weights.
+        state = finetune.load_into(state, config.init_from)
+    plateau = optim.Plateau.from_config(config.optim, (meta or {}).get('plateau'))
+    state = optim.configured_learning_rate(state, config.optim, plateau, steps_per_epoch,
+                                           num_steps)
+    return state, dropout_key, plateau, meta
 
 
 class Seed:
@@ -269,30 +278,22 @@ class Seed:
                  label: str = '', stop_on_nan: bool = False):
         self.config = seeds_lib.seed_config(config, seed)
         self.seed, self.workdir, self.stop_on_nan = seed, str(workdir), stop_on_nan
-        self.failed = self.results = None  # The NonFiniteLossError / the results.json dict.
+        self.failed = self.results = None  # The NonFiniteLossError / the results dict.
         t = config.train
-        self.lock = checkpoints.lock_workdir(self.workdir)  # A second run here stops now.
+        self.lock = workdirs.lock(self.workdir)  # A second run here stops now.
         self.ckpt = self.recorder = None
         try:
-            self.state, self.dropout_key = initial_state(self.config, info, steps_per_epoch,
-                                                         num_steps)
             self.ckpt = checkpoints.Checkpointer(
                 self.workdir, config_fingerprint=checkpoints.config_fingerprint(self.config),
                 keep=t.keep_checkpoints, best_metric='val_top1', async_save=t.async_checkpoints)
-            meta, restored = {}, self.ckpt.restore(self.state)
-            if restored is not None:
-                self.state, meta = restored
-                logging.info('Resumed from step %d of %s.', int(self.state.step), self.workdir)
-            elif config.get('init_from'):  # Only a fresh run: a resumed one has its own weights.
-                self.state = finetune.load_into(self.state, config.init_from)
-            self.plateau = optim.Plateau.from_config(config.optim, meta.get('plateau'))
-            self.state = configured_learning_rate(self.state, config.optim, self.plateau,
-                                                  steps_per_epoch, num_steps)
+            self.state, self.dropout_key, self.plateau, meta = starting_state(
+                self.config, info, self.ckpt, steps_per_epoch, num_steps)
         except BaseException:
             self.close()
             raise
         self.start = int(self.state.step)
-        self.last_saved = self.start if restored is not None else None
+        self.last_saved = None if meta is None else self.start
+        meta = meta or {}
         self.best_top1 = meta.get('best_val_top1', -math.inf)
         self.elapsed = meta.get('elapsed', 0.0)
         self._recorder_args = dict(num_steps=num_steps, steps_per_epoch=steps_per_epoch,
@@ -300,12 +301,11 @@ class Seed:
                                    elapsed_before=self.elapsed)
 
     def begin(self) -> None:
-        """Writes config.json and opens the metrics once every seed fits its workdir, so a
-        refused rerun leaves no file behind. A failed.json of an earlier attempt goes: this one
+        """Writes the config and opens the metrics once every seed fits its workdir, so a
+        refused rerun leaves no file behind. An earlier attempt's failure record goes: this one
         writes its own if it fails too, and a finished run must not sit beside one."""
-        checkpoints.write_config(self.config, self.workdir)
-        if jax.process_index() == 0:
-            (epath.Path(self.workdir) / seeds_lib.FAILED).unlink(missing_ok=True)
+        workdirs.write_config(self.config, self.workdir)
+        workdirs.clear_failure(self.workdir)
         self.recorder = metrics_lib.Recorder(self.workdir, **self._recorder_args)
 
     def save(self, step: int, state, elapsed: float, val: dict | None = None) -> None:
@@ -316,11 +316,11 @@ class Seed:
         self.last_saved = step
 
     def fail(self, error: NonFiniteLossError) -> None:
-        """No longer logged, evaluated or saved; a seed of several writes failed.json now, so
+        """No longer logged, evaluated or saved; a seed of several records its failure now, so
         a rerun or a sweep knows, however the run ends (a plain run raises it)."""
         self.failed = error
         if not self.stop_on_nan:
-            self.results = {'failed': seeds_lib.record_failure(self.workdir, error)}
+            self.results = {'failed': workdirs.record_failure(self.workdir, error)}
 
     def close(self) -> None:
         if self.ckpt is not None:
@@ -330,22 +330,22 @@ class Seed:
         self.lock.release()
 
 
-def _train_seeds(config, info, seed_dirs, mode: str, raise_nan: bool = False) -> dict:
+def _train_seeds(config, data, seed_dirs, mode: str, raise_nan: bool = False) -> dict:
     """The loop for [(seed, workdir)], stepped together; seeds resumed at different steps
     (after a rerun in another mode) train in groups, one per start step."""
-    num_steps, steps_per_epoch = num_train_steps(config, info)
+    num_steps, steps_per_epoch = num_train_steps(config, data)
     several = len(seed_dirs) > 1
     seeds, out = [], {}
     try:
         for s, directory in seed_dirs:
-            seeds.append(Seed(config, info, s, directory, num_steps, steps_per_epoch,
+            seeds.append(Seed(config, data.info, s, directory, num_steps, steps_per_epoch,
                               label=f'seed {s}: ' if several else '', stop_on_nan=raise_nan))
         for s in seeds:
             s.begin()
         with preemption.PreemptionGuard() as guard:
             for start in sorted({s.start for s in seeds}):
                 group = [s for s in seeds if s.start == start]
-                stopped = _train_group(config, info, group, mode if len(group) > 1 else 'single',
+                stopped = _train_group(config, data, group, mode if len(group) > 1 else 'single',
                                        num_steps, steps_per_epoch, guard)
                 for s in group:
                     if s.failed and s.stop_on_nan:
@@ -369,7 +369,7 @@ def stack_seeds(trees):
                               [np.stack([np.asarray(v) for v in x]) for x in zip(*leaves)])
 
 
-def _train_group(config, info, seeds: list, mode: str, num_steps: int, steps_per_epoch: int,
+def _train_group(config, data, seeds: list, mode: str, num_steps: int, steps_per_epoch: int,
                  guard) -> int | None:
     """Trains seeds at the same step to num_steps and tests them (each Seed's `results`);
     returns the step it stopped at on a signal, else None."""
@@ -378,7 +378,7 @@ def _train_group(config, info, seeds: list, mode: str, num_steps: int, steps_per
     state = parallel.replicate(stack_seeds([s.state for s in seeds]))
     keys = {'dropout': jnp.stack([s.dropout_key for s in seeds]),
             'data': jnp.stack([device_data.data_key(s.seed) for s in seeds])}
-    mean, std = preprocess.mean_std(d, info.image_shape[-1])
+    mean, std = data.mean, data.std
     probe = diagnostics.first_eval_images(config, mean, std)
     for s in seeds:
         if s.start == 0:  # The weights at init, before the first step.
@@ -395,13 +395,13 @@ def _train_group(config, info, seeds: list, mode: str, num_steps: int, steps_per
     start, val, t0 = seeds[0].start, None, time.time()
     if start > num_steps:  # A finished run rerun with fewer steps: its weights are step `start`'s.
         logging.warning('The checkpoint is at step %d, past this config\'s %d steps: testing it '
-                        'as it is (results.json says steps %d).', start, num_steps, start)
+                        'as it is (its results say steps %d).', start, num_steps, start)
     if start < num_steps:
         logging.info('Training steps %d..%d (%d per epoch)%s.', start + 1, num_steps,
                      steps_per_epoch, f' of seeds {[s.seed for s in seeds]}' * (len(seeds) > 1))
         # seeds[0].config: a one-seed tf.data stream is that seed's (device-resident batches
         # follow each seed's data key, in `keys`).
-        run_step = step_runner(seeds[0].config, info, keys, start, mode)
+        run_step = step_runner(seeds[0].config, data, keys, start, mode)
         pending = []  # Device metrics since the last log; fetched only at log time.
         for step in range(start + 1, num_steps + 1):
             state, step_metrics = run_step(state)
@@ -419,7 +419,8 @@ def _train_group(config, info, seeds: list, mode: str, num_steps: int, steps_per
                 val = evaluation.evaluate_seeds(p_last if step == num_steps else p_eval,
                                                 state, config, d.eval_split)
                 improved = [_record_eval(s, step, v) for s, v in zip(seeds, val)]
-                state = update_plateaus(seeds, state, val, config.optim, step)
+                state = optim.update_plateaus([None if s.failed else s.plateau for s in seeds],
+                                              state, val, config.optim, step)
             if is_ckpt or any(improved):  # Every new best is saved: keep-best ranks it.
                 host = parallel.unreplicate(state)
                 for i, s in enumerate(seeds):
@@ -430,7 +431,7 @@ def _train_group(config, info, seeds: list, mode: str, num_steps: int, steps_per
                 return step
     for s in seeds:
         s.ckpt.wait()
-    elapsed = time.time() - t0  # Training, as results.json's train_seconds says.
+    elapsed = time.time() - t0  # Training, as the results' train_seconds says.
     test = (val if val is not None and d.test_split == d.eval_split
             else evaluation.evaluate_seeds(p_test, state, config, d.test_split))
     # What the diagnostics read: the weights, not the optimizer state (as large again).
@@ -470,34 +471,6 @@ def _log(seeds, step: int, pending: list) -> None:
             s.fail(e)
 
 
-def configured_learning_rate(state, o, plateau, steps_per_epoch: int, num_steps: int):
-    """The configured rate (times the plateau reductions taken) into a restored state, for
-    the schedules whose rate lives in the optimizer state: a rerun may lower it (logged). A
-    schedule of the step (warmup_cosine, step, warmup_poly) that a changed rate, warmup or length
-    reshaped is announced: the run goes on along the new one from here."""
-    if o.schedule not in ('plateau', 'constant'):
-        step = int(np.asarray(state.step))
-        if step > 0:
-            old = float(np.asarray(optim.learning_rate(state.opt_state)))  # The last step's.
-            new = float(optim.create_schedule(o, steps_per_epoch, num_steps)(step - 1))
-            if not np.isclose(old, new, rtol=1e-5, atol=1e-12):
-                logging.warning('The %s learning-rate schedule changed: step %d trained at %g, '
-                                'the config\'s schedule has %g there (a changed learning_rate, '
-                                'warmup or length); the run follows the new one from here.',
-                                o.schedule, step, old, new)
-        return state
-    old = np.asarray(optim.learning_rate(state.opt_state))
-    new = o.learning_rate * (plateau.scale if o.schedule == 'plateau' else 1.0)
-    if np.isclose(old, new, rtol=1e-6, atol=0):
-        return state
-    logging.warning('Learning rate %g in the checkpoint -> %g (config.optim.learning_rate=%g%s).',
-                    float(old), new, o.learning_rate,
-                    f' x {plateau.scale:g} for {plateau.reductions} plateau reduction(s)'
-                    if o.schedule == 'plateau' and plateau.reductions else '')
-    return state.replace(opt_state=optim.set_learning_rate(state.opt_state,
-                                                           np.asarray(new, old.dtype)))
-
-
 def log_train(recorder, step: int, stacked: dict, last_saved: int | None = None) -> None:
     """Writes the mean of one seed's metrics since the last log ({name: [steps]}); raises
     NonFiniteLossError on a non-finite loss. A loss-scaled step that overflowed was skipped:
@@ -535,23 +508,9 @@ def _loss_at(recorder, step: int) -> str:
     return f', training loss {logged[-1]["loss"]:.3g}' if logged else ''
 
 
-def update_plateaus(seeds, state, val: list, o, step: int):
-    """The paper's schedule, per seed: its lr / 10 when its validation error stops improving."""
-    if o.schedule != 'plateau':
-        return state
-    lowered = [not s.failed and s.plateau.update(1.0 - v['top1']) for s, v in zip(seeds, val)]
-    if not any(lowered):
-        return state
-    lr = np.asarray([o.learning_rate * s.plateau.scale for s in seeds], np.float32)
-    logging.info('Validation error plateaued at step %d: learning rate -> %s.', step,
-                 ', '.join(f'{x:g}' for x in lr))
-    lr = parallel.replicate(lr)  # Same type and placement: no recompile.
-    return state.replace(opt_state=optim.set_learning_rate(state.opt_state, lr))
-
-
 def final_results(seed, config, test: dict, num_steps: int, elapsed: float, mode: str,
                   together: int) -> dict:
-    """A seed's test-split metrics -> its results.json (with the diagnostics at init and at
+    """A seed's test-split metrics -> its results record (with the diagnostics at init and at
     the end, and the test examples' top-1 hits as a '0'/'1' string in the split's order)."""
     test = dict(test)
     correct = test.pop('correct', None)

@@ -46,12 +46,13 @@ def main(argv):
     config = alexnet.get_config(FLAGS.variant)
     if FLAGS.groups:
         config.model.groups = FLAGS.groups
-    info = input_pipeline.get_info(config)
+    data = input_pipeline.facts(config)
+    info = data.info
     batch = config.train.batch_size
-    num_steps, spe = train.num_train_steps(config)
+    num_steps, spe = train.num_train_steps(config, data)
     state, key = train.initial_state(config, info, spe, num_steps)
     keys = {'dropout': key[None], 'data': device_data.data_key(config.seed)[None]}  # One seed.
-    run_step = train.step_runner(config, info, keys, 0, 'single')
+    run_step = train.step_runner(config, data, keys, 0, 'single')
     p_state = parallel.replicate(jax.tree.map(lambda x: np.asarray(x)[None], state))
     log_every = config.train.log_every_steps
 

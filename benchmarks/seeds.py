@@ -41,7 +41,8 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     config = alexnet.get_config(FLAGS.variant)
-    info = input_pipeline.get_info(config)
+    data = input_pipeline.facts(config)
+    info = data.info
     seeds = list(range(FLAGS.num_seeds))
     configs = [seeds_lib.seed_config(config, s) for s in seeds]
     states, dkeys = zip(*[train.initial_state(c, info, 20, 200) for c in configs])
@@ -50,7 +51,7 @@ def main(argv):
     for mode in FLAGS.modes:
         if mode == 'sequential':  # One seed's steps after another's, as separate runs.
             parts = [[parallel.replicate(jax.tree.map(lambda x: np.asarray(x)[None], st)),
-                      train.step_runner(configs[0], info, jax.tree.map(lambda x: x[None], k), 0,
+                      train.step_runner(configs[0], data, jax.tree.map(lambda x: x[None], k), 0,
                                         'single')] for st, k in zip(states, keys)]
 
             def run(n, parts=parts):
@@ -61,7 +62,7 @@ def main(argv):
         else:
             stacked = {'dropout': jnp.stack([k['dropout'] for k in keys]),
                        'data': jnp.stack([k['data'] for k in keys])}
-            step = train.step_runner(configs[0], info, stacked, 0, mode)
+            step = train.step_runner(configs[0], data, stacked, 0, mode)
             holder = [parallel.replicate(train.stack_seeds(states))]
 
             def run(n, step=step, holder=holder):

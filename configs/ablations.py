@@ -31,9 +31,23 @@ Holm-corrected (alexnet_jax/tools/report.py). More seeds narrow the intervals:
 `--config.num_seeds=10`.
 """
 
+import importlib.util
+import pathlib
+
 import ml_collections
 
-from configs import alexnet
+
+def _load_sibling(name: str):
+    """A config file beside this one, by path: config files are loaded by path (config_flags,
+    the sweep's base), so `configs` need not be importable from where the sweep runs."""
+    spec = importlib.util.spec_from_file_location(f'_{name}_config',
+                                                  pathlib.Path(__file__).with_name(f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+alexnet = _load_sibling('alexnet')
 
 # The paper's numbers, to print beside ours (test error deltas in points; ImageNet unless noted).
 PAPER = {

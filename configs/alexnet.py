@@ -28,7 +28,7 @@ def paper_config():
     c.variant = 'paper'
     c.seed = 0  # Drives parameter init, dropout and data order.
     # num_seeds > 1: seeds seed .. seed + num_seeds - 1 train together (alexnet_jax/seeds.py),
-    # each with workdir/seed<k>/ (metrics, results.json) as a standalone run would write it.
+    # each with workdir/seed<k>/ (metrics, results) as a standalone run would write it.
     # seeds_mode: 'vmap' (batched in one program), 'map' (one after another inside each step),
     # 'sequential' (one run after another), 'processes' (runs side by side in seed_workers
     # processes, each pinned to its share of the CPU cores; 0: one per core), 'auto' (vmap on
@@ -137,7 +137,7 @@ def paper_config():
 
     # Fine-tuning and evaluation of existing weights (alexnet_jax/finetune.py, evaluate.py).
     # init_from: a converted checkpoint or a training workdir whose params (and batch_stats) start
-    # a fresh run; its config.json defines the net and its preprocessing, this config the rest;
+    # a fresh run; its own config defines the net and its preprocessing, this config the rest;
     # a classifier head (fc8) of another num_classes is re-initialised. A resumed run ignores it.
     c.init_from = ml_collections.config_dict.placeholder(str)
     # Layers (top-level param names: conv1 ... fc8) left untouched by training: no updates, no

@@ -29,6 +29,7 @@ from alexnet_jax import integrity
 from alexnet_jax.checkpoints import (Checkpointer, ConfigMismatchError, CorruptCheckpointError,
                                      config_fingerprint)
 from alexnet_jax.preemption import PreemptionGuard
+from alexnet_jax import workdirs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FP = {'model': {'num_classes': 3, 'width': 1.0}, 'input_shape': [5, 5, 3]}
@@ -329,21 +330,21 @@ def test_workdir_lock_refuses_files_and_a_second_run(tmp_path, setup, message):
         (tmp_path / 'f').write_text('x')
         workdir = tmp_path / 'f' / 'run'
     else:
-        held = checkpoints.lock_workdir(str(workdir))
+        held = workdirs.lock(str(workdir))
     try:
-        with pytest.raises(checkpoints.WorkdirError, match=message):
-            checkpoints.lock_workdir(str(workdir))
+        with pytest.raises(workdirs.WorkdirError, match=message):
+            workdirs.lock(str(workdir))
     finally:
         if held is not None:
             held.release()
     if held is not None:  # Released: the next run takes it.
-        checkpoints.lock_workdir(str(workdir)).release()
+        workdirs.lock(str(workdir)).release()
 
 
 LOCK_AND_SLEEP = textwrap.dedent('''
     import sys, time
     from alexnet_jax import checkpoints
-    lock = checkpoints.lock_workdir(sys.argv[1])
+    lock = workdirs.lock(sys.argv[1])
     print('locked', flush=True)
     time.sleep(600)
 ''')
@@ -355,12 +356,12 @@ def test_a_killed_run_does_not_leave_its_workdir_locked(tmp_path):
                             stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == 'locked'
-        with pytest.raises(checkpoints.WorkdirError, match='in use'):
-            checkpoints.lock_workdir(str(tmp_path))
+        with pytest.raises(workdirs.WorkdirError, match='in use'):
+            workdirs.lock(str(tmp_path))
     finally:
         proc.kill()  # SIGKILL: no cleanup code runs.
         proc.wait()
-    checkpoints.lock_workdir(str(tmp_path)).release()
+    workdirs.lock(str(tmp_path)).release()
     assert list(tmp_path.iterdir()) == []  # The lock wrote nothing into the workdir.
 
 
@@ -467,8 +468,8 @@ def _garbled_params(path):
 
 @pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
 @pytest.mark.parametrize('setup, error, message', [
-    (lambda p: None, checkpoints.WorkdirError, 'has no config.json'),
-    (_workdir_without_checkpoint, checkpoints.WorkdirError, 'has no checkpoint in'),
+    (lambda p: None, workdirs.WorkdirError, 'has no config.json'),
+    (_workdir_without_checkpoint, workdirs.WorkdirError, 'has no checkpoint in'),
     (_garbled_params, CorruptCheckpointError, r'step 4 .* is corrupt \(checksum mismatch'),
 ])
 def test_load_variables_names_the_directory(tmp_path, setup, error, message):
@@ -527,8 +528,8 @@ def test_an_unreachable_url_workdir_is_one_line(monkeypatch):
         raise OSError("Error executing an HTTP request: libcurl code 6 meaning 'Could not resolve "
                       "hostname'\n\t when reading metadata of " + str(self))
     monkeypatch.setattr(epath.Path, 'mkdir', unreachable)
-    with pytest.raises(checkpoints.WorkdirError) as e:
-        checkpoints.lock_workdir('gs://bucket/run')
+    with pytest.raises(workdirs.WorkdirError) as e:
+        workdirs.lock('gs://bucket/run')
     message = str(e.value)
     assert '\n' not in message and message.startswith('--workdir=gs://bucket/run cannot be reached')
     assert "Could not resolve hostname'" in message and 'use a local path' in message

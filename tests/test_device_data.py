@@ -50,8 +50,10 @@ def test_augmentation_draws_match_tf_transform_in_distribution():
 
 def _device_batches(config, seed, steps, devices):
     """Host batches (device slices concatenated) of `steps` (0-based) from the pmapped gather."""
-    spec = device_data.make_spec(config, local_devices=len(devices), process_count=1)
-    data = device_data.place(device_data.load(config), devices)
+    loaded = device_data.load(config)
+    spec = device_data.make_spec(config, len(loaded['label']), local_devices=len(devices),
+                                 process_count=1)
+    data = device_data.place(loaded, devices)
     key = parallel.replicate(device_data.data_key(seed), devices)
     gather = jax.pmap(functools.partial(device_data.train_batch, spec=spec), in_axes=(0, 0, None),
                       axis_name=parallel.AXIS, devices=devices)
@@ -98,7 +100,8 @@ def test_global_batches_do_not_depend_on_the_device_count():
     key = device_data.data_key(0)
 
     def global_batch(devices, step):
-        spec = device_data.make_spec(config, local_devices=devices, process_count=1)
+        spec = device_data.make_spec(config, len(data['label']), local_devices=devices,
+                                     process_count=1)
         parts = [device_data.train_batch(dict(data, slot=np.int32(slot)), key, step, spec)
                  for slot in range(devices)]
         return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}

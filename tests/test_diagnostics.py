@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from alexnet_jax import diagnostics
-from alexnet_jax import metrics
 from alexnet_jax import models
 from alexnet_jax import train
 from alexnet_jax.data import input_pipeline
 from alexnet_jax.data import preprocess
 from alexnet_jax.tools import grid as grid_lib
+from alexnet_jax import workdirs
 from configs import ablations
 
 
@@ -85,7 +85,7 @@ def test_the_loop_records_diagnostics_and_each_test_example(tiny_run):
         assert 0 < when['conv1/active'] <= 1 and when['conv1/rms'] > 0
         assert when['lrn1/divisor_p1'] <= when['lrn1/divisor_p50'] <= when['lrn1/divisor_p99']
     assert diag['init'] != diag['final']  # Measured on the weights at init and at the end.
-    records = [h for h in metrics.read_history(workdir) if h['split'] == 'diagnostics']
+    records = [h for h in workdirs.read_metrics(workdir) if h['split'] == 'diagnostics']
     assert [h['step'] for h in records] == [0, results['steps']]
     on_disk = json.loads((workdir / 'results.json').read_text())
     assert on_disk['diagnostics'] == diag

@@ -15,8 +15,8 @@ import pytest
 import tensorflow as tf
 
 from alexnet_jax.tools import convert
-from alexnet_jax.tools import evaluate
 from alexnet_jax import models
+from alexnet_jax import evaluation
 from tests.helpers import subprocess_env
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -85,11 +85,11 @@ def test_center_and_ten_crops_equal_direct_computation(folder, tmp_path, eval_ba
         model, variables = write_checkpoint(tmp_path / 'ckpt', checkpoint_config())
         run = checkpoint_config(root, eval_batch_size)
         run.data.update(image_size=99, mean_rgb=(0.0, 0.0, 0.0))  # Ignored: the weights' own.
-        results = evaluate.evaluate_checkpoint(tmp_path / 'ckpt', run, crops='both')
+        results = evaluation.evaluate_checkpoint(tmp_path / 'ckpt', run, crops='both')
     else:
         model, variables = write_checkpoint(tmp_path / 'ckpt',
                                             checkpoint_config(root, eval_batch_size))
-        results = evaluate.evaluate_checkpoint(tmp_path / 'ckpt', crops='both')
+        results = evaluation.evaluate_checkpoint(tmp_path / 'ckpt', crops='both')
     assert results['num_examples'] == N and results['split'] == 'test'
     for crops in ('center', 'ten'):
         want = direct_metrics(model, variables, images, labels, crops)
@@ -105,7 +105,7 @@ def test_ten_crops_average_softmax_not_logits(folder, tmp_path):
     """The 10-crop loss is that of the averaged softmax: it differs from averaging logits."""
     root, images, labels = folder
     model, variables = write_checkpoint(tmp_path / 'ckpt', checkpoint_config(root), seed=3)
-    results = evaluate.evaluate_checkpoint(tmp_path / 'ckpt', crops='ten',
+    results = evaluation.evaluate_checkpoint(tmp_path / 'ckpt', crops='ten',
                                            output=tmp_path / 'ten.json')
     assert 'center' not in results and (tmp_path / 'ten.json').exists()
     want = direct_metrics(model, variables, images, labels, 'ten')
@@ -120,9 +120,9 @@ def test_mismatched_classes_and_bad_crops_are_clear(folder, tmp_path):
     config.model.num_classes = 7
     write_checkpoint(tmp_path / 'ckpt', config)
     with pytest.raises(ValueError, match=r"7 != 6 classes in 'folder'.* predicts those"):
-        evaluate.evaluate_checkpoint(tmp_path / 'ckpt')
+        evaluation.evaluate_checkpoint(tmp_path / 'ckpt')
     with pytest.raises(ValueError, match='--crops'):
-        evaluate.evaluate_checkpoint(tmp_path / 'ckpt', crops='five')
+        evaluation.evaluate_checkpoint(tmp_path / 'ckpt', crops='five')
 
 
 def run_cli(*args):

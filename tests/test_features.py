@@ -15,6 +15,7 @@ from alexnet_jax import checkpoints
 from alexnet_jax.tools import convert
 from alexnet_jax.tools import features
 from alexnet_jax import models
+from alexnet_jax import evaluation
 
 SIZE = 67
 
@@ -72,7 +73,7 @@ def test_load_model_from_converted_checkpoint(tmp_path):
     model = models.create_model(config.model)
     params = model.init(jax.random.key(1), jnp.zeros((1, SIZE, SIZE, 3)))['params']
     convert.write_pretrained(tmp_path / 'ckpt', config, jax.device_get(params), {'source': 'test'})
-    loaded_config, loaded_model, variables = features.load_model(tmp_path / 'ckpt')
+    loaded_config, loaded_model, variables = evaluation.load(tmp_path / 'ckpt')
     assert loaded_config.model.width == 0.25 and loaded_model.num_classes == 5
     jax.tree.map(np.testing.assert_array_equal, variables['params'], jax.device_get(params))
 
@@ -97,7 +98,7 @@ def test_with_data_from_keeps_preprocessing():
     config = small_config()
     other = ml_collections.ConfigDict(dict(name='folder', folder_root='/x', image_size=99,
                                            mean_rgb=(0.0, 0.0, 0.0)))
-    merged = features.with_data_from(config, other)
+    merged = evaluation.with_data_from(config, other)
     assert merged.data.name == 'folder' and merged.data.folder_root == '/x'
     assert merged.data.image_size == SIZE and tuple(merged.data.mean_rgb) == tuple(config.data.mean_rgb)
     assert config.data.name == 'imagenet2012'  # The original is unchanged.

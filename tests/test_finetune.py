@@ -16,6 +16,7 @@ from alexnet_jax.data import input_pipeline
 from alexnet_jax import optim
 from alexnet_jax import train
 from alexnet_jax import validation
+from alexnet_jax import workdirs
 
 CONVS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
 
@@ -156,7 +157,7 @@ def test_eval_only_of_several_seeds_evaluates_each_seed_dir(tmp_path):
     for seed, r in results.items():
         assert r['center']['top1'] == pytest.approx(trained[seed]['test_top1'], abs=1e-9)
         assert (tmp_path / f'seed{seed}' / 'eval' / 'results.json').is_file()
-    with pytest.raises(checkpoints.WorkdirError, match=r'holds the seeds of a run \(seed0, '
+    with pytest.raises(workdirs.WorkdirError, match=r'holds the seeds of a run \(seed0, '
                        r'seed1\); pass one of them, e.g. .*/seed0'):
         checkpoints.load_variables(str(tmp_path))
 

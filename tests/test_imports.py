@@ -1,5 +1,6 @@
 """The package's import graph: every module imports, no cycle (function-level imports count),
-and the training core never imports the tools around it (imports point from tools to core)."""
+and the training core never imports the tools around it (imports point from tools to core);
+launch.py imports no tool, the package no `configs`, and one module owns the workdir's names."""
 
 import ast
 import importlib
@@ -71,10 +72,33 @@ def test_no_import_cycle():
 
 def test_the_graph_sees_function_level_imports():
     # The walk is what the two tests above rely on: a known function-level import is found.
-    assert 'alexnet_jax.seeds' in GRAPH['alexnet_jax.tools.sweep']
+    assert 'alexnet_jax.seed_workers' in GRAPH['alexnet_jax.tools.sweep']
 
 
 def test_core_does_not_import_tools():
     core = [n for n in GRAPH if not n.startswith('alexnet_jax.tools')]
     bad = {n: sorted(m for m in GRAPH[n] if m.startswith('alexnet_jax.tools')) for n in core}
     assert not {n: m for n, m in bad.items() if m}
+
+
+LAUNCH = PACKAGE.parent / 'launch.py'
+
+
+def test_launch_imports_no_tool_and_the_package_no_configs():
+    assert not {m for m in _imports(LAUNCH) if m.startswith('alexnet_jax.tools')}
+    for name, path in MODULES.items():
+        tree = ast.parse(path.read_text())
+        modules = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        modules += [n.module or '' for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        assert not [m for m in modules if m.split('.')[0] == 'configs'], name
+        assert 'sys.path' not in path.read_text(), name
+
+
+@pytest.mark.parametrize('filename', ['results.json', 'failed.json', 'point.json',
+                                      'metrics.jsonl', 'config.json'])
+def test_only_the_workdir_module_names_its_files(filename):
+    """Every other module asks alexnet_jax.workdirs for a path or a record."""
+    owners = [str(p.relative_to(PACKAGE.parent)) for p in [*MODULES.values(), LAUNCH]
+              if filename in p.read_text()]
+    assert owners == ['alexnet_jax/workdirs.py']
+

@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 
 from alexnet_jax import checkpoints
+from alexnet_jax import errors
 from alexnet_jax import evaluation
 from alexnet_jax import seeds as seeds_lib
 from alexnet_jax import train
 from alexnet_jax.tools import grid
 from alexnet_jax.tools import sweep
+from alexnet_jax import workdirs
 from configs import ablations
 from tests.helpers import (MODES, TINY, assert_trees_close, device_config, in_mode, launch,
                            saved_state, seed_dirs, tiny_config)
@@ -89,9 +91,9 @@ def test_resume_refuses_a_changed_stream_or_model_and_writes_nothing(tmp_path, m
 def test_a_second_run_on_a_workdir_in_use_is_refused(tmp_path, mode):
     config = in_mode(tiny_config(num_steps=1), mode)
     for held in [tmp_path] + seed_dirs(tmp_path, mode)[1:]:  # The run's, or one seed's.
-        lock = checkpoints.lock_workdir(str(held))  # As a running launch.py holds it.
+        lock = workdirs.lock(str(held))  # As a running launch.py holds it.
         try:
-            with pytest.raises(checkpoints.WorkdirError, match='in use by another run'):
+            with pytest.raises(workdirs.WorkdirError, match='in use by another run'):
                 train.train_and_evaluate(config, str(tmp_path))
         finally:
             lock.release()
@@ -149,11 +151,11 @@ def test_every_seed_failing_records_each_and_says_which_seed_logged_what(tmp_pat
 @pytest.mark.parametrize('mode', MODES)
 def test_the_data_checks_run_on_every_path(tmp_path, mode):
     config = in_mode(tiny_config(batch_size=128), mode)  # The fake train split has 64.
-    with pytest.raises(train.validation.ConfigError, match='128 is larger than the 64 examples'):
+    with pytest.raises(errors.ConfigError, match='128 is larger than the 64 examples'):
         train.train_and_evaluate(config, str(tmp_path / 'run'))
     config = in_mode(tiny_config(), mode)
     config.model.num_classes = 5  # The data has 10.
-    with pytest.raises(train.validation.ConfigError, match='model.num_classes: 5 != 10'):
+    with pytest.raises(errors.ConfigError, match='model.num_classes: 5 != 10'):
         train.train_and_evaluate(config, str(tmp_path / 'run'))
     assert not (tmp_path / 'run').exists()
 

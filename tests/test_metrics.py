@@ -5,6 +5,7 @@ import time
 
 from alexnet_jax import metrics
 from alexnet_jax import plots
+from alexnet_jax import workdirs
 
 
 def test_quick_evals_redraw_the_plot_rarely_and_close_draws_the_last(tmp_path, monkeypatch):
@@ -27,7 +28,7 @@ def test_quick_evals_redraw_the_plot_rarely_and_close_draws_the_last(tmp_path, m
     recorder.close()
     assert drawn[-1][0] == 40  # close() draws what the throttle skipped.
     assert (tmp_path / 'learning_curves.png').stat().st_size > 0
-    records = [json.loads(l) for l in (tmp_path / metrics.JSONL).read_text().splitlines()]
+    records = [json.loads(l) for l in (tmp_path / workdirs.METRICS).read_text().splitlines()]
     assert [r['step'] for r in records] == list(range(1, 41))  # Every eval is still recorded.
 
 

@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from alexnet_jax import checkpoints
 from alexnet_jax import errors
 from alexnet_jax import records
 from alexnet_jax.tools import grid as grid_lib
+from alexnet_jax import workdirs
 from configs import ablations
 
 
@@ -39,7 +39,7 @@ def test_a_truncated_record_is_a_one_line_user_error(tmp_path, name):
 def test_a_garbage_config_is_a_one_line_error_for_the_tools(tmp_path):
     (tmp_path / 'config.json').write_text('not json')
     with pytest.raises(records.RecordError, match='config.json is not valid JSON'):
-        checkpoints.load_config(tmp_path)
+        workdirs.read_config(tmp_path)
 
 
 @pytest.mark.parametrize('error, machine', [

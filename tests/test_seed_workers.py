@@ -15,6 +15,7 @@ import pytest
 
 import alexnet_jax
 from alexnet_jax import train
+from alexnet_jax import seed_workers
 from tests.helpers import ROOT, TINY, device_config, subprocess_env
 
 # helpers.device_config as flags (a tuple flag extends the tuple: fake_shape is replaced), its
@@ -173,10 +174,9 @@ def test_a_worker_that_dies_is_a_one_line_error_not_a_traceback(tmp_path):
     sweep; now one line naming the seed, and a rerun resumes."""
     import ml_collections  # pylint: disable=import-outside-toplevel
     from alexnet_jax import errors  # pylint: disable=import-outside-toplevel
-    from alexnet_jax import seeds  # pylint: disable=import-outside-toplevel
     with pytest.raises(errors.EnvironmentFailure) as e:
-        seeds.run_in_processes(_die, ml_collections.ConfigDict({'seed_workers': 1}),
-                               str(tmp_path), [0, 1])
+        seed_workers.run_in_processes(_die, ml_collections.ConfigDict({'seed_workers': 1}),
+                                      str(tmp_path), [0, 1])
     message = str(e.value)
     assert message.startswith('a seed worker process died') and '\n' not in message
     assert 'seeds [0, 1] not finished' in message and 'rerun to resume' in message

@@ -19,6 +19,7 @@ from alexnet_jax import parallel
 from alexnet_jax import seeds as seeds_lib
 from alexnet_jax import train
 from alexnet_jax import validation
+from alexnet_jax import seed_workers
 from tests.helpers import assert_trees_close, device_config, saved_state
 
 
@@ -29,7 +30,7 @@ def _steps(config, info, seeds, mode, n=3):
                          for s in seeds])
     keys = {'dropout': jnp.stack(keys), 'data': jnp.stack([device_data.data_key(s) for s in seeds])}
     state = parallel.replicate(train.stack_seeds(states))
-    step = train.step_runner(config, info, keys, 0, mode)
+    step = train.step_runner(config, input_pipeline.facts(config), keys, 0, mode)
     for _ in range(n):
         state, m = step(state)
     return parallel.unreplicate(state), parallel.unreplicate(m)
@@ -70,7 +71,7 @@ def test_the_mode_is_resolved_once_with_one_rule():
 def test_seeds_in_processes_equal_standalone_and_a_signal_stops_them_resumably(tmp_path):
     config = device_config(num_steps=6, checkpoint_every_steps=3)
     config.update(num_seeds=2, seeds_mode='processes', seed_workers=2)
-    with seeds_lib.shared_workers():  # As the sweep runs points: the workers serve both calls.
+    with seed_workers.shared_workers():  # As the sweep runs points: the workers serve both calls.
         out = train.train_and_evaluate(config, str(tmp_path / 'par'))
         workers = {p.pid for p in multiprocessing.active_children()}
         more = train.train_and_evaluate(config, str(tmp_path / 'par'), seeds=[2, 3])

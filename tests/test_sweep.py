@@ -16,6 +16,7 @@ from alexnet_jax.tools import report
 from alexnet_jax.tools import stats
 from alexnet_jax.tools import sweep
 from alexnet_jax import validation
+from alexnet_jax import workdirs
 from configs import ablations
 
 
@@ -276,8 +277,7 @@ def test_epochs_to_threshold_do_not_depend_on_where_a_preemption_logged(tmp_path
 
 
 def metrics_history(workdir):
-    from alexnet_jax import metrics  # pylint: disable=import-outside-toplevel
-    return metrics.read_history(workdir)
+    return workdirs.read_metrics(workdir)
 
 
 TEST_IMAGES = 400

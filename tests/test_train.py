@@ -15,6 +15,7 @@ from alexnet_jax import models
 from alexnet_jax import parallel
 from alexnet_jax.data import preprocess
 from alexnet_jax import train
+from alexnet_jax import workdirs
 from tests.helpers import assert_trees_close, saved_state, shard, tiny_config
 
 
@@ -145,18 +146,17 @@ def test_a_finished_rerun_leaves_no_failed_record(tmp_path):
 def test_one_seed_and_several_seeds_never_share_a_workdir(tmp_path):
     """A one-seed rerun of a 2-seed workdir once trained a fresh run beside seed0/ and seed1/
     (and the reverse was accepted too)."""
-    from alexnet_jax import seeds as seeds_lib  # pylint: disable=import-outside-toplevel
     for k in (0, 1):
         (tmp_path / 'many' / f'seed{k}').mkdir(parents=True)
         (tmp_path / 'many' / f'seed{k}' / 'config.json').write_text('{"num_seeds": 1}')
-    with pytest.raises(seeds_lib.LayoutError, match='--config.num_seeds=2') as e:
+    with pytest.raises(workdirs.LayoutError, match='--config.num_seeds=2') as e:
         train.train_and_evaluate(tiny_config(), str(tmp_path / 'many'))
     assert '\n' not in str(e.value) and 'seed0, seed1' in str(e.value)
     (tmp_path / 'one').mkdir()
     (tmp_path / 'one' / 'config.json').write_text('{"num_seeds": 1}')
     several = tiny_config()
     several.num_seeds = 2
-    with pytest.raises(seeds_lib.LayoutError, match='holds a one-seed run'):
+    with pytest.raises(workdirs.LayoutError, match='holds a one-seed run'):
         train.train_and_evaluate(several, str(tmp_path / 'one'))
     assert sorted(p.name for p in (tmp_path / 'one').iterdir()) == ['config.json']
 
@@ -188,7 +188,7 @@ def test_data_with_one_class_is_warned_about(caplog):
     info = types.SimpleNamespace(num_classes=1, num_examples={'train': 64})
     config.model.num_classes = 1
     with caplog.at_level('WARNING'):
-        train.check_data_fits(config, info)
+        input_pipeline.check_data_fits(config, info)
     assert any('has 1 class' in r.getMessage() for r in caplog.records)
 
 

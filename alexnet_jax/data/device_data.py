@@ -58,16 +58,15 @@ def enabled(config, info) -> bool:
                                 and train_bytes(config, info) <= d.device_max_bytes)
 
 
-def make_spec(config, local_devices: int | None = None,
+def make_spec(config, num_examples: int, local_devices: int | None = None,
               process_count: int | None = None) -> Spec:
-    from alexnet_jax.data import sources  # pylint: disable=import-outside-toplevel  (TF: read)
+    """The step's Spec for a training split of `num_examples` (all hosts)."""
     local_devices = jax.local_device_count() if local_devices is None else local_devices
     process_count = jax.process_count() if process_count is None else process_count
     d = config.data
     per_device = parallel.per_device_batch_size(config.train.batch_size, process_count,
                                                 local_devices)
-    total = sources.get_source(d).num_examples(d.train_split)
-    n = sources.host_range(total, 0, process_count, True)[1]
+    n = num_examples // process_count  # Each host's even share (sources.host_range).
     host_batch = per_device * local_devices
     if host_batch > n:
         raise ValueError(f'config.train.batch_size={config.train.batch_size} needs more than the '

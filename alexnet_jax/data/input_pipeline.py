@@ -21,12 +21,17 @@ import functools
 import math
 from typing import Iterator
 
+from absl import logging
 import jax
+import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from alexnet_jax.data import augment
+from alexnet_jax.data import device_data
+from alexnet_jax.data import preprocess
 from alexnet_jax import parallel
+from alexnet_jax import validation
 from alexnet_jax.data import sources
 
 try:  # TF only feeds the host; it must not grab GPU memory that JAX needs.
@@ -59,6 +64,48 @@ def get_info(config) -> DatasetInfo:
 def steps_per_epoch(config, info: DatasetInfo | None = None) -> int:
     info = get_info(config) if info is None else info
     return info.num_examples[config.data.train_split] // config.train.batch_size
+
+
+@dataclasses.dataclass(frozen=True)
+class Facts:
+    """What a run asks of its data, built once (`facts`) and passed down, so nothing else in
+    the loop opens the source or reads the data section for them."""
+    info: DatasetInfo
+    steps_per_epoch: int
+    spec: device_data.Spec | None  # The device-resident training set's; None: tf.data batches.
+    mean: np.ndarray  # Per-channel normalisation (preprocess.mean_std) of the step's input.
+    std: np.ndarray
+
+    @property
+    def on_device(self) -> bool:
+        return self.spec is not None
+
+
+def facts(config) -> Facts:
+    """The Facts of config.data at config.train.batch_size on this process's devices, once the
+    config's classes and batch are checked against the data (`check_data_fits`)."""
+    info = get_info(config)
+    check_data_fits(config, info)
+    d = config.data
+    spec = (device_data.make_spec(config, info.num_examples[d.train_split])
+            if device_data.enabled(config, info) else None)
+    return Facts(info, steps_per_epoch(config, info), spec,
+                 *preprocess.mean_std(d, info.image_shape[-1]))
+
+
+def check_data_fits(config, info) -> None:
+    """The config's classes and batch against the data, once for all seeds."""
+    d, batch = config.data, config.train.batch_size
+    if info.num_classes < 2:
+        logging.warning('%s has %d class: the loss is 0 from the first step and there is nothing '
+                        'to learn; check the data (a folder needs one subfolder per class).',
+                        d.name, info.num_classes)
+    validation.check_classes(config, info.num_classes,
+                             f'set --config.model.num_classes={info.num_classes}')
+    n = info.num_examples[d.train_split]
+    validation.check(batch <= n, 'train.batch_size',
+                     f'{batch} is larger than the {n} examples of split {d.train_split!r} of '
+                     f'{d.name!r}; set --config.train.batch_size to at most {n}.')
 
 
 def _hosts(process_index, process_count, local_devices):

@@ -4,12 +4,9 @@ r"""Trained AlexNets that already exist, as checkpoints of this codebase.
   python -m alexnet_jax.tools.convert --from=torchvision --input=alexnet-owt-7be5be79.pth --output=/tmp/tv
   python -m alexnet_jax.tools.convert --from=torchvision --input=alexnet.npz --output=/tmp/tv  # no torch
 
-What DIR holds (the layout of a training workdir, so every tool reads both):
-
-  DIR/config.json                  the full config: model fields + the source's preprocessing in
-                                   `data`, provenance and notes in `pretrained` (as launch.py writes
-                                   a workdir's config.json)
-  DIR/checkpoints/0/               {'params': {...}}, written by checkpoints.Checkpointer
+What DIR holds (the layout of a training workdir, workdirs.py's, so every tool reads both):
+the full config (model fields + the source's preprocessing in `data`, provenance and notes in
+`pretrained`), and checkpoint step 0 holding {'params': {...}} (checkpoints.Checkpointer).
 
 `checkpoints.load_params(DIR) -> (config, params)` reads it (`load_variables` also returns
 batch_stats), as it reads a training workdir. This module only converts: nothing outside
@@ -62,6 +59,7 @@ from alexnet_jax import cli
 from alexnet_jax import errors
 from alexnet_jax import models
 from alexnet_jax import validation
+from alexnet_jax import workdirs
 
 SOURCES = ('bvlc_npy', 'torchvision')
 LAYER_NAMES = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')
@@ -284,7 +282,7 @@ def _sha256(path) -> str:
 # --- writing the checkpoint --------------------------------------------------------------------
 
 def write_pretrained(output_dir, config, params: dict, meta: dict) -> pathlib.Path:
-    """Writes DIR/config.json and DIR/checkpoints/0 atomically (temp dir next to DIR, renamed)."""
+    """Writes DIR's config and checkpoint step 0 atomically (temp dir next to DIR, renamed)."""
     out = pathlib.Path(output_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConvertError(f'--output={out} already exists and is not empty; remove it or choose '
@@ -292,7 +290,7 @@ def write_pretrained(output_dir, config, params: dict, meta: dict) -> pathlib.Pa
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f'.{out.name}.tmp-', dir=out.parent))
     try:
-        checkpoints.write_config(config, tmp)
+        workdirs.write_config(config, tmp)
         with checkpoints.Checkpointer(str(tmp), config_fingerprint=checkpoints.config_fingerprint(config),
                                       keep=1, best_metric=None, async_save=False) as ckpt:
             ckpt.save(0, {'params': params}, meta)
@@ -343,7 +341,7 @@ def main(argv):
     base = cli.validated_config()
     out = convert(FLAGS['from'].value, cli.local_path(FLAGS.input, '--input'),
                   cli.local_path(FLAGS.output, '--output'), base)
-    print(f'Wrote {out} (config.json + checkpoints/0); load it with '
+    print(f'Wrote {out} (its config + checkpoint step 0); load it with '
           f'alexnet_jax.checkpoints.load_params({str(out)!r}).')
 
 

@@ -3,8 +3,8 @@ r"""Any layer's activations for a data split, batched and pmapped like evaluatio
   python -m alexnet_jax.tools.features --checkpoint=/tmp/bvlc --layer=fc7 --split=validation \
       --output=/tmp/fc7.npz [--config=configs/alexnet.py:digits]
 
---checkpoint is a converted checkpoint or a training workdir (checkpoints.load_variables); the net
-and its preprocessing (image_size, resize_size, mean_rgb, stddev_rgb) come from its config.json.
+--checkpoint is a converted checkpoint or a training workdir (evaluation.load); the net and its
+preprocessing (image_size, resize_size, mean_rgb, stddev_rgb) come from its own config.
 --config, if given, supplies only the data *source* (its data section minus those preprocessing
 fields): e.g. a folder of images or another TFDS set for a pretrained ImageNet net.
 
@@ -22,20 +22,11 @@ from absl import flags
 import jax
 import numpy as np
 
-from alexnet_jax import checkpoints
 from alexnet_jax import cli
+from alexnet_jax import evaluation
 from alexnet_jax import models
 from alexnet_jax import parallel
 from alexnet_jax.data import preprocess
-
-def with_data_from(config, data_config):
-    """`config` with `data_config`'s data source but `config`'s preprocessing (a copy)."""
-    config = config.copy_and_resolve_references()
-    for key, value in data_config.items():
-        if key not in preprocess.PREPROCESSING:
-            config.data[key] = value
-    return config
-
 
 def check_layer(model, layer: str) -> None:
     if layer not in models.LAYERS:
@@ -78,12 +69,6 @@ def extract(model, variables, batches, layer: str, keep_images: bool = False, *,
     result = {k: np.concatenate(v) for k, v in out.items() if v}
     result['ids'] = np.arange(len(result['labels']))
     return result
-
-
-def load_model(checkpoint: str):
-    """(config, model, variables) from a converted checkpoint or a training workdir."""
-    config, variables = checkpoints.load_variables(checkpoint)
-    return config, models.create_model(config.model), variables
 
 
 def split_batches(config, split: str, examples: int | None = None):
@@ -139,10 +124,10 @@ def main(argv):
         cli.fail('--checkpoint and --output are required: python -m alexnet_jax.tools.features '
                  '--checkpoint=DIR --layer=fc7 --split=validation --output=feats.npz')
     path = output_path(cli.local_path(FLAGS.output, '--output'))
-    config, model, variables = load_model(cli.local_path(FLAGS.checkpoint, '--checkpoint'))
+    config, model, variables = evaluation.load(cli.local_path(FLAGS.checkpoint, '--checkpoint'))
     check_layer(model, FLAGS.layer)
     if FLAGS.config is not None:
-        config = with_data_from(config, cli.validated_config().data)
+        config = evaluation.with_data_from(config, cli.validated_config().data)
     split = FLAGS.split or config.data.test_split
     result = split_features(config, model, variables, split, FLAGS.layer)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ r"""The paper's pictures of what the net learned, as PNGs.
                       training images by Euclidean distance between fc7 activations.
 
 The functions take arrays, so they work (and are tested) without data; `main` wires a
-checkpoint (checkpoints.load_variables) and the input pipeline to them.
+checkpoint (evaluation.load) and the input pipeline to them.
 """
 
 import math
@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from alexnet_jax import cli  # pylint: disable=wrong-import-position
+from alexnet_jax import evaluation  # pylint: disable=wrong-import-position
 from alexnet_jax.tools import features  # pylint: disable=wrong-import-position
 
 
@@ -201,7 +202,7 @@ def main(argv):
     checkpoint = cli.local_path(FLAGS.checkpoint, '--checkpoint')
     out = pathlib.Path(cli.local_path(FLAGS.output_dir, '--output_dir')
                        or pathlib.Path(checkpoint) / 'figures')
-    config, model, variables = features.load_model(checkpoint)
+    config, model, variables = evaluation.load(checkpoint)
     if 'conv1' not in variables['params']:
         raise cli.InputError(f'{checkpoint}: the net has no conv1 layer.')
     groups = config.model.get('groups', 1)
@@ -209,7 +210,7 @@ def main(argv):
                               out / 'conv1_kernels.png', groups))
     if FLAGS.neighbours:
         if FLAGS.config is not None:
-            config = features.with_data_from(config, cli.validated_config().data)
+            config = evaluation.with_data_from(config, cli.validated_config().data)
         print('Wrote', neighbour_figure(
             config, model, variables, out / 'neighbours_fc7.png', FLAGS.num_queries,
             query_split=FLAGS.query_split, train_split=FLAGS.train_split,

@@ -14,8 +14,7 @@ import ml_collections
 
 from alexnet_jax import cli
 from alexnet_jax import errors
-from alexnet_jax import metrics
-from alexnet_jax import records
+from alexnet_jax import workdirs
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SEARCH_SEED0 = 1000  # Fig. 1's learning-rate search seeds start here (lr_search.py).
@@ -33,7 +32,7 @@ class Point:
 
     @property
     def dirname(self) -> str:
-        return f'{self.name}/seed{self.seed}'
+        return str(workdirs.seed_dir(self.name, self.seed))
 
 
 def check_sweep(sweep) -> None:
@@ -112,7 +111,6 @@ def point_config(sweep, point: Point):
 NOT_DEFINING = ('seed', 'num_seeds', 'seeds_mode', 'seed_workers', 'train.async_checkpoints',
                 'train.keep_checkpoints', 'train.checkpoint_every_steps', 'train.plot',
                 'train.eval_batch_size', 'data.data_dir', 'data.num_parallel_calls', 'data.cache')
-DEFINITION_FILE = 'point.json'
 
 
 class DefinitionError(errors.UserError):
@@ -126,21 +124,20 @@ def definition(config) -> dict:
                                   if k not in NOT_DEFINING}, default=str))
 
 
-def check_definition(sweep, point: Point, group) -> None:
+def check_definition(sweep, point: Point, group, record: bool = True) -> None:
     """Refuses (DefinitionError, one line) a point whose directory was trained with another
-    definition; else records it in group/point.json. A directory from before that file is
-    checked against its seeds' config.json. More seeds of the same definition are welcome. A
-    point.json with no seed started beside it (a rerun after a user error) is replaced."""
+    definition; else (`record`) records it beside the point's seeds (workdirs.write_point). A
+    directory from before that record is checked against its seeds' configs. More seeds of the
+    same definition are welcome. A record with no seed started beside it (a rerun after a user
+    error) is replaced."""
     group = pathlib.Path(group)
     ours = definition(point_config(sweep, point))
-    path = group / DEFINITION_FILE
-    if path.exists() and not any(group.glob('seed*/config.json')):
-        path.unlink()  # Recorded, then stopped (a user error) before any seed started: stale.
-    if path.exists():
-        recorded = {path: records.read(path)['config']}
+    saved = workdirs.read_point(group)
+    if saved is not None:
+        recorded = {group: saved['config']}
     else:
-        recorded = {p: definition(ml_collections.ConfigDict(records.read(p)))
-                    for p in sorted(group.glob('seed*/config.json')) if p.is_file()}
+        recorded = {p: definition(ml_collections.ConfigDict(c))
+                    for p, c in workdirs.seed_configs(group).items()}
     for where, theirs in recorded.items():
         changed = [f'{k}: {theirs[k]!r} -> {ours[k]!r}'  # A field only one side has: code.
                    for k in sorted(ours.keys() & theirs.keys()) if ours[k] != theirs[k]]
@@ -149,11 +146,9 @@ def check_definition(sweep, point: Point, group) -> None:
                 f'{group} was trained with another definition ({where}): '
                 f'{"; ".join(changed[:6])}{"; ..." if len(changed) > 6 else ""}. Its results '
                 f'are not this grid\'s: set those back to rerun it, or use a new --workdir.')
-    if not path.exists():
-        group.mkdir(parents=True, exist_ok=True)
+    if saved is None and record:
         overrides = {k: v for k, v in point.overrides if k != 'seed'}
-        records.write(path, {'base': sweep.base, 'overrides': overrides, 'config': ours},
-                      indent=1, default=str)
+        workdirs.write_point(group, {'base': sweep.base, 'overrides': overrides, 'config': ours})
 
 
 def _flag_value(value) -> str:
@@ -178,11 +173,10 @@ def result_row(sweep, point: Point, workdir) -> dict:
            'test_top1_error': '', 'test_top5_error': '', 'steps_to_threshold': '',
            'epochs_to_threshold': '', 'train_seconds': '', 'epochs_trained': '',
            **{threshold_column(t): '' for t in thresholds(sweep)}, 'test_correct': ''}
-    workdir = pathlib.Path(workdir)
-    if (workdir / 'failed.json').exists():
-        row.update(status='failed', reason=records.read(workdir / 'failed.json')['reason'])
-    if (workdir / 'results.json').exists():
-        r = records.read(workdir / 'results.json')
+    reason, r = workdirs.read_failure(workdir), workdirs.read_results(workdir)
+    if reason is not None:
+        row.update(status='failed', reason=reason)
+    if r is not None:
         row.update(status='done', test_top1_error=1 - r['test_top1'],
                    test_top5_error=1 - r['test_top5'], train_seconds=r.get('train_seconds', ''),
                    test_correct=r.get('test_correct', ''))
@@ -208,11 +202,10 @@ def training_error_curve(workdir) -> list:
     into windows of train.log_every_steps steps; each window's end gets the mean of the windows
     of the epoch ending there (before the first epoch ends, the steps so far), so one lucky
     batch does not cross the threshold early."""
-    workdir = pathlib.Path(workdir)
-    train = [h for h in metrics.read_history(workdir) if h['split'] == 'train']
+    train = [h for h in workdirs.read_metrics(workdir) if h['split'] == 'train']
     if not train:
         return []
-    every = max(1, records.read(workdir / 'config.json')['train']['log_every_steps'])
+    every = max(1, workdirs.read_config(workdir).train.log_every_steps)
     steps_per_epoch = train[-1]['step'] / train[-1]['epoch']
     windows = {}  # Window index -> [sum of error x steps, steps, last step].
     previous = 0

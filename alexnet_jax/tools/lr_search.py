@@ -170,8 +170,8 @@ def searched(sweep) -> dict:
 
 def check_recorded(sweep, root, points: list) -> None:
     """Before a search reruns: refuses (grid.DefinitionError, one line) another search than
-    ROOT/lr_search.json records, and a grid point trained with another definition (its
-    point.json) at the recorded rate; so a refused rerun rewrites no lr_search.json/md."""
+    ROOT/lr_search.json records, and a grid point trained with another definition at the
+    recorded rate; so a refused rerun rewrites no lr_search.json/md."""
     path = pathlib.Path(root) / 'lr_search.json'
     if not path.exists():
         return
@@ -189,8 +189,7 @@ def check_recorded(sweep, root, points: list) -> None:
     if all(c.get('rate') is not None for c in chosen.values()) and set(chosen) >= {
             p.name for p in points}:
         for p in apply(points, chosen):
-            if (pathlib.Path(root) / p.name / grid.DEFINITION_FILE).exists():
-                grid.check_definition(sweep, p, pathlib.Path(root) / p.name)
+            grid.check_definition(sweep, p, pathlib.Path(root) / p.name, record=False)
 
 
 def apply(points: list, choices: dict) -> list:

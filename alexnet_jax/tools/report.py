@@ -24,9 +24,9 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from alexnet_jax import diagnostics
-from alexnet_jax import metrics
 from alexnet_jax.tools import grid
 from alexnet_jax.tools import stats
+from alexnet_jax import workdirs
 
 CURVE_COLUMNS = ('point', 'seed', 'step', 'epoch', 'wall_seconds', 'train_loss', 'train_error',
                  'val_error', 'lr')
@@ -191,7 +191,7 @@ def write_curves(rows, root) -> None:
         writer.writeheader()
         for r in rows:
             by_step = {}
-            for h in metrics.read_history(root / r['point'] / f'seed{r["seed"]}'):
+            for h in workdirs.read_metrics(workdirs.seed_dir(root / r['point'], r['seed'])):
                 line = by_step.setdefault(h['step'], {'point': r['point'], 'seed': r['seed'],
                                                       'step': h['step'], 'epoch': h['epoch']})
                 if h['split'] == 'train':
@@ -337,7 +337,7 @@ def plot_figures(sweep, rows, root) -> list:
     for k, s in enumerate(summary):
         style = '--' if 'tanh' in s['point'].split('_') else '-'
         for n, r in enumerate(r for r in rows if r['point'] == s['point']):
-            curve = grid.training_error_curve(root / r['point'] / f'seed{r["seed"]}')
+            curve = grid.training_error_curve(workdirs.seed_dir(root / r['point'], r['seed']))
             if curve:
                 ax.plot([c[1] for c in curve], [c[2] for c in curve], style, alpha=0.6,
                         label=s['point'] if n == 0 else None, color=f'C{k}')

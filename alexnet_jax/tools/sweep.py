@@ -5,9 +5,9 @@ r"""Ablation sweeps: every grid point x seed through the same `train_and_evaluat
 
 One workdir per point and seed (`DIR/<labels>/seed<k>`); a point's seeds train together
 (side by side in worker processes on a CPU, the same workers for every point, or stepped together
-in one vmapped program on GPU/TPU). Resumable for free: a point with results.json is skipped, an
-interrupted one resumes from its checkpoint, a failed one is recorded (failed.json, with the
-reason) and skipped on the next run unless --retry_failed.
+in one vmapped program on GPU/TPU). Resumable for free: a finished point (its results) is skipped,
+an interrupted one resumes from its checkpoint, a failed one is recorded (with the reason) and
+skipped on the next run unless --retry_failed.
 At the end: DIR/results.csv (one row per run), DIR/curves.csv (every logged step of every run),
 DIR/results.md (per point and per effect, intervals over seeds and test images, censored epochs
 to each threshold, Holm verdicts, diagnostics: alexnet_jax/tools/report.py) and the figures
@@ -26,6 +26,7 @@ from absl import logging
 from alexnet_jax import cli
 from alexnet_jax import errors
 from alexnet_jax import records
+from alexnet_jax import workdirs
 from alexnet_jax.tools import grid
 from alexnet_jax.tools import lr_search
 from alexnet_jax.tools import report
@@ -45,18 +46,18 @@ def run_point(sweep, point: grid.Point, root, *, retry_failed: bool = False) -> 
 def run_seeds(sweep, points: list, root, *, retry_failed: bool = False) -> list:
     """Trains the seeds of one grid point (`points` share a name) that have not finished (nor
     failed, unless `retry_failed`); returns their rows. A diverged seed is a result (its
-    failed.json; the grid goes on); a user's error or the machine failing stops the grid in one
+    failure record; the grid goes on); a user's error or the machine failing stops the grid in one
     line, recording nothing (a rerun resumes); a preempted run raises Preempted (its checkpoint
     resumes it next time)."""
     from alexnet_jax import train  # Heavy; not needed for --print_commands.
     root = pathlib.Path(root)
     group = root / points[0].name
     grid.check_definition(sweep, points[0], group)  # Refuses a changed base or overrides.
-    missing = [p for p in points if not (root / p.dirname / 'results.json').exists()
-               and (retry_failed or not (root / p.dirname / 'failed.json').exists())]
+    missing = [p for p in points if workdirs.read_results(root / p.dirname) is None
+               and (retry_failed or workdirs.read_failure(root / p.dirname) is None)]
     if missing:
         for p in missing:
-            (root / p.dirname / 'failed.json').unlink(missing_ok=True)
+            workdirs.clear_failure(root / p.dirname)
         config = grid.point_config(sweep, missing[0])
         config.num_seeds = len(missing)
         logging.info('%s: training seeds %s.', points[0].name, [p.seed for p in missing])
@@ -65,7 +66,7 @@ def run_seeds(sweep, points: list, root, *, retry_failed: bool = False) -> list:
         except cli.UserError:  # The user's to fix (data, workdir in use, disk): stop, one line.
             raise
         except Exception as e:  # pylint: disable=broad-except  (re-raised: one line or a bug)
-            # Only a diverged run is a result (its seed wrote failed.json): the machine failing
+            # Only a diverged run is a result (its seed recorded it): the machine failing
             # (a full disk, memory) stops the grid, records nothing, and a rerun resumes it;
             # anything else is a bug and keeps its traceback.
             failure = errors.environment_failure(e, points[0].name)
@@ -132,9 +133,9 @@ def main(argv):
             cli.fail(f'grid point {p.name}: {e}')
     root.mkdir(parents=True, exist_ok=True)
     cli.use_compilation_cache()  # Each point's seeds after the first compile nothing.
-    from alexnet_jax import seeds as seeds_lib  # Heavy; not needed for --print_commands.
+    from alexnet_jax import seed_workers  # Heavy; not needed for --print_commands.
     try:
-        with seeds_lib.shared_workers():  # One set of seed worker processes for every point.
+        with seed_workers.shared_workers():  # One set of seed worker processes for every point.
             notes = []
             if search:  # Fig. 1's protocol: each point trains at the rate its search found fastest.
                 lr_search.check_recorded(sweep, root, points)  # Before anything is rewritten.
@@ -154,7 +155,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    sys.path.insert(0, str(grid.REPO))  # For `configs`.
     cli.define_config_flag('configs/ablations.py')
     flags.DEFINE_string('workdir', None, 'Root directory: one subdirectory per point.', required=True)
     flags.DEFINE_bool('print_commands', False, 'Print one launch.py line per point; run nothing.')
