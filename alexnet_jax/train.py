@@ -250,14 +250,12 @@ def train_seed(config, workdir, seed: int, data=None) -> dict:
         return {'failed': workdirs.record_failure(directory, e)}
 
 
-def starting_state(config, info, ckpt, steps_per_epoch: int, num_steps: int):
+def starting_state(config, fresh, ckpt, steps_per_epoch: int, num_steps: int):
     """Where a seed's state comes from, decided here only: its checkpoint (a resume: the state,
     the plateau and the meta saved with it), else init_from's weights (a fresh fine-tuning run),
-    else fresh from config.seed; then the configured learning rate into it
-    (`optim.configured_learning_rate`). Returns (state, dropout key, plateau, the checkpoint's
-    meta or None)."""
-    state, dropout_key = initial_state(config, info, steps_per_epoch, num_steps)
-    meta, restored = None, ckpt.restore(state)
+    else `fresh` (`initial_state`'s); then the configured learning rate into it
+    (`optim.configured_learning_rate`). Returns (state, plateau, the checkpoint's meta or None)."""
+    state, meta, restored = fresh, None, ckpt.restore(fresh)
     if restored is not None:
         state, meta = restored
         logging.info('Resumed from step %d of %s.', int(state.step), ckpt.workdir)
@@ -266,7 +264,7 @@ def starting_state(config, info, ckpt, steps_per_epoch: int, num_steps: int):
     plateau = optim.Plateau.from_config(config.optim, (meta or {}).get('plateau'))
     state = optim.configured_learning_rate(state, config.optim, plateau, steps_per_epoch,
                                            num_steps)
-    return state, dropout_key, plateau, meta
+    return state, plateau, meta
 
 
 class Seed:
@@ -282,12 +280,13 @@ class Seed:
         t = config.train
         self.lock = workdirs.lock(self.workdir)  # A second run here stops now.
         self.ckpt = self.recorder = None
-        try:
+        try:  # The fresh state first: a config error stops the run before orbax starts.
+            fresh, self.dropout_key = initial_state(self.config, info, steps_per_epoch, num_steps)
             self.ckpt = checkpoints.Checkpointer(
                 self.workdir, config_fingerprint=checkpoints.config_fingerprint(self.config),
                 keep=t.keep_checkpoints, best_metric='val_top1', async_save=t.async_checkpoints)
-            self.state, self.dropout_key, self.plateau, meta = starting_state(
-                self.config, info, self.ckpt, steps_per_epoch, num_steps)
+            self.state, self.plateau, meta = starting_state(self.config, fresh, self.ckpt,
+                                                            steps_per_epoch, num_steps)
         except BaseException:
             self.close()
             raise

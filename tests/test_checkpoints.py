@@ -343,7 +343,7 @@ def test_workdir_lock_refuses_files_and_a_second_run(tmp_path, setup, message):
 
 LOCK_AND_SLEEP = textwrap.dedent('''
     import sys, time
-    from alexnet_jax import checkpoints
+    from alexnet_jax import workdirs
     lock = workdirs.lock(sys.argv[1])
     print('locked', flush=True)
     time.sleep(600)
