@@ -417,12 +417,6 @@ def load_variables(directory, step: int | None = None):
     return config, jax.tree.map(np.asarray, state)
 
 
-def load_params(directory, step: int | None = None):
-    """(config, params) of a converted checkpoint or a training workdir's latest (or given) step."""
-    config, variables = load_variables(directory, step)
-    return config, variables['params']
-
-
 # -- small helpers ---------------------------------------------------------------------------------
 
 def _to_dict(section):

@@ -131,32 +131,22 @@ def with_data_from(config, data_config):
     return config
 
 
-def eval_config(config, run_config=None, eval_batch_size: int | None = None):
-    """The checkpoint's `config` with `run_config`'s data source and eval batch size (a copy)."""
-    if run_config is None:
-        config = config.copy_and_resolve_references()
-    else:
-        config = with_data_from(config, run_config.data)
-        if 'train' in run_config and 'eval_batch_size' in run_config.train:
-            config.train.eval_batch_size = run_config.train.eval_batch_size
-    if eval_batch_size:
-        config.train.eval_batch_size = eval_batch_size
-    return config
-
-
 def evaluate_checkpoint(checkpoint, run_config=None, *, split: str | None = None,
                         crops: str = 'both', eval_batch_size: int | None = None,
                         output=None) -> dict:
     """Evaluates DIR on `split` (default: the data's test_split) with the center crop and/or
-    the 10 crops; writes the results (`workdirs.eval_results_path`), prints a table, returns
-    them."""
+    the 10 crops, on DIR's data or `run_config`'s data source and eval batch size; writes the
+    results (`workdirs.eval_results_path`), prints a table, returns them."""
     from alexnet_jax.data import sources  # pylint: disable=import-outside-toplevel  (TF)
     if crops not in CROPS:
         raise errors.InputError(f'--crops={crops!r} is not one of {list(CROPS)}.')
     config, model, variables = load(checkpoint)
     state = EvalState(apply_fn=model.apply, params=variables['params'],
                       batch_stats=variables.get('batch_stats', {}))
-    config = eval_config(config, run_config, eval_batch_size)
+    config = with_data_from(config, (config if run_config is None else run_config).data)
+    if run_config is not None and 'eval_batch_size' in run_config.get('train', {}):
+        config.train.eval_batch_size = run_config.train.eval_batch_size
+    config.train.eval_batch_size = eval_batch_size or config.train.eval_batch_size
     validation.validate_config(config)
     split = split or config.data.test_split
     source = sources.get_source(config.data)

@@ -135,7 +135,7 @@ def paper_config():
         plot=True,               # learning_curves.png in the workdir at each eval.
     ))
 
-    # Fine-tuning and evaluation of existing weights (alexnet_jax/finetune.py, evaluate.py).
+    # Fine-tuning and evaluation of existing weights (alexnet_jax/finetune.py, evaluation.py).
     # init_from: a converted checkpoint or a training workdir whose params (and batch_stats) start
     # a fresh run; its own config defines the net and its preprocessing, this config the rest;
     # a classifier head (fc8) of another num_classes is re-initialised. A resumed run ignores it.

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpoints
+from alexnet_jax import evaluation
 from alexnet_jax.tools import convert
 from alexnet_jax import models
 
@@ -110,7 +110,8 @@ def max_rel_diff(got, want):
 
 
 def our_logits(directory, images_rgb_0_255):
-    config, params = checkpoints.load_params(directory)
+    config, _, variables = evaluation.load(directory)
+    params = variables['params']
     x = (images_rgb_0_255 - np.asarray(config.data.mean_rgb)) / np.asarray(config.data.stddev_rgb)
     model = models.create_model(config.model)
     return config, np.asarray(jax.jit(model.apply)({'params': params}, x.astype(np.float32)))

@@ -55,7 +55,7 @@ def test_digits_info(digits_dir):
     info = ip.get_info(digits_config(digits_dir))
     assert info.num_classes == 10 and info.image_shape == (67, 67, 1)
     assert sum(info.num_examples.values()) == 1797
-    assert ip.steps_per_epoch(digits_config(digits_dir)) == info.num_examples['train'] // 8
+    assert ip.facts(digits_config(digits_dir)).steps_per_epoch == info.num_examples['train'] // 8
 
 
 @pytest.mark.parametrize('ld,batch', [(2, 8), (1, 6), (4, 16)])

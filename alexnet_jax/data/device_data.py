@@ -75,7 +75,7 @@ def make_spec(config, num_examples: int, local_devices: int | None = None,
                 flip=bool(d.random_flip))
 
 
-_loaded = {}  # The last data set this process read: a sweep worker's runs share it (seeds.py).
+_loaded = {}  # The last data set this process read: a sweep worker's runs share it (seed_workers.py).
 
 
 def load(config, process_index: int | None = None, process_count: int | None = None) -> dict:

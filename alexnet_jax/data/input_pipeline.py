@@ -61,11 +61,6 @@ def get_info(config) -> DatasetInfo:
         skipped_files={s: src.skipped(s) for s in splits if src.skipped(s)})
 
 
-def steps_per_epoch(config, info: DatasetInfo | None = None) -> int:
-    info = get_info(config) if info is None else info
-    return info.num_examples[config.data.train_split] // config.train.batch_size
-
-
 @dataclasses.dataclass(frozen=True)
 class Facts:
     """What a run asks of its data, built once (`facts`) and passed down, so nothing else in
@@ -89,7 +84,7 @@ def facts(config) -> Facts:
     d = config.data
     spec = (device_data.make_spec(config, info.num_examples[d.train_split])
             if device_data.enabled(config, info) else None)
-    return Facts(info, steps_per_epoch(config, info), spec,
+    return Facts(info, info.num_examples[d.train_split] // config.train.batch_size, spec,
                  *preprocess.mean_std(d, info.image_shape[-1]))
 
 

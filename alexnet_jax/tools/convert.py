@@ -8,9 +8,8 @@ What DIR holds (the layout of a training workdir, workdirs.py's, so every tool r
 the full config (model fields + the source's preprocessing in `data`, provenance and notes in
 `pretrained`), and checkpoint step 0 holding {'params': {...}} (checkpoints.Checkpointer).
 
-`checkpoints.load_params(DIR) -> (config, params)` reads it (`load_variables` also returns
-batch_stats), as it reads a training workdir. This module only converts: nothing outside
-alexnet_jax/tools imports it.
+`evaluation.load(DIR) -> (config, model, variables)` reads it, as it reads a training workdir.
+This module only converts: nothing outside alexnet_jax/tools imports it.
 The output is written to a temporary directory next to DIR and renamed at the end: a failed
 conversion leaves nothing behind, and an existing non-empty DIR is never touched.
 
@@ -342,7 +341,7 @@ def main(argv):
     out = convert(FLAGS['from'].value, cli.local_path(FLAGS.input, '--input'),
                   cli.local_path(FLAGS.output, '--output'), base)
     print(f'Wrote {out} (its config + checkpoint step 0); load it with '
-          f'alexnet_jax.checkpoints.load_params({str(out)!r}).')
+          f'alexnet_jax.evaluation.load({str(out)!r}).')
 
 
 if __name__ == '__main__':
