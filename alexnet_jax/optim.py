@@ -223,25 +223,23 @@ def configured_learning_rate(state, o, plateau, steps_per_epoch: int, num_steps:
     new = o.learning_rate * (plateau.scale if o.schedule == 'plateau' else 1.0)
     if np.isclose(old, new, rtol=1e-6, atol=0):
         return state
-    logging.warning('Learning rate %g in the checkpoint -> %g (config.learning_rate=%g%s).',
+    logging.warning('Learning rate %g in the checkpoint -> %g (config.optim.learning_rate=%g%s).',
                     float(old), new, o.learning_rate,
                     f' x {plateau.scale:g} for {plateau.reductions} plateau reduction(s)'
                     if o.schedule == 'plateau' and plateau.reductions else '')
-    return state.replace(opt_state=set_learning_rate(state.opt_state,
-                                                           np.asarray(new, old.dtype)))
+    return state.replace(opt_state=set_learning_rate(state.opt_state, np.asarray(new, old.dtype)))
 
 
-def update_plateaus(plateaus: list, state, val: list, o, step: int):
+def update_plateaus(plateaus: list, live: list, state, val: list, o, step: int):
     """The paper's schedule, per seed: its lr / 10 when its validation error stops improving
-    (`plateaus`: each seed's Plateau, None for a failed seed); the rates go into the replicated
-    state with a seed axis, in the same type and placement (no recompile)."""
+    (`plateaus`: each seed's Plateau; a failed seed's, not `live`, is left alone); the rates go
+    into the replicated state with a seed axis, in the same type and placement (no recompile)."""
     if o.schedule != 'plateau':
         return state
-    lowered = [p is not None and p.update(1.0 - v['top1']) for p, v in zip(plateaus, val)]
+    lowered = [ok and p.update(1.0 - v['top1']) for p, ok, v in zip(plateaus, live, val)]
     if not any(lowered):
         return state
-    lr = np.asarray([o.learning_rate * (p.scale if p is not None else 1.0) for p in plateaus],
-                    np.float32)
+    lr = np.asarray([o.learning_rate * p.scale for p in plateaus], np.float32)
     logging.info('Validation error plateaued at step %d: learning rate -> %s.', step,
                  ', '.join(f'{x:g}' for x in lr))
     return state.replace(opt_state=set_learning_rate(state.opt_state, parallel.replicate(lr)))

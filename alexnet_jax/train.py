@@ -244,6 +244,7 @@ def train_seed(config, workdir, seed: int, data=None) -> dict:
         from alexnet_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
         data = input_pipeline.facts(config)
     directory = workdirs.seed_dir(workdir, seed)
+    workdirs.check_layout(directory, several=False)
     try:
         return _train_seeds(config, data, [(seed, directory)], 'single', raise_nan=True)
     except NonFiniteLossError as e:
@@ -418,8 +419,9 @@ def _train_group(config, data, seeds: list, mode: str, num_steps: int, steps_per
                 val = evaluation.evaluate_seeds(p_last if step == num_steps else p_eval,
                                                 state, config, d.eval_split)
                 improved = [_record_eval(s, step, v) for s, v in zip(seeds, val)]
-                state = optim.update_plateaus([None if s.failed else s.plateau for s in seeds],
-                                              state, val, config.optim, step)
+                state = optim.update_plateaus([s.plateau for s in seeds],
+                                              [not s.failed for s in seeds], state, val,
+                                              config.optim, step)
             if is_ckpt or any(improved):  # Every new best is saved: keep-best ranks it.
                 host = parallel.unreplicate(state)
                 for i, s in enumerate(seeds):

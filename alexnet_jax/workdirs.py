@@ -149,7 +149,7 @@ def lock(workdir) -> Lock:
     return Lock(fd)
 
 
-# -- records ----------------------------------------------------------------------------------------
+# -- records --------------------------------------------------------------------------------------
 
 def write_config(config, workdir) -> None:
     """workdir/config.json: the net and preprocessing of its checkpoints (`read_config`)."""
