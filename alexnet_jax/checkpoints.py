@@ -8,8 +8,6 @@ orbax does not checksum array data). A step is written to `<step>.orbax-checkpoi
 renamed when complete, so a killed save never counts as a step.
 """
 
-from __future__ import annotations
-
 import atexit
 import json
 import logging as pylogging
@@ -46,7 +44,8 @@ def config_fingerprint(config) -> dict:
     """What a checkpoint must share with the config that resumes it (`check_fits`): the
     fields that shape the state (model, input, optimizer, loss scaling, frozen layers) and,
     under 'stream', the RESUME_FIXED fields."""
-    fingerprint = {'model': _jsonable(_to_dict(config.model))}
+    model = config.model.to_dict() if hasattr(config.model, 'to_dict') else dict(config.model)
+    fingerprint = {'model': _jsonable(model)}
     optim = {k: config.optim[k] for k in ('optimizer', 'loss_scale')
              if 'optim' in config and k in config.optim}
     if optim:
@@ -200,9 +199,7 @@ class Checkpointer:
 
     def best_step(self) -> int | None:
         """The retained step with the best `best_metric`; None if none was saved with it."""
-        if not self.best_metric:
-            return None
-        return self._mgr.best_step()
+        return self._mgr.best_step() if self.best_metric else None
 
     def all_steps(self) -> list[int]:
         return list(self._mgr.all_steps())
@@ -418,10 +415,6 @@ def load_variables(directory, step: int | None = None):
 
 
 # -- small helpers ---------------------------------------------------------------------------------
-
-def _to_dict(section):
-    return section.to_dict() if hasattr(section, 'to_dict') else dict(section)
-
 
 def _json_default(x):
     if isinstance(x, (np.generic, jax.Array)) and np.ndim(x) == 0:

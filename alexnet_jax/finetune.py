@@ -25,13 +25,11 @@ def _fail(message: str):
     raise validation.ConfigError(f'config.init_from: {message}')
 
 
-_UNREADABLE = (workdirs.WorkdirError, checkpoints.CorruptCheckpointError)
-
-
-def _source_config(directory):
+def _read(load, directory):
+    """`load(directory)`, a directory it cannot read being config.init_from's error."""
     try:
-        return workdirs.read_config(directory)
-    except _UNREADABLE as e:
+        return load(directory)
+    except (workdirs.WorkdirError, checkpoints.CorruptCheckpointError) as e:
         _fail(str(e))
 
 
@@ -39,7 +37,7 @@ def resolve_config(config):
     """`config` (unchanged if init_from is unset) with DIR's net and preprocessing; a copy."""
     if not config.get('init_from'):
         return config
-    source = _source_config(config.init_from)
+    source = _read(workdirs.read_config, config.init_from)
     config = config.copy_and_resolve_references()
     changes = []
     for section, keys in (('model', [k for k in source.get('model', {})
@@ -105,10 +103,7 @@ def merge(target: dict, source: dict, head: str, where: str = 'params', director
 
 def load_into(state, directory):
     """`state` (fresh, on the host) with DIR's params and batch_stats merged in; logs the layers."""
-    try:
-        _, variables = checkpoints.load_variables(directory)
-    except _UNREADABLE as e:
-        _fail(str(e))
+    _, variables = _read(checkpoints.load_variables, directory)
     head = head_layer(state.params)
     params, loaded, reinit = merge(state.params, variables['params'], head, 'params', directory)
     batch_stats = state.batch_stats

@@ -9,13 +9,10 @@ import jax
 import numpy as np
 
 
-def path_str(path) -> str:
-    return jax.tree_util.keystr(path, simple=True, separator='/')
-
-
 def leaves(tree) -> list:
     """[(path string, leaf)] in tree order."""
-    return [(path_str(p), leaf) for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
+    return [(jax.tree_util.keystr(p, simple=True, separator='/'), leaf)
+            for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
 def _is_typed_key(leaf) -> bool:

@@ -215,9 +215,14 @@ def _kernel_init(init: str, name: str):
 
 
 def _bias_init(init: str, name: str, ones=PAPER_ONE_BIASES):
-    if init == 'paper' and name in ones:
-        return nn.initializers.ones
-    return nn.initializers.zeros
+    return nn.initializers.ones if init == 'paper' and name in ones else nn.initializers.zeros
+
+
+def _layer_args(net: nn.Module, name: str, ones=PAPER_ONE_BIASES) -> dict:
+    """A conv or dense layer's init, dtypes and name, from the net's fields (both nets)."""
+    return dict(kernel_init=_kernel_init(net.init_scheme, name),
+                bias_init=_bias_init(net.init_scheme, name, ones), dtype=jnp.dtype(net.dtype),
+                param_dtype=jnp.dtype(net.param_dtype), name=name)
 
 
 class AlexNet(nn.Module):
@@ -264,11 +269,6 @@ class AlexNet(nn.Module):
         return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                             dtype=self.dtype, param_dtype=self.param_dtype, name=f'bn_{name}')(x)
 
-    def _layer_args(self, name: str) -> dict:
-        return dict(kernel_init=_kernel_init(self.init_scheme, name),
-                    bias_init=_bias_init(self.init_scheme, name), dtype=jnp.dtype(self.dtype),
-                    param_dtype=jnp.dtype(self.param_dtype), name=name)
-
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         self._check_input(x)
@@ -284,7 +284,7 @@ class AlexNet(nn.Module):
             x = nn.Conv(scaled_features(features, self.width * scale, self.groups),
                         (kernel, kernel), strides=stride, padding=padding,
                         feature_group_count=self.groups if grouped else 1,
-                        conv_general_dilated=grouped_conv, **self._layer_args(name))(x)
+                        conv_general_dilated=grouped_conv, **_layer_args(self, name))(x)
             x = act(self._norm(x, name, train))
             self._record(name, x)
             if self.lrn and name in ('conv1', 'conv2'):
@@ -300,12 +300,12 @@ class AlexNet(nn.Module):
         for name in ('fc6', 'fc7'):
             if torchvision:  # Its classifier: Dropout, Linear, ReLU, Dropout, Linear, ReLU, Linear.
                 x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-            x = nn.Dense(scaled_features(FC_FEATURES, self.width, 1), **self._layer_args(name))(x)
+            x = nn.Dense(scaled_features(FC_FEATURES, self.width, 1), **_layer_args(self, name))(x)
             x = act(self._norm(x, name, train))
             self._record(name, x)
             if not torchvision:
                 x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        x = nn.Dense(self.num_classes, **self._layer_args('fc8'))(x)
+        x = nn.Dense(self.num_classes, **_layer_args(self, 'fc8'))(x)
         self._record('fc8', x)
         return x.astype(jnp.float32)
 
@@ -340,24 +340,19 @@ class Fig1Net(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         del train  # No dropout or batch norm in this net.
         act = ACTIVATIONS[self.activation]
-        dtype = jnp.dtype(self.dtype)
-        x = x.astype(dtype)
+        x = x.astype(jnp.dtype(self.dtype))
         for i, (features, pool) in enumerate([(32, nn.max_pool), (32, nn.avg_pool),
                                               (64, nn.avg_pool)], start=1):
             name = f'conv{i}'
             x = nn.Conv(scaled_features(features, self.width, 1), (5, 5), padding='SAME',
-                        kernel_init=_kernel_init(self.init_scheme, name),
-                        bias_init=_bias_init(self.init_scheme, name, FIG1_ONE_BIASES),
-                        dtype=dtype, param_dtype=self.param_dtype, name=name)(x)
+                        **_layer_args(self, name, FIG1_ONE_BIASES))(x)
             x = act(x)
             self.sow('intermediates', name + '_out', x)
             x = pool(x, (3, 3), strides=(2, 2), padding='SAME')
             if self.lrn:
                 x = lrn_layer(self, x, f'lrn{i}')
         x = x.reshape(x.shape[0], -1)
-        x = nn.Dense(self.num_classes, kernel_init=_kernel_init(self.init_scheme, 'fc4'),
-                     bias_init=_bias_init(self.init_scheme, 'fc4', FIG1_ONE_BIASES),
-                     dtype=dtype, param_dtype=self.param_dtype, name='fc4')(x)
+        x = nn.Dense(self.num_classes, **_layer_args(self, 'fc4', FIG1_ONE_BIASES))(x)
         self.sow('intermediates', 'fc4_out', x)
         return x.astype(jnp.float32)
 

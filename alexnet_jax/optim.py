@@ -131,10 +131,8 @@ def frozen_layers(freeze) -> tuple:
     return tuple(n for entry in freeze or () for n in re.split(r'[,\s]+', entry) if n)
 
 
-def freeze_labels(frozen):
+def freeze_labels(frozen: tuple):
     """params -> the same tree of 'frozen' / 'trainable' labels, by top-level layer name."""
-    frozen = frozen_layers(frozen)
-
     def labels(params):  # The one check of config.freeze's names: against the real params.
         unknown = [name for name in frozen if name not in params]
         errors.check(not unknown, 'freeze', f'{unknown} {"is" if len(unknown) == 1 else "are"} '

@@ -24,9 +24,9 @@ def _one_of(section, prefix: str, name: str, choices) -> None:
 
 
 def _positive(section, prefix: str, *names: str) -> None:
-    for name in names:
-        value = section[name]
-        check(value > 0, f'{prefix}{name}', f'must be > 0, got {value!r}.')
+    """Each of `names` that `section` has must be > 0."""
+    for name in (n for n in names if n in section):
+        check(section[name] > 0, f'{prefix}{name}', f'must be > 0, got {section[name]!r}.')
 
 
 def _is_dtype(name: str) -> bool:
@@ -84,10 +84,8 @@ def validate_data(d) -> None:
     for name in ('pca_lighting', 'pad'):
         if has(name):
             check(d[name] >= 0, p + name, f'must be >= 0 (0 turns it off), got {d[name]!r}.')
-    for name in ('shuffle_buffer', 'fake_num_classes', 'fake_train_examples',
-                 'fake_eval_examples'):
-        if has(name):
-            check(d[name] > 0, p + name, f'must be > 0, got {d[name]!r}.')
+    _positive(d, p, 'shuffle_buffer', 'fake_num_classes', 'fake_train_examples',
+              'fake_eval_examples')
     if has('num_parallel_calls'):
         check(d.num_parallel_calls == -1 or d.num_parallel_calls > 0, p + 'num_parallel_calls',
               f'must be > 0, or -1 for tf.data AUTOTUNE; got {d.num_parallel_calls!r}.')
@@ -120,10 +118,7 @@ def validate_optim(o) -> None:
     if o.schedule == 'step':
         check((o.decay_every_steps or o.decay_every_epochs or 0) > 0, p + 'decay_every_steps',
               "must be > 0 for schedule='step' (or set decay_every_epochs).")
-    if 'poly_power' in o:
-        _positive(o, p, 'poly_power')
-    if 'lars_trust_coefficient' in o:
-        _positive(o, p, 'lars_trust_coefficient')
+    _positive(o, p, 'poly_power', 'lars_trust_coefficient')
     if 'loss_scale' in o:
         _one_of(o, p, 'loss_scale', LOSS_SCALES)
         if o.loss_scale is not None:

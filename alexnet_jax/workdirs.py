@@ -197,11 +197,9 @@ def eval_results_path(checkpoint, output=None) -> epath.Path:
     return epath.Path(checkpoint) / EVAL / RESULTS
 
 
-def record_failure(workdir, error) -> str:
-    """Writes workdir/failed.json {'reason'} (an exception's first line, or a reason given);
-    returns the reason."""
-    reason = error if isinstance(error, str) else (
-        f'{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ""}')
+def record_failure(workdir, error: Exception) -> str:
+    """Writes workdir/failed.json {'reason'}: the exception's type and first line; returns it."""
+    reason = f'{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ""}'
     logging.warning('%s failed: %s', workdir, reason)
     workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -106,7 +106,10 @@ def verdict(ci: Interval, scale: float = 1.0, unit: str = 'points', digits: int 
 def ratio_ci(baseline: dict, ablated: dict, confidence: float = CONFIDENCE) -> Interval:
     """Geometric mean of ablated / baseline by seed, with the exponentiated t-interval of the
     log ratios: 2x and 0.5x are equally far from 1. Seeds without two positive values left out."""
-    return geometric_ci(list(log_ratios(baseline, ablated).values()), confidence)
+    ci = mean_ci(list(log_ratios(baseline, ablated).values()), confidence)
+    if ci.n == 0:
+        return NONE
+    return Interval(math.exp(ci.mean), math.exp(ci.lo), math.exp(ci.hi), ci.n)
 
 
 def log_ratios(baseline: dict, ablated: dict) -> dict:
@@ -114,14 +117,6 @@ def log_ratios(baseline: dict, ablated: dict) -> dict:
     return {s: math.log(float(ablated[s]) / float(baseline[s]))
             for s in paired_differences(baseline, ablated)
             if float(ablated[s]) > 0 and float(baseline[s]) > 0}
-
-
-def geometric_ci(log_ratios, confidence: float = CONFIDENCE) -> Interval:
-    """exp of the t-interval of log ratios: a geometric-mean ratio and its CI."""
-    ci = mean_ci(log_ratios, confidence)
-    if ci.n == 0:
-        return NONE
-    return Interval(math.exp(ci.mean), math.exp(ci.lo), math.exp(ci.hi), ci.n)
 
 
 # --- Every source of noise: test images and seeds, censored speeds, many verdicts -------------
@@ -177,13 +172,9 @@ def bootstrap_estimate(errors, samples: int = BOOTSTRAP_SAMPLES) -> Estimate:
         return NO_ESTIMATE
     dist = two_way_bootstrap(x, samples)
     lo, hi = np.quantile(dist, [ALPHA / 2, 1 - ALPHA / 2])
-    return Estimate(float(x.mean()), float(lo), float(hi), x.shape[0], _two_sided(dist),
-                    float(dist.std()))
-
-
-def _two_sided(dist) -> float:
-    below, above = (np.sum(dist <= 0) + 1), (np.sum(dist >= 0) + 1)
-    return float(min(1.0, 2 * min(below, above) / (len(dist) + 1)))
+    below, above = np.sum(dist <= 0) + 1, np.sum(dist >= 0) + 1
+    p = float(min(1.0, 2 * min(below, above) / (len(dist) + 1)))
+    return Estimate(float(x.mean()), float(lo), float(hi), x.shape[0], p, float(dist.std()))
 
 
 def median_ci(times, confidence: float = CONFIDENCE) -> Estimate:
