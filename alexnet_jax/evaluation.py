@@ -146,7 +146,8 @@ def evaluate_checkpoint(checkpoint, run_config=None, *, split: str | None = None
     config = with_data_from(config, (config if run_config is None else run_config).data)
     if run_config is not None and 'eval_batch_size' in run_config.get('train', {}):
         config.train.eval_batch_size = run_config.train.eval_batch_size
-    config.train.eval_batch_size = eval_batch_size or config.train.eval_batch_size
+    if eval_batch_size:
+        config.train.eval_batch_size = eval_batch_size
     validation.validate_config(config)
     split = split or config.data.test_split
     source = sources.get_source(config.data)

@@ -173,8 +173,8 @@ def read_config(directory) -> ml_collections.ConfigDict:
 
 def seed_configs(workdir) -> dict:
     """{path: config dict} of every seed<k>/ run in `workdir` (a sweep point's seeds)."""
-    return {p: records.read(p) for p in sorted(epath.Path(workdir).glob(f'seed*/{CONFIG}'))
-            if p.is_file()}
+    paths = [epath.Path(workdir) / run / CONFIG for run in seed_runs(workdir)]
+    return {p: records.read(p) for p in paths if p.is_file()}
 
 
 def write_results(workdir, results: dict) -> None:

@@ -81,10 +81,9 @@ def facts(config) -> Facts:
     config's classes and batch are checked against the data (`check_data_fits`)."""
     info = get_info(config)
     check_data_fits(config, info)
-    d = config.data
-    spec = (device_data.make_spec(config, info.num_examples[d.train_split])
-            if device_data.enabled(config, info) else None)
-    return Facts(info, info.num_examples[d.train_split] // config.train.batch_size, spec,
+    d, n = config.data, info.num_examples[config.data.train_split]
+    spec = device_data.make_spec(config, n) if device_data.enabled(config, info) else None
+    return Facts(info, n // config.train.batch_size, spec,
                  *preprocess.mean_std(d, info.image_shape[-1]))
 
 
