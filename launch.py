@@ -12,11 +12,14 @@ The config is validated once, here; `run` routes it (evaluation only, or trainin
 from absl import app
 from absl import flags
 from absl import logging
-import jax
+from etils import epy
 
 from alexnet_jax import cli
-from alexnet_jax import parallel
-from alexnet_jax import workdirs
+
+with epy.lazy_imports():  # They load jax: `--help` and a mistyped flag answer before it loads.
+    import jax
+    from alexnet_jax import parallel
+    from alexnet_jax import workdirs
 
 cli.define_config_flag()
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, plots, results.',

@@ -15,13 +15,16 @@ import re
 import sys
 
 from absl import flags
-from flax import traverse_util
+from etils import epy
 from ml_collections import config_flags
 
 from alexnet_jax import console
 from alexnet_jax import errors
-from alexnet_jax import validation
-from alexnet_jax import workdirs
+
+with epy.lazy_imports():  # They load jax; `--help` and a bad flag should not wait for it.
+    from flax import traverse_util
+    from alexnet_jax import validation
+    from alexnet_jax import workdirs
 
 UserError = errors.UserError
 InputError = errors.InputError
@@ -41,6 +44,8 @@ def define_config_flag(default: str | None = 'configs/alexnet.py') -> None:
     config_flags.DEFINE_config_file(
         'config', default, 'Config file, optionally with a variant: configs/alexnet.py:digits. '
         'Override fields with --config.model.activation=tanh etc.', lock_config=True)
+    # Listed by --help (absl shows the main module's key flags), with its variants: `parse_flags`.
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS['config'])
     parser = flags.FLAGS['config'].parser
     by_first_colon = parser.parse
 
@@ -72,15 +77,41 @@ def _one_line(error: BaseException) -> str:
     return ' '.join(text.replace('\\n', ' ').replace("\\'", "'").split())
 
 
+_HELP = ('--help', '-help', '--helpshort', '-h', '-?', '--helpfull')
+
+
 def parse_flags(argv):
-    """absl `flags_parser`: a bad --config.* exits with one line, code 2; quiets the console."""
+    """absl `flags_parser`: a bad --config.* exits with one line, code 2; quiets the console;
+    `--help` lists the --config file's variants and exits 0."""
     console.quiet()
+    if any(a in _HELP for a in argv[1:argv.index('--') if '--' in argv else None]):
+        _describe_config_flag()
+        try:
+            flags.FLAGS(argv)
+        except SystemExit as e:  # absl's help exits 1; help asked for is a success.
+            sys.exit(0 if e.code == 1 else e.code)
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
         fail(_one_line(e))
     except (AttributeError, KeyError, ValueError, TypeError, OSError) as e:
         fail(f'bad --config ({type(e).__name__}): {_one_line(e)}')
+
+
+def _describe_config_flag() -> None:
+    """Adds the default --config file's variants (VARIANTS) or grids (GRIDS) to its help."""
+    flag = flags.FLAGS['config']
+    given = flag.default_as_str  # Not .default: that loads the file.
+    spec = given.strip("'") if given not in (None, "'None'") else 'configs/alexnet.py'
+    path = split_config_spec(spec)[0]
+    try:
+        module = _load_module(path)
+    except (OSError, ImportError):
+        return
+    kind, names, doc = (('grids', module.GRIDS, 'docs/ablations.md') if hasattr(module, 'GRIDS')
+                        else ('variants', getattr(module, 'VARIANTS', {}), 'docs/training.md'))
+    flag.help += (f' {path} {kind}: {", ".join(names)} (e.g. --config={path}:{next(iter(names))})'
+                  f'. Each field is described by its comment in {path}; see also {doc}.')
 
 
 def use_compilation_cache() -> str | None:
@@ -133,11 +164,15 @@ def load_config_file(spec: str, root: str = ''):
     """'path[:variant]' -> that file's get_config(variant), as config_flags loads it; a
     relative path is taken from `root` (default: the current directory)."""
     path, arg = split_config_spec(spec)
-    module_spec = importlib.util.spec_from_file_location('_config_file',
-                                                         os.path.join(root, path))
+    module = _load_module(os.path.join(root, path))
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def _load_module(path: str):
+    module_spec = importlib.util.spec_from_file_location('_config_file', path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
+    return module
 
 
 def config_changes(config, defaults) -> list:

@@ -48,17 +48,20 @@ import tempfile
 
 from absl import app
 from absl import flags
-import jax
-import jax.numpy as jnp
+from etils import epy
 import ml_collections
 import numpy as np
 
-from alexnet_jax import checkpoints
 from alexnet_jax import cli
 from alexnet_jax import errors
-from alexnet_jax import models
-from alexnet_jax import validation
-from alexnet_jax import workdirs
+
+with epy.lazy_imports():  # Loaded on first use: --help answers before jax loads.
+    import jax
+    import jax.numpy as jnp
+    from alexnet_jax import checkpoints
+    from alexnet_jax import models
+    from alexnet_jax import validation
+    from alexnet_jax import workdirs
 
 SOURCES = ('bvlc_npy', 'torchvision')
 LAYER_NAMES = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')

@@ -21,15 +21,18 @@ which `config.eval_only=True` in launch.py runs for a run's config (`evaluation.
 
 from absl import app
 from absl import flags
+from etils import epy
 
 from alexnet_jax import cli
-from alexnet_jax import evaluation
+
+with epy.lazy_imports():  # Loaded on first use: --help answers before jax loads.
+    from alexnet_jax import evaluation
 
 
 def define_flags() -> None:
     flags.DEFINE_string('checkpoint', None, 'A converted checkpoint or a training workdir.')
     flags.DEFINE_string('split', None, 'Data split (default: the data\'s test_split).')
-    flags.DEFINE_enum('crops', 'both', list(evaluation.CROPS),
+    flags.DEFINE_enum('crops', 'both', ['center', 'ten', 'both'],  # evaluation.CROPS,
                       'center: one center crop; ten: the paper\'s 10 crops; both.')
     flags.DEFINE_integer('eval_batch_size', None, 'Global eval batch (default: the config\'s).')
     flags.DEFINE_string('output', None, 'A .json path or a directory for the results '

@@ -19,14 +19,17 @@ import pathlib
 
 from absl import app
 from absl import flags
-import jax
+from etils import epy
 import numpy as np
 
 from alexnet_jax import cli
-from alexnet_jax import evaluation
-from alexnet_jax import models
-from alexnet_jax import parallel
-from alexnet_jax.data import preprocess
+
+with epy.lazy_imports():  # Loaded on first use: --help answers before jax loads.
+    import jax
+    from alexnet_jax import evaluation
+    from alexnet_jax import models
+    from alexnet_jax import parallel
+    from alexnet_jax.data import preprocess
 
 def check_layer(model, layer: str) -> None:
     if layer not in models.LAYERS:
@@ -110,7 +113,8 @@ def output_path(output: str) -> pathlib.Path:
 
 def define_flags() -> None:
     flags.DEFINE_string('checkpoint', None, 'A converted checkpoint or a training workdir.')
-    flags.DEFINE_string('layer', 'fc7', f'One of {", ".join(models.LAYERS)}.')
+    flags.DEFINE_string('layer', 'fc7', "A layer's name, e.g. conv5, pool5, fc7 "
+                        '(models.LAYERS lists them).')
     flags.DEFINE_string('split', None, 'Data split (default: the config\'s data.test_split).')
     flags.DEFINE_string('output', None, 'features.npz to write.')
     cli.define_config_flag(default=None)  # Optional: another data source.

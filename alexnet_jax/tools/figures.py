@@ -19,14 +19,17 @@ import pathlib
 
 from absl import app
 from absl import flags
+from etils import epy
 import matplotlib
 matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from alexnet_jax import cli  # pylint: disable=wrong-import-position
-from alexnet_jax import evaluation  # pylint: disable=wrong-import-position
-from alexnet_jax.tools import features  # pylint: disable=wrong-import-position
+
+with epy.lazy_imports():  # Loaded on first use: --help answers before jax loads.
+    import matplotlib.pyplot as plt
+    from alexnet_jax import evaluation
+    from alexnet_jax.tools import features
 
 
 # --- Fig. 3: conv1 kernels ---------------------------------------------------------------------

@@ -14,16 +14,21 @@ printed side by side because the literature mixes them:
     the input, the convention of the seed note that lists 55x55x96x3 "because of ReLU and LRN".
 """
 
+from __future__ import annotations  # models.AlexNet in signatures: not loaded for --help.
+
 import dataclasses
 import math
 
 from absl import app
 from absl import flags
-import jax
-import jax.numpy as jnp
+from etils import epy
 
 from alexnet_jax import cli
-from alexnet_jax import models
+
+with epy.lazy_imports():  # Loaded on first use: --help answers before jax loads.
+    import jax
+    import jax.numpy as jnp
+    from alexnet_jax import models
 
 FLAGS = flags.FLAGS
 

@@ -15,6 +15,8 @@ DIR/fig1_training_error.png and DIR/ablation_deltas.png. A grid with
 `lr_search_rates` (Fig. 1) first searches each point's learning rate (alexnet_jax/tools/lr_search.py).
 """
 
+from __future__ import annotations  # grid.Point in signatures: not loaded for --help.
+
 import functools
 import pathlib
 import sys
@@ -22,14 +24,17 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
+from etils import epy
 
 from alexnet_jax import cli
 from alexnet_jax import errors
-from alexnet_jax import records
-from alexnet_jax import workdirs
-from alexnet_jax.tools import grid
-from alexnet_jax.tools import lr_search
-from alexnet_jax.tools import report
+
+with epy.lazy_imports():  # Loaded on first use: --help answers before jax loads.
+    from alexnet_jax import records
+    from alexnet_jax import workdirs
+    from alexnet_jax.tools import grid
+    from alexnet_jax.tools import lr_search
+    from alexnet_jax.tools import report
 
 FLAGS = flags.FLAGS
 
