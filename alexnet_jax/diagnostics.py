@@ -28,6 +28,8 @@ def first_eval_images(config, mean, std) -> np.ndarray:
     """The first batch of config.data.eval_split as the net sees it (padding dropped; of the
     paper's 10 crops the center one), float32 [n, H, W, C] on the host."""
     from alexnet_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
+    config = config.copy_and_resolve_references()
+    config.data.cache = 'never'  # One batch read: a cache filled part-way is dropped, with a warning.
     batch = next(input_pipeline.eval_iterator(config, config.data.eval_split))
     flat = {k: np.reshape(v, (-1,) + np.shape(v)[2:]) for k, v in batch.items()}
     keep = flat['mask'].astype(bool)
@@ -63,6 +65,18 @@ def measure(apply_fn, params, batch_stats, images, model_config) -> dict:
     for key in [k for k in out if k.endswith('/divisor_p99')]:
         out[key.replace('/divisor_p99', '/p99_over_k_beta')] = out[key] / k_beta
     return out
+
+
+def summary(stats: dict) -> str:
+    """`measure`'s numbers as one short log line: each LRN layer's p99 divisor over k^beta and
+    the layer with the fewest units ever active (all of them go to the metrics record)."""
+    parts = [f'{k.split("/")[0].upper()} divisor p99 {v:.2f}x k^beta'
+             for k, v in stats.items() if k.endswith('/p99_over_k_beta')]
+    active = {k.split('/')[0]: v for k, v in stats.items() if k.endswith('/active')}
+    if active:
+        fewest = min(active, key=active.get)
+        parts.append(f'fewest units ever active: {fewest} {100 * active[fewest]:.0f}%')
+    return '; '.join(parts)
 
 
 def lrn_inactive(stats: dict) -> bool:

@@ -1,9 +1,10 @@
 """Where the loop's numbers go: clu writers (TensorBoard + log), the workdir's metrics record,
 the console line with ETA, the learning curves and the results (process 0 writes; workdirs.py
-names the files).
+names the files). Each console line is short: the full numbers go to the files.
 
 Steps/s come from clu's `periodic_actions.ReportProgress` (also the work unit's progress note),
-measured between two logged steps. clu's writers import TensorFlow (its summary writer): where it
+measured between two logged steps; the ETA leaves out the first of these intervals, which holds
+the compilation. clu's writers import TensorFlow (its summary writer): where it
 is missing (a GPU image with jax alone) the numbers go to the metrics record and the log only."""
 
 import time
@@ -12,6 +13,7 @@ from absl import logging
 from etils import epath
 import jax
 
+from alexnet_jax import diagnostics
 from alexnet_jax import plots
 from alexnet_jax import workdirs
 
@@ -82,22 +84,25 @@ class Recorder:
             num_train_steps=num_steps, writer=self.kept, every_secs=0.0) if periodic_actions
                          else _Progress(self.kept))
         self.started = time.monotonic()  # Until the first log, the steps since count from here.
+        self.steady_rates = []  # Steps/s of the logged intervals after the first (compiling) one.
         self.drawn_at, self.draw_seconds, self.undrawn = -float('inf'), 0.0, False
 
     def write(self, step: int, split: str, scalars: dict, num_steps_since: int = 0) -> None:
         scalars = dict(scalars)
         if split == 'train':
-            if self.started is not None:  # A first call only starts ReportProgress's clock.
+            first = self.started is not None
+            if first:  # A first call only starts ReportProgress's clock.
                 self.progress(step - num_steps_since, self.started)
                 self.started = None
             self.progress(step)
             rate = self.kept.scalars.get('steps_per_sec', 0.0)
             scalars.update(steps_per_second=rate, images_per_second=rate * self.batch_size)
-            eta = (self.num_steps - step) / max(rate, 1e-9)
+            if not first and rate > 0:
+                self.steady_rates.append(rate)
             logging.info('%sstep %d/%d (%.0f%%)  loss %.4f  top1 %.2f%%  lr %.3g  %.1f steps/s  '
                          '%.0f img/s  ETA %s', self.label, step, self.num_steps,
-                         100 * step / self.num_steps, scalars['loss'], 100 * scalars['top1'], scalars['lr'], rate,
-                         rate * self.batch_size, time.strftime('%H:%M:%S', time.gmtime(eta)))
+                         100 * step / self.num_steps, scalars['loss'], 100 * scalars['top1'],
+                         scalars['lr'], rate, rate * self.batch_size, self.eta(step))
         else:
             logging.info('%sstep %d %s: loss %.4f  top1 %.2f%%  top5 %.2f%%', self.label, step,
                          split, scalars['loss'], 100 * scalars['top1'], 100 * scalars['top5'])
@@ -106,10 +111,19 @@ class Recorder:
             self.undrawn = True
             self.draw()
 
+    def eta(self, step: int) -> str:
+        """The time the remaining steps take at the median steady rate ('-' before one is
+        measured: the first interval holds the compilation)."""
+        if not self.steady_rates:
+            return '-'
+        rates = sorted(self.steady_rates)
+        seconds = (self.num_steps - step) / rates[len(rates) // 2]
+        return time.strftime('%H:%M:%S', time.gmtime(seconds))
+
     def write_diagnostics(self, step: int, stats: dict) -> None:
-        """diagnostics.measure's numbers at `step` (0: the weights at init)."""
-        logging.info('%sstep %d diagnostics: %s', self.label, step,
-                     ', '.join(f'{k} {v:.4g}' for k, v in stats.items()))
+        """diagnostics.measure's numbers at `step` (0: the weights at init); the log gets their
+        summary line, the metrics record all of them."""
+        logging.info('%sstep %d diagnostics: %s', self.label, step, diagnostics.summary(stats))
         self._append(step, 'diagnostics', stats)
 
     def diagnostics(self) -> dict:
@@ -144,7 +158,10 @@ class Recorder:
         self.draw_seconds, self.undrawn = self.drawn_at - now, False
 
     def write_results(self, results: dict) -> None:
-        logging.info('Results: %s', results)
+        logging.info('%sResults: test top-1 %.2f%%, top-5 %.2f%%, loss %.4g; %d steps, %.1f s '
+                     '(all in %s)', self.label, 100 * results['test_top1'],
+                     100 * results['test_top5'], results['test_loss'], results['steps'],
+                     results['train_seconds'], self.workdir / workdirs.RESULTS)
         workdirs.write_results(self.workdir, results)
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ step, and the dropout key of step s on device d is fold_in(fold_in(key(seed), s)
 
 import functools
 import math
+import pathlib
 import time
 from typing import Any
 
@@ -214,7 +215,8 @@ def train_and_evaluate(config, workdir: str, seeds=None) -> dict:
     seeds = seeds_lib.seed_list(config) if seeds is None else list(seeds)
     mode = seeds_lib.resolve_mode(config, len(seeds), data.on_device)
     if plain:
-        return _train_seeds(config, data, [(int(config.seed), workdir)], 'single', raise_nan=True)
+        return _train_seeds(config, data, [(int(config.seed), workdir)], 'single', raise_nan=True,
+                            labelled=False)
     lock = workdirs.lock(workdir)  # One multi-seed run per workdir.
     if workdirs.checkpoint_dir(workdir).exists():
         logging.warning('%s holds all seeds stacked, as runs before the one loop saved them; it '
@@ -330,16 +332,20 @@ class Seed:
         self.lock.release()
 
 
-def _train_seeds(config, data, seed_dirs, mode: str, raise_nan: bool = False) -> dict:
+def _train_seeds(config, data, seed_dirs, mode: str, raise_nan: bool = False,
+                 labelled: bool = True) -> dict:
     """The loop for [(seed, workdir)], stepped together; seeds resumed at different steps
-    (after a rerun in another mode) train in groups, one per start step."""
+    (after a rerun in another mode) train in groups, one per start step. `labelled`: each log
+    line starts with its run and seed ('relu_lrn seed 3: '), as seeds in worker processes or a
+    sweep's points interleave."""
     num_steps, steps_per_epoch = num_train_steps(config, data)
     several = len(seed_dirs) > 1
     seeds, out = [], {}
     try:
         for s, directory in seed_dirs:
+            label = f'{pathlib.Path(directory).parent.name} seed {s}: ' if labelled else ''
             seeds.append(Seed(config, data.info, s, directory, num_steps, steps_per_epoch,
-                              label=f'seed {s}: ' if several else '', stop_on_nan=raise_nan))
+                              label=label, stop_on_nan=raise_nan))
         for s in seeds:
             s.begin()
         with preemption.PreemptionGuard() as guard:

@@ -11,6 +11,7 @@ Images stay *encoded* (tfds SkipDecoding) so the augmentation decodes only the c
 import functools
 import logging
 import os
+import sys
 import types
 
 import tensorflow as tf
@@ -207,6 +208,7 @@ def _tfds_builder(d):
         return builder
     if d.name == 'digits' or (d.manual_dir and builder.MANUAL_DOWNLOAD_INSTRUCTIONS):
         config = tfds.download.DownloadConfig(manual_dir=d.manual_dir)
+        tfds.display_progress_bar(sys.stderr.isatty())  # In a log or a pipe, bars are noise.
         try:
             builder.download_and_prepare(download_config=config)
         except AssertionError as e:  # TFDS's "manual directory is missing files".

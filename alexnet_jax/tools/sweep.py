@@ -17,9 +17,12 @@ DIR/fig1_training_error.png and DIR/ablation_deltas.png. A grid with
 
 from __future__ import annotations  # grid.Point in signatures: not loaded for --help.
 
+import datetime
 import functools
 import pathlib
+import statistics
 import sys
+import time
 
 from absl import app
 from absl import flags
@@ -85,11 +88,29 @@ def run_seeds(sweep, points: list, root, *, retry_failed: bool = False) -> list:
 
 
 def run_grid(sweep, points: list, root, *, retry_failed: bool = False) -> list:
-    rows = []
-    for name in dict.fromkeys(p.name for p in points):
-        rows += run_seeds(sweep, [p for p in points if p.name == name], root,
-                          retry_failed=retry_failed)
+    """Every point's seeds, one point after another, each announced with the grid's progress:
+    'point 2/6 relu_nolrn, seeds 0-2, ETA 0:04:10' (the mean time of the points trained so far;
+    finished points are skipped and not counted)."""
+    rows, names, durations = [], list(dict.fromkeys(p.name for p in points)), []
+    for i, name in enumerate(names, 1):
+        group = [p for p in points if p.name == name]
+        done = all(workdirs.read_results(pathlib.Path(root) / p.dirname) is not None
+                   for p in group)
+        eta = (str(datetime.timedelta(seconds=round(
+            statistics.mean(durations) * (len(names) - i + 1)))) if durations else '-')
+        logging.info('point %d/%d %s, seeds %s, ETA %s%s', i, len(names), name,
+                     _span([p.seed for p in group]), eta, ' (finished)' if done else '')
+        started = time.monotonic()
+        rows += run_seeds(sweep, group, root, retry_failed=retry_failed)
+        if not done:
+            durations.append(time.monotonic() - started)
     return rows
+
+
+def _span(seeds: list) -> str:
+    """[0, 1, 2] -> '0-2'; seeds that are not a range, listed."""
+    contiguous = seeds == list(range(seeds[0], seeds[0] + len(seeds)))
+    return f'{seeds[0]}-{seeds[-1]}' if contiguous and len(seeds) > 1 else ','.join(map(str, seeds))
 
 
 def print_commands(sweep, points, search, root) -> None:
