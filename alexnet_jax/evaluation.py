@@ -42,13 +42,15 @@ def topk_correct(scores, labels, k: int):
     return jnp.any(top == labels[..., None], axis=-1).astype(jnp.float32)
 
 
-def eval_step(state, batch, *, mean, std, crop_size, per_example: bool = False):
+def eval_step(state, batch, *, mean, std, crop_size, per_example: bool = False,
+              mirror: bool = True):
     """Sums of loss / top-1 / top-5 over the real (mask=True) examples of all devices; for
-    the paper's 10-crop test (squares cut here, or crops) the softmax is averaged over crops.
+    the paper's 10-crop test (squares cut here, or crops) the softmax is averaged over crops
+    (the 5 unmirrored ones when not `mirror`: data trained without flips).
     per_example: also this device's top-1 hits, int8 per example (-1 where padded), so a test
     error's interval can resample the test images (tools/stats.py)."""
     images = preprocess.normalize_batch(
-        {'image': preprocess.eval_images(batch, crop_size)}, mean, std)
+        {'image': preprocess.eval_images(batch, crop_size, mirror)}, mean, std)
     n, crops = images.shape[0], (images.shape[1] if images.ndim == 5 else 1)
     logits = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats},
                             images.reshape((n * crops,) + images.shape[-3:]), train=False)
@@ -67,13 +69,15 @@ def eval_step(state, batch, *, mean, std, crop_size, per_example: bool = False):
     return totals, jnp.where(mask > 0, sums['top1'], -1.0).astype(jnp.int8)
 
 
-def make_eval_step(mean, std, crop_size, devices=None, seeds: int = 0, per_example=False):
+def make_eval_step(mean, std, crop_size, devices=None, seeds: int = 0, per_example=False,
+                   mirror: bool = True):
     """`eval_step` pmapped over AXIS with the data's normalisation (`preprocess.mean_std`) and
     the net's input size (config.data.image_size: the 10 crops' size). `seeds` > 0: for a state
     with a leading axis of that many seeds (the training loop's), the sums get one too, the
-    seeds evaluated as the loop steps them (`seeds.over_seeds`). per_example: see eval_step."""
+    seeds evaluated as the loop steps them (`seeds.over_seeds`). per_example, mirror (the
+    config's data.random_flip): see eval_step."""
     step = functools.partial(eval_step, mean=mean, std=std, crop_size=crop_size,
-                             per_example=per_example)
+                             per_example=per_example, mirror=mirror)
     if seeds:
         step = seeds_lib.over_seeds(step, 'vmap' if seeds > 1 else 'single')
     return jax.pmap(step, axis_name=AXIS, devices=devices)
@@ -164,7 +168,7 @@ def evaluate_checkpoint(checkpoint, run_config=None, *, split: str | None = None
     if config.data.name == 'folder':
         results['folder_root'] = config.data.folder_root
     p_eval_step = make_eval_step(*preprocess.mean_std(config.data, source.channels),
-                                 config.data.image_size)
+                                 config.data.image_size, mirror=config.data.random_flip)
     state = parallel.replicate(state)
     for mode in CROPS[crops]:
         mode_config = config.copy_and_resolve_references()

@@ -391,12 +391,13 @@ def _train_group(config, data, seeds: list, mode: str, num_steps: int, steps_per
             s.recorder.write_diagnostics(0, diagnostics.measure(
                 s.state.apply_fn, s.state.params, s.state.batch_stats, probe, config.model))
         s.state = None  # The stacked copy is the state now.
-    p_eval = evaluation.make_eval_step(mean, std, d.image_size, seeds=len(seeds))
+    p_eval = evaluation.make_eval_step(mean, std, d.image_size, seeds=len(seeds),
+                                       mirror=d.random_flip)
     # The test pass keeps each example's top-1 hit (one host: the split's order), so a sweep's
     # test-error intervals resample the test images too (tools/stats.py); the last validation
     # pass too, when it is the test.
     p_test = evaluation.make_eval_step(mean, std, d.image_size, seeds=len(seeds),
-                                       per_example=jax.process_count() == 1)
+                                       per_example=jax.process_count() == 1, mirror=d.random_flip)
     p_last = p_test if d.test_split == d.eval_split else p_eval
     start, val, t0 = seeds[0].start, None, time.time()
     if start > num_steps:  # A finished run rerun with fewer steps: its weights are step `start`'s.

@@ -140,15 +140,16 @@ def test_random_lighting_draws_alpha_with_the_configured_stddev():
     assert np.all(np.abs(alphas.std(0) - 0.1) < 0.015) and np.all(np.abs(alphas.mean(0)) < 0.02)
 
 
-@pytest.mark.parametrize('size,crop', [(256, 227), (11, 7), (9, 9)])
-def test_ten_crops_geometry(size, crop):
+@pytest.mark.parametrize('size,crop,mirror', [(256, 227, True), (11, 7, True), (9, 9, True),
+                                              (11, 7, False)])
+def test_ten_crops_geometry(size, crop, mirror):
     from alexnet_jax.data import preprocess  # pylint: disable=import-outside-toplevel
     img = image(size, size, 2)
-    out = np.asarray(preprocess.ten_crops(img[None], crop))[0]
+    out = np.asarray(preprocess.ten_crops(img[None], crop, mirror))[0]
     m, e = (size - crop) // 2, size - crop
     expected = [img[m:m + crop, m:m + crop], img[:crop, :crop], img[:crop, e:],
                 img[e:, :crop], img[e:, e:]]
-    expected += [x[:, ::-1] for x in expected]
+    expected += [x[:, ::-1] for x in expected] if mirror else []
     np.testing.assert_array_equal(out, np.stack(expected))
 
 

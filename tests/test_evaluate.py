@@ -62,10 +62,10 @@ def direct_metrics(model, variables, images, labels, crops: str) -> dict:
     c, d = SIZE, SOURCE - SIZE
     if crops == 'center':
         views = [images[:, d // 2:d // 2 + c, d // 2:d // 2 + c]]
-    else:  # Center and the four corners, then all five mirrored.
+    else:  # Center and the four corners, then ('ten') all five mirrored.
         views = [images[:, y:y + c, x:x + c] for y, x in
                  [(d // 2, d // 2), (0, 0), (0, d), (d, 0), (d, d)]]
-        views += [v[:, :, ::-1] for v in views]
+        views += [v[:, :, ::-1] for v in views] if crops == 'ten' else []
     probs = np.mean([np.asarray(jax.nn.softmax(model.apply(
         variables, (v.astype(np.float32) - np.array(MEAN, np.float32))
         / np.array(STD, np.float32)))) for v in views], axis=0)
@@ -112,6 +112,20 @@ def test_ten_crops_average_softmax_not_logits(folder, tmp_path):
     assert results['ten']['loss'] == pytest.approx(want['loss'], rel=1e-5)
     center = direct_metrics(model, variables, images, labels, 'center')
     assert abs(want['loss'] - center['loss']) > 1e-4  # The crops really differ.
+
+
+def test_ten_crops_do_not_mirror_what_was_trained_without_flips(folder, tmp_path):
+    """data.random_flip=False (a mirrored digit is another symbol): the 5 unmirrored crops."""
+    root, images, labels = folder
+    config = checkpoint_config(root)
+    config.data.random_flip = False
+    model, variables = write_checkpoint(tmp_path / 'ckpt', config, seed=3)
+    results = evaluation.evaluate_checkpoint(tmp_path / 'ckpt', crops='ten',
+                                           output=tmp_path / 'ten.json')
+    want = direct_metrics(model, variables, images, labels, 'five')
+    assert results['ten']['loss'] == pytest.approx(want['loss'], rel=1e-5)
+    mirrored = direct_metrics(model, variables, images, labels, 'ten')
+    assert abs(want['loss'] - mirrored['loss']) > 1e-4  # The mirrored crops would differ.
 
 
 def test_mismatched_classes_and_bad_crops_are_clear(folder, tmp_path):

@@ -27,23 +27,27 @@ def mean_std(d, channels: int):
     return mean, std
 
 
-def ten_crops(images, crop_size: int):
+def ten_crops(images, crop_size: int, mirror: bool = True):
     """The paper's 10 crops of uint8 squares [b, S, S, C] -> [b, 10, crop, crop, C]: center, the
     4 corners (top-left, top-right, bottom-left, bottom-right), then the same 5 mirrored. The
-    host ships the square (S = data.resize_size) and the crops are cut here, on the device."""
+    host ships the square (S = data.resize_size) and the crops are cut here, on the device.
+    mirror=False (data trained without flips, config.data.random_flip: a mirrored digit is
+    another symbol): the 5 unmirrored crops alone."""
     h, w, c = images.shape[-3], images.shape[-2], crop_size
     corners = [((h - c) // 2, (w - c) // 2), (0, 0), (0, w - c), (h - c, 0), (h - c, w - c)]
     crops = [images[..., y:y + c, x:x + c, :] for y, x in corners]
-    crops += [jnp.flip(x, axis=-2) for x in crops]
+    if mirror:
+        crops += [jnp.flip(x, axis=-2) for x in crops]
     return jnp.stack(crops, axis=-4)
 
 
-def eval_images(batch, crop_size: int):
+def eval_images(batch, crop_size: int, mirror: bool = True):
     """An eval batch's uint8 images as [b, crops, H, W, C] or [b, H, W, C]: squares larger than
-    `crop_size` (the 10-crop eval's) are cut into the 10 crops here; others pass unchanged."""
+    `crop_size` (the 10-crop eval's) are cut into the 10 crops here (`ten_crops`); others pass
+    unchanged."""
     images = batch['image']
     if images.ndim == 4 and images.shape[-3] > crop_size:
-        return ten_crops(images, crop_size)
+        return ten_crops(images, crop_size, mirror)
     return images
 
 
