@@ -87,8 +87,8 @@ NEEDS_TENSORFLOW = ('pipeline', 'demo')  # tf.data and TFDS; the seeds part has 
 
 
 def have_tensorflow() -> bool:
-    """False on an image with jax alone (the lent GPU machines): parts 3 and 4 are skipped and
-    part 5 runs on synthetic device-resident data."""
+    """False on an image with jax alone (e.g. a GPU image without TensorFlow): parts 3 and 4
+    are skipped and part 5 runs on synthetic device-resident data."""
     try:
         import tensorflow  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
     except ImportError:

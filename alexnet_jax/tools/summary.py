@@ -7,11 +7,11 @@ computed and no memory is allocated), never from a table of constants. The conve
 printed side by side because the literature mixes them:
 
   * MACs: multiply-accumulates, k*k*(c_in/groups)*c_out*H*W for a conv, c_in*c_out for an FC.
-  * "seed compute": the convention of the classic AlexNet table this project was seeded from,
-    conv (k*k*c_in/groups + 1)*c_out*H*W (a bias add counted as one op), FC weights only;
-    and parameters "FC biases omitted", as that table does.
+  * "seed compute": the convention of a widely copied AlexNet layer table, conv
+    (k*k*c_in/groups + 1)*c_out*H*W (a bias add counted as one op), FC weights only; and
+    parameters "FC biases omitted", as that table does.
   * activations: every op's output counted once (conv, activation, LRN, BN, pool, dropout) plus
-    the input, the convention of the seed note that lists 55x55x96x3 "because of ReLU and LRN".
+    the input: conv1's 55x55x96 three times, for the conv, its ReLU and its LRN.
 """
 
 from __future__ import annotations  # models.AlexNet in signatures: not loaded for --help.
