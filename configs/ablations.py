@@ -142,8 +142,11 @@ def get_config(arg=None):
         raise ValueError(f'Unknown ablation grid {grid!r}; choose one of {sorted(GRIDS)}.')
     c = ml_collections.ConfigDict()
     c.grid = grid
-    c.base, overrides = BASES[grid]
-    c.base_overrides = tuple(sorted(overrides.items()))
+    c.base, overrides = BASES.get(grid, BASES['default'])  # A new grid: the digits base.
+    c.base_overrides = tuple(sorted(overrides.items()))  # The grid's own: replaced if given.
+    # Yours, on top of base_overrides (which they extend, not replace), e.g. a shorter run:
+    #   --config.overrides="(('train.num_epochs', 2.0),)"
+    c.overrides = ()
     c.axes = GRIDS[grid]
     c.num_seeds = 3             # Seeds first_seed .. first_seed + num_seeds - 1 for every point;
     c.first_seed = 0            # a replication takes new ones (e.g. first_seed=100).
@@ -153,7 +156,7 @@ def get_config(arg=None):
     # lr_search_seeds seeds (1000, 1001, ...) and trains its seeds at the fastest. (): no search.
     c.lr_search_rates = FIG1_LR_RATES if grid.startswith('fig1') else ()
     c.lr_search_seeds = 2  # A rate chosen on one seed's luck is not the fastest rate.
-    c.paper = PAPER[grid]
+    c.paper = PAPER.get(grid, '')
     # The paper's numbers the report prints beside ours, by the ablated value's label.
     c.paper_top1_delta = dict(PAPER_TOP1_DELTA)
     c.paper_epochs_ratio = dict(PAPER_EPOCHS_RATIO)

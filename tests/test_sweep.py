@@ -76,6 +76,22 @@ def parse_command(line: str):
     return fv.config, fv.workdir
 
 
+def test_command_line_overrides_extend_the_grids_own(monkeypatch):
+    """A default-grid run shortened on the command line keeps the grid's LRN alpha scaling."""
+    monkeypatch.chdir(grid_lib.REPO)
+    argv = ['sweep', '--config=configs/ablations.py',
+            "--config.overrides=(('train.num_epochs', 2.0), ('model.lrn_beta', 0.5))"]
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file('config', flag_values=fv, sys_argv=argv)
+    fv(argv)
+    grid_lib.check_sweep(fv.config)
+    for point in grid_lib.expand(fv.config):
+        config = grid_lib.point_config(fv.config, point)
+        assert config.model.lrn_alpha == pytest.approx(1e-4 * 127.5 ** 2)  # The grid's own.
+        assert (config.train.num_epochs, config.model.lrn_beta) == (2.0, 0.5)  # Yours.
+        assert config.model.activation in point.name  # The axes' values still win.
+
+
 @pytest.mark.parametrize('grid', ['default', 'groups', 'pool'])
 def test_printed_commands_reproduce_each_point(grid, tmp_path, monkeypatch):
     monkeypatch.chdir(grid_lib.REPO)  # Commands name configs/ relative to the repository.
@@ -167,7 +183,7 @@ def test_sweep_runs_records_failures_resumes_and_reports(tmp_path):
         assert walls == sorted(walls) and walls[0] > 0
         assert all(float(c['lr']) > 0 for c in mine)
     figures = report.plot_figures(config, rows, tmp_path)
-    assert (tmp_path / 'fig1_training_error.png') in figures
+    assert (tmp_path / 'default_training_error.png') in figures  # Named after the grid.
     assert all(f.stat().st_size > 1000 for f in figures)
 
 
@@ -376,7 +392,7 @@ def test_figures_from_rows_without_curves(tmp_path):
               for k, p in enumerate(['relu_lrn', 'relu_nolrn', 'tanh_lrn', 'tanh_nolrn'])}
     rows = grid_rows(errors)
     figures = report.plot_figures(config, rows, tmp_path)
-    assert [f.name for f in figures] == ['fig1_training_error.png', 'ablation_deltas.png']
+    assert [f.name for f in figures] == ['default_training_error.png', 'ablation_deltas.png']
     assert all(f.stat().st_size > 1000 for f in figures)
 
 
@@ -584,6 +600,7 @@ def test_lr_search_runs_resumes_and_applies_the_choice(tmp_path):
     # --config.base_overrides=notatuple, as the flag parser hands it over:
     ('base_overrides', ('notatuple',), 'config.base_overrides: must be a tuple of (field, value)'),
     ('base_overrides', (('train.num_epochs',),), 'config.base_overrides: must be a tuple'),
+    ('overrides', ('notatuple',), 'config.overrides: must be a tuple'),
 ])
 def test_the_grids_own_fields_are_one_line_errors(field, value, message):
     """Once an IndexError (num_seeds=0) or a ValueError deep in the expansion (a string)."""
@@ -652,3 +669,26 @@ def test_a_replication_cannot_reuse_the_search_seeds():
         grid_lib.check_sweep(config)
     config.first_seed = 20
     grid_lib.check_sweep(config)
+
+
+@pytest.mark.slow  # The CLI in subprocesses: the printed lines, run as a scheduler would.
+def test_collect_reports_the_runs_of_the_printed_commands(tmp_path):
+    import subprocess, sys
+    from tests.helpers import subprocess_env
+    config = tiny_sweep()
+    config.axes = (config.axes[0][:2],)  # relu, tanh: no divergence.
+    points = grid_lib.expand(config)
+    lines = [grid_lib.command(config, p, tmp_path) for p in points]
+    for line in lines:  # What --print_commands prints, one line per point and seed.
+        args = shlex.split(line)[1:]
+        run = subprocess.run([sys.executable, *args], cwd=grid_lib.REPO, capture_output=True,
+                             text=True, timeout=600, env=subprocess_env(1))
+        assert run.returncode == 0, run.stderr[-2000:]
+    rows = [grid_lib.result_row(config, p, tmp_path / p.dirname) for p in points]
+    assert [r['status'] for r in rows] == ['done', 'done']
+    sweep.collect(config, points, tmp_path)
+    table = (tmp_path / 'results.md').read_text()
+    for r in rows:
+        assert f'| {r["point"]} | 1 | 0 | {100 * r["test_top1_error"]:.2f} |' in table
+    assert (tmp_path / 'curves.csv').exists()
+    assert (tmp_path / f'{config.grid}_training_error.png').exists()

@@ -48,12 +48,14 @@ def check_sweep(sweep) -> None:
             f'config.first_seed: the seeds {seeds(sweep)[0]}..{seeds(sweep)[-1]} overlap the '
             f'learning-rate search\'s {search[0]}..{search[-1]}: a reported run must not be '
             f'the one its rate was chosen on; choose seeds below {SEARCH_SEED0}.')
-    pairs = sweep.base_overrides
-    if not isinstance(pairs, (tuple, list)) or not all(
-            isinstance(p, (tuple, list)) and len(p) == 2 and isinstance(p[0], str) for p in pairs):
-        raise errors.ConfigError(
-            f'config.base_overrides: must be a tuple of (field, value) pairs, e.g. '
-            f"\"(('train.num_epochs', 2.0),)\", got {pairs!r}.")
+    for field in ('base_overrides', 'overrides'):
+        pairs = sweep.get(field, ())
+        if not isinstance(pairs, (tuple, list)) or not all(
+                isinstance(p, (tuple, list)) and len(p) == 2 and isinstance(p[0], str)
+                for p in pairs):
+            raise errors.ConfigError(
+                f'config.{field}: must be a tuple of (field, value) pairs, e.g. '
+                f"\"(('train.num_epochs', 2.0),)\", got {pairs!r}.")
 
 
 def seeds(sweep) -> range:
@@ -76,7 +78,8 @@ def expand(sweep) -> list:
     points = []
     for values in itertools.product(*sweep.axes):
         for seed in seeds(sweep):
-            overrides = dict(sweep.base_overrides)
+            # The user's overrides extend the grid's base ones; the axes' values come last.
+            overrides = {**dict(sweep.base_overrides), **dict(sweep.get('overrides', ()))}
             for _, axis_overrides in values:
                 overrides.update(dict(axis_overrides))
             overrides['seed'] = seed

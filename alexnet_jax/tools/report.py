@@ -322,7 +322,7 @@ def _ratio(x: float) -> str:
 
 
 def plot_figures(sweep, rows, root) -> list:
-    """fig1_training_error.png (training error vs epochs of every run, relu solid, tanh dashed;
+    """<grid>_training_error.png (training error vs epochs of every run, relu solid, tanh dashed;
     beside it each point's median epochs to the threshold with its interval) and, with a
     pooled test-error effect, ablation_deltas.png (Δ test top-1 with its interval, the paper's)."""
     import matplotlib  # pylint: disable=import-outside-toplevel
@@ -373,9 +373,10 @@ def plot_figures(sweep, rows, root) -> list:
                                           for s in summary], fontsize=7, rotation=30, ha='right')
     bars.set(ylabel=f'epochs to {_pct(t)} (median, 95% CI)')
     fig.tight_layout()
-    fig.savefig(root / 'fig1_training_error.png', dpi=120)
+    path = root / f'{sweep.grid}_training_error.png'  # Named after its grid: default, pool, ...
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    written.append(root / 'fig1_training_error.png')
+    written.append(path)
 
     main = [e for e in found if e['metric'] == 'top1' and e['estimate'].n
             and (not e['within'] or len(sweep.axes) == 1)]

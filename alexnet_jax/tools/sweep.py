@@ -2,6 +2,7 @@ r"""Ablation sweeps: every grid point x seed through the same `train_and_evaluat
 
   python -m alexnet_jax.tools.sweep --config=configs/ablations.py[:grid] --workdir=DIR
   python -m alexnet_jax.tools.sweep --config=configs/ablations.py:fig1 --workdir=DIR --print_commands
+  python -m alexnet_jax.tools.sweep --config=configs/ablations.py:fig1 --workdir=DIR --collect
 
 One workdir per point and seed (`DIR/<labels>/seed<k>`); a point's seeds train together
 (side by side in worker processes on a CPU, the same workers for every point, or stepped together
@@ -11,7 +12,7 @@ skipped on the next run unless --retry_failed.
 At the end: DIR/results.csv (one row per run), DIR/curves.csv (every logged step of every run),
 DIR/results.md (per point and per effect, intervals over seeds and test images, censored epochs
 to each threshold, Holm verdicts, diagnostics: alexnet_jax/tools/report.py) and the figures
-DIR/fig1_training_error.png and DIR/ablation_deltas.png. A grid with
+DIR/<grid>_training_error.png and DIR/ablation_deltas.png. A grid with
 `lr_search_rates` (Fig. 1) first searches each point's learning rate (alexnet_jax/tools/lr_search.py).
 """
 
@@ -129,6 +130,19 @@ def print_commands(sweep, points, search, root) -> None:
     print('\n'.join(lines + [grid.command(sweep, p, root) for p in points]))
 
 
+def collect(sweep, points, root) -> None:
+    """The report of the runs under `root` as they stand (made from --print_commands' lines by a
+    scheduler, or a sweep still running): results.csv/md, curves.csv and the figures, with the
+    runs not finished yet counted as missing."""
+    rows = [grid.result_row(sweep, p, root / p.dirname) for p in points]
+    if not any(r['status'] == 'done' for r in rows):
+        cli.fail(f'no finished run of this grid under {root}: run the lines of --print_commands '
+                 f'(each writes {root}/<point>/seed<k>), then --collect.', code=1)
+    print(report.write(sweep, rows, root))
+    for path in report.plot_figures(sweep, rows, root):
+        print(f'wrote {path}')
+
+
 @cli.one_line_errors
 def main(argv):
     del argv
@@ -141,6 +155,9 @@ def main(argv):
     search = lr_search.all_search_points(sweep) if lr_search.enabled(sweep) else []
     if FLAGS.print_commands:
         print_commands(sweep, points, search, root)
+        return
+    if FLAGS.collect:  # (A point's directory does not depend on its searched rate.)
+        collect(sweep, points, root)
         return
     from alexnet_jax import validation
     base = pathlib.Path(cli.split_config_spec(sweep.base)[0])
@@ -183,6 +200,9 @@ def main(argv):
 if __name__ == '__main__':
     cli.define_config_flag('configs/ablations.py')
     flags.DEFINE_string('workdir', None, 'Root directory: one subdirectory per point.', required=True)
-    flags.DEFINE_bool('print_commands', False, 'Print one launch.py line per point; run nothing.')
+    flags.DEFINE_bool('print_commands', False, 'Print one launch.py line per point and seed (a '
+                      'scheduler runs them); run nothing.')
+    flags.DEFINE_bool('collect', False, 'Write the report (results.csv/md, curves.csv, figures) '
+                      'of the runs under --workdir as they stand; train nothing.')
     flags.DEFINE_bool('retry_failed', False, 'Run points that failed before again.')
     app.run(main, flags_parser=cli.parse_flags)
