@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import shlex
 
 from absl import flags
@@ -692,3 +693,22 @@ def test_collect_reports_the_runs_of_the_printed_commands(tmp_path):
         assert f'| {r["point"]} | 1 | 0 | {100 * r["test_top1_error"]:.2f} |' in table
     assert (tmp_path / 'curves.csv').exists()
     assert (tmp_path / f'{config.grid}_training_error.png').exists()
+
+
+@pytest.mark.slow  # Trains two tiny points.
+def test_a_sweep_logs_its_progress_and_labels_each_run(tmp_path, caplog):
+    config = tiny_sweep()
+    config.axes = (config.axes[0][:2],)  # relu, tanh.
+    with caplog.at_level('INFO'):
+        rows = sweep.run_grid(config, grid_lib.expand(config), tmp_path)
+    assert [r['status'] for r in rows] == ['done', 'done']
+    messages = [r.getMessage() for r in caplog.records]
+    assert 'point 1/2 relu, seeds 0, ETA -' in messages  # Nothing timed yet.
+    second = next(m for m in messages if m.startswith('point 2/2 tanh, seeds 0, ETA '))
+    assert re.fullmatch(r'point 2/2 tanh, seeds 0, ETA \d+:\d\d:\d\d', second)
+    for name in ('relu', 'tanh'):  # Every line of a run names its point and seed.
+        assert any(m.startswith(f'{name} seed 0: step 6/6') for m in messages), name
+    with caplog.at_level('INFO'):
+        caplog.clear()
+        sweep.run_grid(config, grid_lib.expand(config), tmp_path)
+    assert 'point 2/2 tanh, seeds 0, ETA - (finished)' in [r.getMessage() for r in caplog.records]
