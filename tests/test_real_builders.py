@@ -2,8 +2,8 @@
 TFDS builders under `tfds.testing.mock_data` (random examples; the split sizes and features of
 the checked-in metadata, tests/data/tfds_metadata): the default config (227 px, the paper's
 10-crop evaluation on `validation`), `:imagenette` (the same on real photos), `:cifar10` and
-`:fig1_cifar10` each train a few steps, evaluate, and resume; `:gpu` trains on the 256x256 copy
-prepared from imagenet2012."""
+`:fig1_cifar10` and the TPU-pod recipe `:lars4k` (at a tiny batch) each train a few steps,
+evaluate, and resume; `:gpu` trains on the 256x256 copy prepared from imagenet2012."""
 
 import logging
 import pathlib
@@ -55,7 +55,7 @@ def tiny(variant):
     (None, 'validation', 8), ('cifar10', 'test', 8), ('fig1_cifar10', 'test', 8),
     # The eval pipeline pads the split's real size (3,925) to whole batches of 4 (3 more); the
     # mock's 9 examples then fill them too.
-    ('imagenette', 'validation', 9)])
+    ('imagenette', 'validation', 9), ('lars4k', 'validation', 8)])
 def test_the_main_configs_train_evaluate_and_resume_on_their_builders(tmp_path, caplog, variant,
                                                                       split, examples):
     config = tiny(variant)
