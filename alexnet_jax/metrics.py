@@ -4,7 +4,7 @@ names the files). Each console line is short: the full numbers go to the files.
 
 Steps/s come from clu's `periodic_actions.ReportProgress` (also the work unit's progress note),
 measured between two logged steps; the ETA leaves out the first of these intervals, which holds
-the compilation. clu's writers import TensorFlow (its summary writer): where it
+the compilation, and takes the median of the others. clu's writers import TensorFlow (its summary writer): where it
 is missing (a GPU image with jax alone) the numbers go to the metrics record and the log only."""
 
 import time
@@ -112,9 +112,10 @@ class Recorder:
             self.draw()
 
     def eta(self, step: int) -> str:
-        """The time the remaining steps take at the median steady rate ('-' before one is
-        measured: the first interval holds the compilation)."""
-        if not self.steady_rates:
+        """The time the remaining steps take at the median steady rate; '-' until two are
+        measured (the first interval holds the train step's compilation, and one of the next
+        the first evaluation's: the median of two or more leaves it out)."""
+        if len(self.steady_rates) < 2:
             return '-'
         rates = sorted(self.steady_rates)
         seconds = (self.num_steps - step) / rates[len(rates) // 2]

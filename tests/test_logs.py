@@ -43,7 +43,8 @@ def test_diagnostics_summary(stats, expected):
 
 @pytest.mark.parametrize('intervals, expected', [
     ([], '-'),  # Only the first (compiling) interval: no ETA yet.
-    ([(100.0, 10.0)], '00:00:10'),  # 100 steps left at 10 steps/s.
+    ([(100.0, 0.1)], '-'),  # One more, which may hold the first evaluation's compilation.
+    ([(100.0, 0.1), (100.0, 10.0)], '00:00:10'),  # 100 steps left at 10 steps/s.
     ([(100.0, 5.0), (100.0, 1.0), (100.0, 50.0)], '00:00:20'),  # The median rate, 5.
 ])
 def test_eta_leaves_out_the_compilation(tmp_path, intervals, expected):
@@ -60,4 +61,5 @@ def test_first_logged_interval_is_not_steady(tmp_path):
     recorder.write(2, 'train', scalars, num_steps_since=2)  # Holds the compilation.
     assert recorder.steady_rates == [] and recorder.eta(2) == '-'
     recorder.write(4, 'train', scalars, num_steps_since=2)
-    assert len(recorder.steady_rates) == 1 and recorder.eta(4) != '-'
+    recorder.write(6, 'train', scalars, num_steps_since=2)
+    assert len(recorder.steady_rates) == 2 and recorder.eta(6) != '-'
