@@ -206,7 +206,7 @@ def _gpu(c):
 
 def _imagenette(c):
     """Real photos with no manual download: Imagenette (10 easy ImageNet classes, 9,469 train /
-    3,925 validation photos; TFDS downloads ~330 MB) at ImageNet's scale: 256 resize, random
+    3,925 validation photos; TFDS downloads ~340 MB) at ImageNet's scale: 256 resize, random
     227 crops, flips, PCA lighting, the ten-crop test.
 
       tfds build imagenette/320px-v2   # once, where there is internet
@@ -217,7 +217,6 @@ def _imagenette(c):
     c.model.num_classes = 10
     c.data.name = 'imagenette/320px-v2'  # Shorter side 320 px: resized to 256 like ImageNet.
     c.data.eval_crops = 'ten'      # The paper's test: four corners, center, and their mirrors.
-    c.data.cache = 'never'         # ~330 MB of JPEGs: read from disk each epoch.
     c.train.num_epochs = 60.0      # ~4,400 steps; the plateau schedule lowers the rate.
     c.train.log_every_steps = 25
     c.train.checkpoint_every_steps = 365  # Every 5 epochs.
