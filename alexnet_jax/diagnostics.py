@@ -29,7 +29,7 @@ def first_eval_images(config, mean, std) -> np.ndarray:
     paper's 10 crops the center one), float32 [n, H, W, C] on the host."""
     from alexnet_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
     config = config.copy_and_resolve_references()
-    config.data.cache = 'never'  # One batch read: a cache filled part-way is dropped, with a warning.
+    config.data.cache = 'never'  # One batch: a cache filled part-way is dropped with a warning.
     batch = next(input_pipeline.eval_iterator(config, config.data.eval_split))
     flat = {k: np.reshape(v, (-1,) + np.shape(v)[2:]) for k, v in batch.items()}
     keep = flat['mask'].astype(bool)

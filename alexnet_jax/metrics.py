@@ -4,8 +4,9 @@ names the files). Each console line is short: the full numbers go to the files.
 
 Steps/s come from clu's `periodic_actions.ReportProgress` (also the work unit's progress note),
 measured between two logged steps; the ETA leaves out the first of these intervals, which holds
-the compilation, and takes the median of the others. clu's writers import TensorFlow (its summary writer): where it
-is missing (a GPU image with jax alone) the numbers go to the metrics record and the log only."""
+the compilation, and takes the median of the others. clu's writers import TensorFlow (its
+summary writer): where it is missing (a GPU image with jax alone) the numbers go to the metrics
+record and the log only."""
 
 import time
 

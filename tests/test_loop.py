@@ -125,7 +125,8 @@ def test_a_non_finite_loss_fails_that_seed_only(tmp_path, monkeypatch, caplog, m
     with caplog.at_level('INFO'):
         out = train.train_and_evaluate(config, str(tmp_path))
     assert out[0]['steps'] == 4 and 'NonFiniteLossError' in out[1]['failed']
-    assert any(r.getMessage().startswith(f'{tmp_path.name} seed 0: step 4/4') for r in caplog.records)
+    assert any(r.getMessage().startswith(f'{tmp_path.name} seed 0: step 4/4')
+               for r in caplog.records)
     good, bad = seed_dirs(tmp_path, mode)
     assert (good / 'results.json').exists() and not (good / 'failed.json').exists()
     assert json.loads((bad / 'failed.json').read_text())['reason'].startswith('NonFiniteLossError')
