@@ -191,26 +191,32 @@ class Columns:
             return (out[0], lead(out[1])) if trains else lead(out)
         return jax.jit(step)
 
-    def step_runner(self, config, data, keys, start_step: int, train_step):
-        """state -> (state, metrics) of the next step, as train.step_runner's (one seed):
-        `train_step(state, batch, dropout_key=, mean=, std=, axis_name=None)`."""
-        keys = self.replicate(keys)
+    def make_train_step(self, train_step, mean, std, gather=None):
+        """(state, keys, batch) -> (state, metrics) of one seed (with the loop's seed axis),
+        compiled: `train_step(state, batch, dropout_key=, mean=, std=, axis_name=None)`
+        (train.train_step). gather(state, keys): the batch, from device-resident data (the
+        `batch` argument is then not passed)."""
+        def one(state, keys, *batch):
+            batch = gather(state, keys) if gather else batch[0]
+            return train_step(state, batch, dropout_key=keys['dropout'], mean=mean, std=std,
+                              axis_name=None)
+        return self._jit(one, trains=True)
 
-        def one(state, batch, keys):
-            return train_step(state, batch, dropout_key=keys['dropout'], mean=data.mean,
-                              std=data.std, axis_name=None)
+    def step_runner(self, config, data, keys, start_step: int, train_step):
+        """state -> (state, metrics) of the next step, as train.step_runner's (one seed)."""
+        keys = self.replicate(keys)
         if data.on_device:  # The whole batch of a step, as all pmap slots together gather it.
             errors.check(jax.process_count() == 1, 'data.device_resident',
                          "must be 'never' with model_parallel=2 on several hosts.")
             spec = dataclasses.replace(data.spec, per_device=data.spec.host_batch)
             resident = self.replicate(dict(device_data.load(config), slot=np.int32(0)))
-            gather = lambda state, keys: device_data.train_batch(resident, keys['data'],
-                                                                 state.step, spec)
-            step = self._jit(lambda state, keys: one(state, gather(state, keys), keys), True)
+            step = self.make_train_step(train_step, data.mean, data.std, gather=(
+                lambda state, keys: device_data.train_batch(resident, keys['data'], state.step,
+                                                            spec)))
             return lambda state: step(state, keys)
         from alexnet_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
         batches = map(self.batch, input_pipeline.train_iterator(config, start_step=start_step))
-        step = self._jit(lambda state, keys, batch: one(state, batch, keys), True)
+        step = self.make_train_step(train_step, data.mean, data.std)
         return lambda state: step(state, keys, next(batches))
 
     def make_eval_step(self, mean, std, crop_size, devices=None, seeds: int = 0,
