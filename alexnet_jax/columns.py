@@ -150,9 +150,10 @@ class Columns:
                 return jax.random.wrap_key_data(put(path, jax.random.key_data(x)),
                                                 impl=jax.random.key_impl(x))
             x = np.asarray(x)
-            errors.check(not _is_column(path) or x.shape[-1] % COLUMNS == 0, 'model.width',
-                         f'gives {jax.tree_util.keystr(path)} {x.shape[-1]} units, which do not '
-                         'split into two columns; choose a width with even layer sizes.')
+            if _is_column(path):
+                errors.check(x.shape[-1] % COLUMNS == 0, 'model.width',
+                             f'gives {jax.tree_util.keystr(path)} {x.shape[-1]} units, which do '
+                             'not split into two columns; choose a width with even layer sizes.')
             return jax.make_array_from_callback(
                 x.shape, NamedSharding(self.mesh, _spec(path, x)), lambda index: x[index])
         return jax.tree_util.tree_map_with_path(put, tree)

@@ -11,13 +11,16 @@ import optax
 import pytest
 
 from alexnet_jax import columns
+from alexnet_jax.data import input_pipeline
 from alexnet_jax import evaluation
 from alexnet_jax import models
+from alexnet_jax import optim
 from alexnet_jax import train
 from alexnet_jax import validation
 from alexnet_jax import workdirs
 from alexnet_jax.errors import UserError
-from tests.helpers import ROOT, assert_trees_close, saved_state, subprocess_env, tiny_config
+from tests.helpers import (ROOT, assert_trees_close, device_config, saved_state, subprocess_env,
+                           tiny_config)
 
 # Even layer sizes at this width (conv1 6 maps, fc6/fc7 256 units), so each column gets half.
 WIDTH = 0.0625
@@ -146,3 +149,30 @@ def test_combinations_that_do_not_apply_are_refused(field, value):
     (c[section] if section else c)[name] = value
     with pytest.raises(UserError, match=field.replace('.', r'\.')):
         validation.validate_config(c)
+
+
+def test_device_resident_run_matches_data_parallel(tmp_path):
+    """The step gathers the whole batch from the data on the devices, as pmap's slots do."""
+    out = {}
+    for mp in (1, 2):
+        c = device_config(num_steps=3, eval_every_steps=0, checkpoint_every_steps=3)
+        c.model.update(width=WIDTH, groups=2, dropout_rate=0.0)
+        c.model_parallel = mp
+        train.train_and_evaluate(c, str(tmp_path / f'mp{mp}'))
+        out[mp] = saved_state(c, tmp_path / f'mp{mp}')[0].params
+    assert_trees_close(out[2], out[1], atol=1e-5)
+
+
+def test_plateau_lowers_the_rate_where_the_state_lives():
+    """The paper's schedule writes the new rate into the state on the mesh, placed as before."""
+    c = _config(2)
+    state, _ = train.initial_state(c, input_pipeline.get_info(c), 10, 100)
+    cols = columns.Columns(models.create_model(c.model))
+    state = cols.replicate(train.stack_seeds([state]))
+    plateau = optim.Plateau.from_config(c.optim)
+    plateau.update(0.5)  # The best error so far; the next, worse, lowers the rate.
+    lowered = optim.update_plateaus([plateau], [True], state, [{'top1': 0.1}], c.optim, 10,
+                                    cols.replicate)
+    before, after = optim.learning_rate(state.opt_state), optim.learning_rate(lowered.opt_state)
+    assert after.sharding == before.sharding and after.shape == before.shape
+    np.testing.assert_allclose(np.asarray(after), np.asarray(before) * c.optim.plateau_factor)
