@@ -45,6 +45,8 @@ from configs import alexnet  # noqa: E402
 flags.DEFINE_integer('batch', 16, 'Global batch size (both ways).')
 flags.DEFINE_integer('image_size', 227, 'Input side length.')
 flags.DEFINE_float('width', 1.0, 'Width multiplier (model.width; 1.0: the paper).')
+flags.DEFINE_float('lrn_alpha', 1e-4, "LRN's alpha (1.625625: the paper's regime at the "
+                   "digits grids' [-1, 1] pixels, configs/ablations.py).")
 flags.DEFINE_integer('steps', 3, 'Timed steps per round (after one warm-up step).')
 flags.DEFINE_integer('repeats', 2, 'Alternating rounds (data parallel, model parallel).')
 FLAGS = flags.FLAGS
@@ -124,7 +126,7 @@ def main(argv):
     if len(devices) < 2:
         raise app.UsageError('Needs two devices.')
     config = alexnet.get_config()
-    config.model.update(groups=2, width=FLAGS.width)
+    config.model.update(groups=2, width=FLAGS.width, lrn_alpha=FLAGS.lrn_alpha)
     model = models.create_model(config.model)
     shape = (FLAGS.image_size,) * 2 + (3,)
     rng = np.random.default_rng(0)
@@ -180,7 +182,8 @@ def main(argv):
     print(f'  model parallel (the columns):         {mib(collective_bytes(mp_hlo))}')
     print(f'step time: data parallel {1e3 * dp_t:.1f} ms, model parallel {1e3 * mp_t:.1f} ms '
           f'(model / data {mp_t / dp_t:.2f})')
-    print(f'LRN per column vs across all maps, logits at init: max |diff| {diff.max():.3g}, '
+    print(f'LRN (alpha {FLAGS.lrn_alpha:g}) per column vs across all maps, logits at init: '
+          f'max |diff| {diff.max():.3g}, '
           f'relative to max |logit| {diff.max() / np.abs(across).max():.3g}')
 
 
