@@ -205,6 +205,8 @@ class Columns:
 
     def step_runner(self, config, data, keys, start_step: int, train_step):
         """state -> (state, metrics) of the next step, as train.step_runner's (one seed)."""
+        errors.check(len(keys['dropout']) == 1, 'seeds_mode',
+                     "must be 'sequential' or 'processes' with model_parallel=2 (one seed a run).")
         keys = self.replicate(keys)
         if data.on_device:  # The whole batch of a step, as all pmap slots together gather it.
             errors.check(jax.process_count() == 1, 'data.device_resident',

@@ -19,8 +19,8 @@ from alexnet_jax import train
 from alexnet_jax import validation
 from alexnet_jax import workdirs
 from alexnet_jax.errors import UserError
-from tests.helpers import (ROOT, assert_trees_close, device_config, saved_state, subprocess_env,
-                           tiny_config)
+from tests.helpers import (ROOT, TINY, assert_trees_close, device_config, launch, saved_state,
+                           subprocess_env, tiny_config)
 
 # Even layer sizes at this width (conv1 6 maps, fc6/fc7 256 units), so each column gets half.
 WIDTH = 0.0625
@@ -128,6 +128,21 @@ def test_checkpoint_resumes_across_the_switch(runs, tmp_path, first, then):
     train.train_and_evaluate(_config(first, num_steps=2), str(workdir))
     train.train_and_evaluate(_config(then), str(workdir))
     assert_trees_close(saved_state(_config(then), workdir)[0].params,
+                       saved_state(_config(1), runs[1][0])[0].params, atol=1e-5)
+
+
+@pytest.mark.slow  # launch.py on one device.
+def test_model_parallel_checkpoint_resumes_on_one_device(runs, tmp_path):
+    workdir = tmp_path / 'run'
+    train.train_and_evaluate(_config(2, num_steps=2), str(workdir))
+    flags_ = [f for f in TINY if not f.startswith('--config.model.width')] + [
+        f'--config.model.width={WIDTH}', '--config.model.groups=2',
+        '--config.model.dropout_rate=0.0', '--config.train.num_steps=4',
+        '--config.train.eval_every_steps=2', '--config.train.checkpoint_every_steps=2',
+        '--config.train.log_every_steps=1', f'--workdir={workdir}']
+    code, _, err = launch(*flags_, devices=1)
+    assert code == 0, err[-3000:]
+    assert_trees_close(saved_state(_config(1), workdir)[0].params,
                        saved_state(_config(1), runs[1][0])[0].params, atol=1e-5)
 
 
