@@ -223,10 +223,10 @@ class Columns:
         return lambda state: step(state, keys, next(batches))
 
     def make_eval_step(self, mean, std, crop_size, devices=None, seeds: int = 0,
-                       per_example: bool = False):
-        """evaluation.make_eval_step's counterpart (one seed)."""
+                       per_example: bool = False, **step_args):
+        """evaluation.make_eval_step's counterpart (one seed); `step_args` go to eval_step."""
         del devices, seeds
         step = self._jit(lambda state, batch: evaluation.eval_step(
             state, batch, mean=mean, std=std, crop_size=crop_size, per_example=per_example,
-            axis_name=None), False)
+            axis_name=None, **step_args), False)
         return lambda state, batch: step(state, self.batch(batch))
