@@ -43,12 +43,13 @@ def topk_correct(scores, labels, k: int):
 
 
 def eval_step(state, batch, *, mean, std, crop_size, per_example: bool = False,
-              mirror: bool = True):
+              mirror: bool = True, axis_name=AXIS):
     """Sums of loss / top-1 / top-5 over the real (mask=True) examples of all devices; for
     the paper's 10-crop test (squares cut here, or crops) the softmax is averaged over crops
     (the 5 unmirrored ones when not `mirror`: data trained without flips).
     per_example: also this device's top-1 hits, int8 per example (-1 where padded), so a test
-    error's interval can resample the test images (tools/stats.py)."""
+    error's interval can resample the test images (tools/stats.py). axis_name=None: in jit's
+    global view (columns.py), where the sums are over all devices already."""
     images = preprocess.normalize_batch(
         {'image': preprocess.eval_images(batch, crop_size, mirror)}, mean, std)
     n, crops = images.shape[0], (images.shape[1] if images.ndim == 5 else 1)
@@ -63,7 +64,8 @@ def eval_step(state, batch, *, mean, std, crop_size, per_example: bool = False,
         'top5': topk_correct(probs, labels, 5) * mask,
         'count': mask,
     }
-    totals = lax.psum(jax.tree.map(jnp.sum, sums), AXIS)
+    totals = jax.tree.map(jnp.sum, sums)
+    totals = lax.psum(totals, axis_name) if axis_name else totals
     if not per_example:
         return totals
     return totals, jnp.where(mask > 0, sums['top1'], -1.0).astype(jnp.int8)

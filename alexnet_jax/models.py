@@ -117,7 +117,11 @@ def lrn_layer(module: nn.Module, x: jax.Array, name: str) -> jax.Array:
     k, beta = module.lrn_k, module.lrn_beta
     if module.lrn_divisor == 'constant':
         return (x * k ** -beta).astype(x.dtype)
-    base = lrn_base(x, k, module.lrn_n, module.lrn_alpha, module.lrn_convention)
+    # lrn_per_column: each group's maps alone, as cuda-convnet's two-GPU net normalised each
+    # GPU's; else across all maps, as Caffe's bvlc_alexnet (crossing the groups' boundary).
+    parts = jnp.split(x, module.groups if getattr(module, 'lrn_per_column', False) else 1, -1)
+    base = jnp.concatenate([lrn_base(p, k, module.lrn_n, module.lrn_alpha,
+                                     module.lrn_convention) for p in parts], axis=-1)
     module.sow('intermediates', name + '_divisor', base ** beta)
     return (x * _inverse_power(base, beta)).astype(x.dtype)
 
@@ -236,6 +240,7 @@ class AlexNet(nn.Module):
     lrn_beta: float = 0.75
     lrn_convention: str = 'paper'
     lrn_divisor: str = 'local'    # 'constant': only LRN's fixed rescale k^-beta (a control).
+    lrn_per_column: bool = False  # Each group's maps alone (cuda-convnet's two GPUs).
     pool_window: int = 3
     pool_stride: int = 2
     groups: int = 1               # 2 = the paper's two-GPU connectivity in conv2, conv4, conv5.

@@ -228,10 +228,12 @@ def configured_learning_rate(state, o, plateau, steps_per_epoch: int, num_steps:
     return state.replace(opt_state=set_learning_rate(state.opt_state, np.asarray(new, old.dtype)))
 
 
-def update_plateaus(plateaus: list, live: list, state, val: list, o, step: int):
+def update_plateaus(plateaus: list, live: list, state, val: list, o, step: int,
+                    replicate=parallel.replicate):
     """The paper's schedule, per seed: its lr / 10 when its validation error stops improving
     (`plateaus`: each seed's Plateau; a failed seed's, not `live`, is left alone); the rates go
-    into the replicated state with a seed axis, in the same type and placement (no recompile)."""
+    into the replicated state with a seed axis, in the same type and placement (no recompile:
+    `replicate` places them as the loop placed the state)."""
     if o.schedule != 'plateau':
         return state
     lowered = [ok and p.update(1.0 - v['top1']) for p, ok, v in zip(plateaus, live, val)]
@@ -240,4 +242,4 @@ def update_plateaus(plateaus: list, live: list, state, val: list, o, step: int):
     lr = np.asarray([o.learning_rate * p.scale for p in plateaus], np.float32)
     logging.info('Validation error plateaued at step %d: learning rate -> %s.', step,
                  ', '.join(f'{x:g}' for x in lr))
-    return state.replace(opt_state=set_learning_rate(state.opt_state, parallel.replicate(lr)))
+    return state.replace(opt_state=set_learning_rate(state.opt_state, replicate(lr)))

@@ -7,7 +7,7 @@ laid out as a standalone run's, so a rerun in any mode resumes each seed.
 
 Data parallel with `jax.pmap` over every device of every host: gradients, batch statistics and
 metrics are averaged inside the step; the host waits for the devices only when a side job is
-`due`. Resuming is exact: state and plateau come from the checkpoint, the data restarts at its
+`due`. config.model_parallel=2: the same step on columns.py's (data x model) mesh instead. Resuming is exact: state and plateau come from the checkpoint, the data restarts at its
 step, and the dropout key of step s on device d is fold_in(fold_in(key(seed), s), d).
 """
 
@@ -28,6 +28,7 @@ import numpy as np
 import optax
 
 from alexnet_jax import checkpoints
+from alexnet_jax import columns
 from alexnet_jax.data import device_data
 from alexnet_jax import diagnostics
 from alexnet_jax import errors
@@ -99,10 +100,14 @@ def dropout_rng(key, step):
     return jax.random.fold_in(jax.random.fold_in(key, step), lax.axis_index(AXIS))
 
 
-def train_step(state: TrainState, batch, *, dropout_key, mean, std):
-    """One SGD step on this device's slice of a uint8 batch (normalised here); under pmap."""
+def train_step(state: TrainState, batch, *, dropout_key, mean, std, axis_name=AXIS):
+    """One SGD step on this device's slice of a uint8 batch (normalised here); under pmap.
+    axis_name=None: the whole batch in jit's global view (columns.py: the model-parallel net,
+    its apply_fn drawing each device's dropout), where means over it are over all devices."""
     images = preprocess.normalize_batch(batch, mean, std)
-    rng = dropout_rng(dropout_key, state.step)
+    rng = (dropout_rng(dropout_key, state.step) if axis_name
+           else jax.random.fold_in(dropout_key, state.step))
+    pmean = (lambda tree: lax.pmean(tree, axis_name)) if axis_name else (lambda tree: tree)
 
     def loss_fn(params):
         logits, updates = state.apply_fn(
@@ -115,18 +120,18 @@ def train_step(state: TrainState, batch, *, dropout_key, mean, std):
     if scaler is None:
         (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params)
-        grads = lax.pmean(grads, AXIS)
+        grads = pmean(grads)
     else:  # Scaled loss; grads unscaled and pmean'd inside, so all devices agree on `finite`.
         scaler, finite, (loss, (logits, updates)), grads = scaler.value_and_grad(
-            loss_fn, has_aux=True, axis_name=AXIS)(state.params)
+            loss_fn, has_aux=True, axis_name=axis_name)(state.params)
     new_state = state.apply_gradients(
-        grads=grads, batch_stats=lax.pmean(updates.get('batch_stats', {}), AXIS))
+        grads=grads, batch_stats=pmean(updates.get('batch_stats', {})))
     metrics = {
         'loss': loss,
         'top1': evaluation.topk_correct(logits, batch['label'], 1).mean(),
         'top5': evaluation.topk_correct(logits, batch['label'], 5).mean(),
     }
-    metrics = lax.pmean(metrics, AXIS)
+    metrics = pmean(metrics)
     if scaler is not None:  # Overflow: keep the old params, optimizer state and statistics.
         keep = functools.partial(jax.tree.map, functools.partial(jnp.where, finite))
         new_state = new_state.replace(
@@ -381,7 +386,11 @@ def _train_group(config, data, seeds: list, mode: str, num_steps: int, steps_per
     returns the step it stopped at on a signal, else None."""
     t, d = config.train, config.data
     eval_every = steps_per_epoch if t.eval_every_steps is None else t.eval_every_steps
-    state = parallel.replicate(stack_seeds([s.state for s in seeds]))
+    # model_parallel=2: the columns on a (data x model) mesh, placed and stepped by columns.py.
+    cols = (columns.Columns(models.create_model(config.model))
+            if config.get('model_parallel', 1) > 1 else None)
+    par = cols or parallel
+    state = par.replicate(stack_seeds([s.state for s in seeds]))
     keys = {'dropout': jnp.stack([s.dropout_key for s in seeds]),
             'data': jnp.stack([device_data.data_key(s.seed) for s in seeds])}
     mean, std = data.mean, data.std
@@ -391,13 +400,14 @@ def _train_group(config, data, seeds: list, mode: str, num_steps: int, steps_per
             s.recorder.write_diagnostics(0, diagnostics.measure(
                 s.state.apply_fn, s.state.params, s.state.batch_stats, probe, config.model))
         s.state = None  # The stacked copy is the state now.
-    p_eval = evaluation.make_eval_step(mean, std, d.image_size, seeds=len(seeds),
-                                       mirror=d.random_flip)
+    p_eval = (cols or evaluation).make_eval_step(mean, std, d.image_size, seeds=len(seeds),
+                                                 mirror=d.random_flip)
     # The test pass keeps each example's top-1 hit (one host: the split's order), so a sweep's
     # test-error intervals resample the test images too (tools/stats.py); the last validation
     # pass too, when it is the test.
-    p_test = evaluation.make_eval_step(mean, std, d.image_size, seeds=len(seeds),
-                                       per_example=jax.process_count() == 1, mirror=d.random_flip)
+    p_test = (cols or evaluation).make_eval_step(mean, std, d.image_size, seeds=len(seeds),
+                                                 per_example=jax.process_count() == 1,
+                                                 mirror=d.random_flip)
     p_last = p_test if d.test_split == d.eval_split else p_eval
     start, val, t0 = seeds[0].start, None, time.time()
     if start > num_steps:  # A finished run rerun with fewer steps: its weights are step `start`'s.
@@ -408,7 +418,8 @@ def _train_group(config, data, seeds: list, mode: str, num_steps: int, steps_per
                      steps_per_epoch, f' of seeds {[s.seed for s in seeds]}' * (len(seeds) > 1))
         # seeds[0].config: a one-seed tf.data stream is that seed's (device-resident batches
         # follow each seed's data key, in `keys`).
-        run_step = step_runner(seeds[0].config, data, keys, start, mode)
+        run_step = (cols.step_runner(seeds[0].config, data, keys, start, train_step) if cols
+                    else step_runner(seeds[0].config, data, keys, start, mode))
         pending = []  # Device metrics since the last log; fetched only at log time.
         for step in range(start + 1, num_steps + 1):
             state, step_metrics = run_step(state)
@@ -428,9 +439,9 @@ def _train_group(config, data, seeds: list, mode: str, num_steps: int, steps_per
                 improved = [_record_eval(s, step, v) for s, v in zip(seeds, val)]
                 state = optim.update_plateaus([s.plateau for s in seeds],
                                               [not s.failed for s in seeds], state, val,
-                                              config.optim, step)
+                                              config.optim, step, par.replicate)
             if is_ckpt or any(improved):  # Every new best is saved: keep-best ranks it.
-                host = parallel.unreplicate(state)
+                host = par.unreplicate(state)
                 for i, s in enumerate(seeds):
                     if not s.failed and (is_ckpt or improved[i]):
                         s.save(step, jax.tree.map(lambda x, i=i: x[i], host), time.time() - t0,
@@ -443,7 +454,7 @@ def _train_group(config, data, seeds: list, mode: str, num_steps: int, steps_per
     test = (val if val is not None and d.test_split == d.eval_split
             else evaluation.evaluate_seeds(p_test, state, config, d.test_split))
     # What the diagnostics read: the weights, not the optimizer state (as large again).
-    weights = parallel.unreplicate((state.params, state.batch_stats))
+    weights = par.unreplicate((state.params, state.batch_stats))
     for i, (s, v) in enumerate(zip(seeds, test)):
         if not s.failed:
             params, batch_stats = jax.tree.map(lambda x, i=i: x[i], weights)

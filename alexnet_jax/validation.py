@@ -171,6 +171,7 @@ def validate_config(config) -> None:
               f'{config.data.image_size} is below the smallest input AlexNet accepts with '
               f'pool {config.model.pool_window}/{config.model.pool_stride}; use at least {minimum}.')
     validate_seeds(config)
+    validate_model_parallel(config)
     validate_finetune(config)
 
 
@@ -186,6 +187,28 @@ def validate_seeds(config) -> None:
     if 'seeds_mode' in config:  # seeds.check_mode's rule; the rest needs jax (resolve_mode).
         on_device = config.get('data', {}).get('device_resident') != 'never'  # Else: at start.
         seeds.check_mode(config, config.get('num_seeds', 1), on_device)
+
+
+def validate_model_parallel(config) -> None:
+    """model_parallel (top-level; alexnet_jax/columns.py) and what the two columns need."""
+    mp = config.get('model_parallel', 1)
+    check(mp in (1, 2), 'model_parallel',
+          f'is 1 (data parallel) or 2 (the two columns on two devices), got {mp!r}.')
+    if mp == 1:
+        return
+    m = config.model
+    for ok, field, why in (
+            (m.get('architecture', 'paper') == 'paper', 'model.architecture', "must be 'paper'"),
+            (m.get('groups', 1) == 2, 'model.groups', 'must be 2 (the two columns)'),
+            (not m.get('batch_norm', False), 'model.batch_norm', 'must be False'),
+            (config.get('optim', {}).get('loss_scale') is None, 'optim.loss_scale',
+             'must be None'),
+            (config.get('num_seeds', 1) == 1 or config.get('seeds_mode') in (
+                'sequential', 'processes'), 'seeds_mode',
+             "must be 'sequential' or 'processes' (seeds run one model-parallel run each)"),
+            (m.get('num_classes', 1000) % 2 == 0, 'model.num_classes',
+             'must be even (fc8 splits its units between the columns)')):
+        check(ok, field, f'{why} with model_parallel=2; or set --config.model_parallel=1.')
 
 
 def validate_finetune(config) -> None:

@@ -8,6 +8,7 @@ Grids (the string after the colon):
   default  activation relu / tanh  x  LRN on / off            (Sec. 3.1, 3.3)
   pool     overlapping 3/2 vs non-overlapping 2/2 pooling     (Sec. 3.4)
   groups   the two-group net vs one group with half the kernels (Sec. 3.2)
+  groups_columns  the same, the two-group net's columns on two devices (model_parallel=2)
   dropout  0.5 vs 0 in fc6/fc7                                 (Sec. 4.2)
   default  also a control arm `lrnconst` (LRN's constant k^-beta alone); the digits grids scale
            LRN's alpha to their [-1, 1] pixels (LRN_ALPHA_UNIT_PIXELS) so that LRN normalises
@@ -86,6 +87,8 @@ def _axis(*values):
     return tuple((label, tuple(sorted(overrides.items()))) for label, overrides in values)
 
 
+GROUPS2 = {'model.groups': 2, 'model.conv_scale': (1.0, 1.0, 1.0, 1.0, 1.0)}
+HALF = {'model.groups': 1, 'model.conv_scale': (0.5, 0.5, 0.5, 0.5, 1.0)}
 GRIDS = {
     'default': (
         _axis(('relu', {'model.activation': 'relu'}), ('tanh', {'model.activation': 'tanh'})),
@@ -101,8 +104,7 @@ GRIDS = {
     'groups': (
         # Footnote 3 of the paper: the one-GPU net halves every conv layer's kernels except
         # conv5's, and keeps the FC layers, so both nets have about the same parameters.
-        _axis(('groups2', {'model.groups': 2, 'model.conv_scale': (1.0, 1.0, 1.0, 1.0, 1.0)}),
-              ('half', {'model.groups': 1, 'model.conv_scale': (0.5, 0.5, 0.5, 0.5, 1.0)})),
+        _axis(('groups2', GROUPS2), ('half', HALF)),
     ),
     'dropout': (
         _axis(('dropout', {'model.dropout_rate': 0.5}), ('nodropout', {'model.dropout_rate': 0.0})),
@@ -111,6 +113,12 @@ GRIDS = {
         _axis(('relu', {'model.activation': 'relu'}), ('tanh', {'model.activation': 'tanh'})),
     ),
 }
+# The same on two devices, the grouped net's columns one per device (config.model_parallel=2,
+# as the paper's two GPUs), the half net data parallel over both: train_seconds compares them.
+GRIDS['groups_columns'] = (_axis(('groups2', {**GROUPS2, 'model_parallel': 2}),
+                                 ('half', {**HALF, 'model_parallel': 1})),)
+PAPER['groups_columns'] = PAPER['groups'] + (' The two-GPU net "takes slightly less time to '
+                                             'train than the one-GPU net".')
 GRIDS['fig1_cifar10'] = GRIDS['fig1']
 for _name in FIG1_INITS:
     GRIDS[_name] = GRIDS['fig1']
@@ -130,6 +138,7 @@ BASES = {
     'default': ('configs/alexnet.py:digits', DIGITS_RUN),
     'pool': ('configs/alexnet.py:digits', DIGITS_RUN),
     'groups': ('configs/alexnet.py:digits', DIGITS_RUN),
+    'groups_columns': ('configs/alexnet.py:digits', DIGITS_RUN),
     'dropout': ('configs/alexnet.py:digits', DIGITS_RUN),
     **{name: ('configs/alexnet.py:digits_fig1', init) for name, init in FIG1_INITS.items()},
     'fig1_cifar10': ('configs/alexnet.py:fig1_cifar10', {}),  # Needs CIFAR-10 prepared in TFDS.

@@ -38,6 +38,9 @@ def paper_config():
     c.num_seeds = 1
     c.seeds_mode = 'auto'
     c.seed_workers = 0
+    # model_parallel=2: the two columns of a groups=2 net on two devices each (a data x model
+    # mesh, alexnet_jax/columns.py); 1: data parallel over every device.
+    c.model_parallel = 1
 
     # Section 3 of the paper: the net. groups=1 is the net the seed tables count.
     c.model = ml_collections.ConfigDict(dict(
@@ -46,6 +49,7 @@ def paper_config():
         activation='relu',
         lrn=True, lrn_k=2.0, lrn_n=5, lrn_alpha=1e-4, lrn_beta=0.75, lrn_convention='paper',
         lrn_divisor='local',            # 'constant': k^-beta alone, LRN's control arm.
+        lrn_per_column=False,           # True: each group's maps alone (cuda-convnet's).
         pool_window=3, pool_stride=2,   # Overlapping pooling (Sec. 3.4).
         groups=1,                       # 2: conv2/4/5 see only their own GPU's half.
         dropout_rate=0.5,               # fc6 and fc7 (Sec. 4.2).

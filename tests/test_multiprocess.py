@@ -81,3 +81,25 @@ def test_two_processes_equal_one_process_with_same_global_batch(tmp_path):
     state, _ = saved_state(config, str(tmp_path))
     assert int(state.step) == STEPS
     assert_trees_close(state.params, reference_params(config), atol=1e-5)
+
+
+@pytest.mark.slow  # Two launch.py processes (jax.distributed), two devices each.
+def test_two_processes_model_parallel_equal_one_process_data_parallel(tmp_path):
+    """model_parallel=2 across hosts: each process one model pair (a 2 x 2 data x model mesh),
+    each reading its half of the batch; the groups=2 net ends where data parallelism does."""
+    address = f'127.0.0.1:{free_port()}'
+    columns = ['--config.model.width=0.0625', '--config.model.groups=2',
+               '--config.model_parallel=2']
+    flags_ = [f for f in TINY if not f.startswith('--config.model.width')] + FLAGS + columns
+    procs = [launch(*flags_, f'--workdir={tmp_path}', f'--coordinator_address={address}',
+                    '--num_processes=2', f'--process_id={i}', devices=2, wait=False)
+             for i in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+
+    config = tiny_config(num_steps=STEPS, eval_every_steps=0, log_every_steps=3)
+    config.model.update(dropout_rate=0.0, width=0.0625, groups=2)
+    state, _ = saved_state(config, str(tmp_path))
+    assert int(state.step) == STEPS
+    assert_trees_close(state.params, reference_params(config), atol=1e-5)
