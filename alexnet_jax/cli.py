@@ -34,7 +34,12 @@ _MACHINE_ERRNOS = {
     errno.EPERM: 'operation not permitted',
     errno.EROFS: 'read-only file system',
 }
-_FIX = 'free some space or fix the permissions, or use another directory; then rerun'
+# What to do about each: nothing frees space on a read-only mount.
+_FULL = 'free some space or use another directory; then rerun'
+_FIX = {errno.ENOSPC: _FULL, errno.EDQUOT: _FULL,
+        errno.EACCES: 'fix the permissions or use another directory; then rerun',
+        errno.EPERM: 'fix the permissions or use another directory; then rerun',
+        errno.EROFS: 'use a directory on a writable file system; then rerun'}
 
 
 def define_config_flag(default: str | None = 'configs/alexnet.py') -> None:
@@ -45,11 +50,12 @@ def define_config_flag(default: str | None = 'configs/alexnet.py') -> None:
     by_first_colon = parser.parse
 
     def parse(spec):  # config_flags splits at the first colon: a directory may hold one.
+        spec = os.path.expanduser(spec)  # As every other path flag: ~/configs/alexnet.py.
         file = split_config_spec(spec)[0]
-        if ':' not in file:
-            return by_first_colon(spec)
         if not os.path.isfile(file):
             raise FileNotFoundError(f'{file}: no such config file')
+        if ':' not in file:
+            return by_first_colon(spec)
         config = load_config_file(spec)
         config.lock()
         return config
@@ -132,7 +138,7 @@ def split_config_spec(spec: str) -> tuple:
 def load_config_file(spec: str, root: str = ''):
     """'path[:variant]' -> that file's get_config(variant), as config_flags loads it; a
     relative path is taken from `root` (default: the current directory)."""
-    path, arg = split_config_spec(spec)
+    path, arg = split_config_spec(os.path.expanduser(spec))
     module_spec = importlib.util.spec_from_file_location('_config_file',
                                                          os.path.join(root, path))
     module = importlib.util.module_from_spec(module_spec)
@@ -164,11 +170,11 @@ def user_message(error: BaseException) -> str | None:
     for e in _causes(error):
         if isinstance(e, OSError) and e.errno in _MACHINE_ERRNOS:
             where = f': {e.filename}' if e.filename else ''
-            return f'{_MACHINE_ERRNOS[e.errno]}{where}; {_FIX}.'
+            return f'{_MACHINE_ERRNOS[e.errno]}{where}; {_FIX[e.errno]}.'
         if console.NO_SPACE in str(e):  # tensorstore (orbax) reports it as text, with the path.
             path = re.search(r'(?:local file|Failed writing:) "([^"]+)"', str(e))
             where = f': {path[1].split(".orbax-checkpoint-tmp")[0]}' if path else ''
-            return f'no space left on the device{where} ({type(e).__name__}); {_FIX}.'
+            return f'no space left on the device{where} ({type(e).__name__}); {_FULL}.'
     return None
 
 

@@ -497,7 +497,9 @@ def log_train(recorder, step: int, stacked: dict, last_saved: int | None = None)
                 'too: start again in a new --workdir.'
                 if last_saved is not None else
                 'No checkpoint was saved yet: lower config.optim.learning_rate or check the '
-                'data, then rerun (it starts from step 0).')
+                'data, then rerun (it starts from step 0).') + (
+                ' (In a sweep, a failed point is a result: rerun the sweep with --retry_failed '
+                'to train it again.)')
         raise NonFiniteLossError(f'Training {what} at step {bad}; stopping. {then}')
     recorder.write(step, 'train', {k: float(np.mean(v)) for k, v in stacked.items()},
                    num_steps_since=len(losses))

@@ -132,6 +132,7 @@ def test_sweep_runs_records_failures_resumes_and_reports(tmp_path):
     assert status == {'relu': 'done', 'tanh': 'done', 'diverge': 'failed'}
     failed = next(r for r in rows if r['status'] == 'failed')
     assert 'NonFiniteLossError' in failed['reason']
+    assert 'rerun the sweep with --retry_failed' in failed['reason']  # A plain rerun skips it.
     for r in rows[:2]:
         assert 0 <= r['test_top1_error'] <= 1 and r['steps_to_threshold'] == 2
 

@@ -26,6 +26,7 @@ import numpy as np  # pylint: disable=wrong-import-position
 
 from alexnet_jax import cli  # pylint: disable=wrong-import-position
 from alexnet_jax import evaluation  # pylint: disable=wrong-import-position
+from alexnet_jax import plots  # pylint: disable=wrong-import-position
 from alexnet_jax.tools import features  # pylint: disable=wrong-import-position
 
 
@@ -144,8 +145,7 @@ def plot_neighbours(query_images, neighbour_images, path, distances=None, labels
 def _save(fig, path) -> pathlib.Path:
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches='tight')
-    plt.close(fig)
+    plots.save(fig, path, dpi=120, bbox_inches='tight')
     return path
 
 
