@@ -172,7 +172,7 @@ def write(sweep, rows, root, notes=()) -> str:
     """results.csv (one row per run), curves.csv and results.md; returns results.md's text."""
     root = pathlib.Path(root)
     columns = list(dict.fromkeys(k for r in rows for k in r if k != 'test_correct'))
-    with records.replacing(root / 'results.csv') as tmp, tmp.open('w', newline='') as f:
+    with records.replacing(root / 'results.csv') as tmp, open(tmp, 'w', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=columns, restval='', extrasaction='ignore')
         writer.writeheader()
         writer.writerows(rows)
@@ -188,7 +188,7 @@ def write_curves(rows, root) -> None:
     """curves.csv: every logged step of every run (train loss and error, the validation error
     where one was evaluated, the learning rate, wall seconds since the run began)."""
     root = pathlib.Path(root)
-    with records.replacing(root / 'curves.csv') as tmp, tmp.open('w', newline='') as f:
+    with records.replacing(root / 'curves.csv') as tmp, open(tmp, 'w', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=CURVE_COLUMNS, restval='')
         writer.writeheader()
         for r in rows:
