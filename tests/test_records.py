@@ -27,7 +27,8 @@ def test_a_truncated_record_is_a_one_line_user_error(tmp_path, name):
     point = grid_lib.expand(sweep)[1]
     workdir = tmp_path / point.dirname
     workdir.mkdir(parents=True)
-    records.write(workdir / 'config.json', {'train': {'log_every_steps': 2}})
+    records.write(workdir / 'config.json', {'model': {}, 'data': {},
+                                            'train': {'log_every_steps': 2}})
     (workdir / name).write_text('{"test_top1": 0.9')  # Cut short, as before writes were atomic.
     with pytest.raises(records.RecordError) as e:
         grid_lib.result_row(sweep, point, workdir)

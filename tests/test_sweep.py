@@ -237,7 +237,8 @@ def _write_run(workdir, errors, log_at, every, steps_per_epoch):
     """metrics.jsonl as the Recorder writes it: at each step of `log_at`, the mean training
     error of the steps since the previous record; config.json with the log interval."""
     workdir.mkdir(parents=True)
-    (workdir / 'config.json').write_text(json.dumps({'train': {'log_every_steps': every}}))
+    (workdir / 'config.json').write_text(json.dumps({'model': {}, 'data': {},
+                                                     'train': {'log_every_steps': every}}))
     lines, previous = [], 0
     for step in log_at:
         lines.append(json.dumps({'step': step, 'epoch': step / steps_per_epoch, 'split': 'train',
@@ -439,7 +440,8 @@ def test_the_search_extends_each_point_until_its_choice_is_bracketed(tmp_path):
         speed = 0.1 / (1 + np.log10(rate / best[point.labels[0]]) ** 2)
         workdir = root / point.dirname
         workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / 'config.json').write_text(json.dumps({'train': {'log_every_steps': 1}}))
+        (workdir / 'config.json').write_text(json.dumps({'model': {}, 'data': {},
+                                                         'train': {'log_every_steps': 1}}))
         (workdir / 'metrics.jsonl').write_text(''.join(
             json.dumps({'step': t, 'epoch': t / 10, 'split': 'train',
                         'top1': min(1.0, speed * t)}) + '\n' for t in range(1, 101)))

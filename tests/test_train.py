@@ -153,7 +153,8 @@ def test_one_seed_and_several_seeds_never_share_a_workdir(tmp_path):
         train.train_and_evaluate(tiny_config(), str(tmp_path / 'many'))
     assert '\n' not in str(e.value) and 'seed0, seed1' in str(e.value)
     (tmp_path / 'one').mkdir()
-    (tmp_path / 'one' / 'config.json').write_text('{"num_seeds": 1}')
+    (tmp_path / 'one' / 'config.json').write_text(
+        '{"num_seeds": 1, "model": {}, "data": {}, "train": {}}')
     several = tiny_config()
     several.num_seeds = 2
     with pytest.raises(workdirs.LayoutError, match='holds a one-seed run'):
