@@ -37,8 +37,7 @@ POINT = 'point.json'
 
 # What each record's readers need of it (records.check): a damaged one is a one-line error.
 CONFIG_SHAPE = {'model': dict, 'data': dict, 'train': dict}
-RESULTS_SHAPE = {'test_top1': records.NUMBER, 'test_top5': records.NUMBER,
-                 'test_loss': records.NUMBER}
+RESULTS_SHAPE = {'test_top1': records.NUMBER, 'test_top5': records.NUMBER}
 FAILED_SHAPE = {'reason': str}
 POINT_SHAPE = {'config': dict}
 METRIC_SHAPE = {'step': records.NUMBER, 'epoch': records.NUMBER, 'split': str}

@@ -242,7 +242,7 @@ def _write_run(workdir, errors, log_at, every, steps_per_epoch):
     lines, previous = [], 0
     for step in log_at:
         lines.append(json.dumps({'step': step, 'epoch': step / steps_per_epoch, 'split': 'train',
-                                 'top1': 1 - float(np.mean(errors[previous:step]))}))
+                                 'loss': 1.0, 'top1': 1 - float(np.mean(errors[previous:step]))}))
         previous = step
     (workdir / 'metrics.jsonl').write_text('\n'.join(lines) + '\n')
 
@@ -443,7 +443,7 @@ def test_the_search_extends_each_point_until_its_choice_is_bracketed(tmp_path):
         (workdir / 'config.json').write_text(json.dumps({'model': {}, 'data': {},
                                                          'train': {'log_every_steps': 1}}))
         (workdir / 'metrics.jsonl').write_text(''.join(
-            json.dumps({'step': t, 'epoch': t / 10, 'split': 'train',
+            json.dumps({'step': t, 'epoch': t / 10, 'split': 'train', 'loss': 1.0,
                         'top1': min(1.0, speed * t)}) + '\n' for t in range(1, 101)))
         (workdir / 'results.json').write_text(json.dumps({'test_top1': 0.9, 'test_top5': 1.0}))
 
