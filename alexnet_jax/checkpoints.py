@@ -149,7 +149,8 @@ def check_resume(config, workdir: str) -> None:
              for s in seeds_lib.seed_list(config)])
     flat = lambda c: traverse_util.flatten_dict(config_fingerprint(c), sep='.')  # noqa: E731
     for directory, run_config in runs:
-        if workdirs.has_checkpoint(directory) and (epath.Path(directory) / workdirs.CONFIG).exists():
+        if (workdirs.has_checkpoint(directory)
+                and (epath.Path(directory) / workdirs.CONFIG).exists()):
             theirs, ours = flat(workdirs.read_config(directory)), flat(run_config)
             keep = [k for k, v in theirs.items() if v is not None and k in ours]
             check_fits({'fingerprint': {k: theirs[k] for k in keep}},  # Flat: taken as they are.

@@ -133,7 +133,7 @@ def test_a_damaged_record_is_one_line_naming_it_in_every_reader(tiny_run, tmp_pa
     assert '\n' not in message and message.startswith(str(path)) and 'delete it' in message
 
 
-# --- outputs: whole or not at all ------------------------------------------------------------------
+# --- outputs: whole or not at all -----------------------------------------------------------------
 
 def _writers():  # file: write it into `root`; imported here: they load TF and matplotlib.
     import numpy as np  # pylint: disable=import-outside-toplevel
