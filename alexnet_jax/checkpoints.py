@@ -12,6 +12,7 @@ import atexit
 import json
 import logging as pylogging
 import math
+import os
 import time
 import weakref
 from typing import Any
@@ -40,10 +41,11 @@ class CorruptCheckpointError(errors.UserError, RuntimeError):
     """A checkpoint (or every checkpoint in a workdir) cannot be restored."""
 
 
-def config_fingerprint(config) -> dict:
+def config_fingerprint(config, on_device: bool | None = None) -> dict:
     """What a checkpoint must share with the config that resumes it (`check_fits`): the
     fields that shape the state (model, input, optimizer, loss scaling, frozen layers) and,
-    under 'stream', the RESUME_FIXED fields."""
+    under 'stream', the RESUME_FIXED fields and, when the run knows it, where its training data
+    resolved to (`on_device`: data.device_resident='auto' decides by the data's size)."""
     model = config.model.to_dict() if hasattr(config.model, 'to_dict') else dict(config.model)
     fingerprint = {'model': _jsonable(model)}
     optim = {k: config.optim[k] for k in ('optimizer', 'loss_scale')
@@ -55,6 +57,8 @@ def config_fingerprint(config) -> dict:
     if 'data' in config and 'image_size' in config.data:
         fingerprint['input_shape'] = [config.data.image_size, config.data.image_size, 3]
     fingerprint['stream'] = {field: _jsonable(_get(config, field)) for field in RESUME_FIXED}
+    if on_device is not None:
+        fingerprint['stream'][ON_DEVICE] = bool(on_device)
     fingerprint['recipe'] = {field: _jsonable(_get(config, field)) for field in RECIPE_FIXED}
     return fingerprint
 
@@ -74,6 +78,8 @@ RECIPE_FIXED = ('optim.schedule', 'optim.momentum', 'optim.nesterov', 'optim.wei
                 'data.pad', 'data.pca_lighting', 'data.crop_area_range',
                 'data.aspect_ratio_range', 'data.resize_size')
 
+
+ON_DEVICE = 'data.on_device'  # Not a config field: what data.device_resident resolved to.
 
 def _get(config, field: str):
     for key in field.split('.'):
@@ -102,12 +108,8 @@ def check_fits(info: dict, fingerprint: dict, where, target: dict | None = None)
     if ours.keys() ^ theirs.keys():  # A field added or removed by a code change.
         logging.warning('Config fingerprint fields %s are in only one of the config and %s.',
                         sorted(ours.keys() ^ theirs.keys()), where)
-    depends = {'stream': 'the data stream and the random numbers depend on it',
-               'recipe': 'the updates or the preprocessing of the run so far depend on it'}
-    causes = [f'config.{k.partition(".")[2]}={ours[k]!r} (it was trained with {theirs[k]!r}): '
-              f'{depends[k.partition(".")[0]]}' if k.partition('.')[0] in depends else
-              f'{k}: workdir has {theirs[k]!r}, config has {ours[k]!r}'
-              for k in sorted(ours.keys() & theirs.keys()) if ours[k] != theirs[k]]
+    causes = [_cause(k, ours, theirs) for k in sorted(ours.keys() & theirs.keys())
+              if ours[k] != theirs[k]]
     fix = 'Set those values back to resume, or use a new --workdir for this config.'
     if not causes and target is not None:  # Same fields, other shapes: a code change.
         causes, fix = integrity.differences(info['leaves'], target), 'Use a new --workdir.'
@@ -128,6 +130,48 @@ def check_fits(info: dict, fingerprint: dict, where, target: dict | None = None)
 
 
 _TOPOLOGY_LOGGED = set()
+
+
+def check_resume(config, workdir: str) -> None:
+    """A rerun's refusals that need neither the data nor TensorFlow, so they come in seconds:
+    another run holds `workdir`, or the config does not fit the run recorded there (its
+    config.json; the fields whose record is null or absent are left to `check_fits` on the
+    checkpoint itself, which the run does again on restoring it)."""
+    # pylint: disable=import-outside-toplevel  (they import this module)
+    from alexnet_jax import finetune
+    from alexnet_jax import seeds as seeds_lib
+    if config.get('eval_only') or workdirs.is_url(workdir) or not os.path.isdir(workdir):
+        return
+    workdirs.lock(workdir).release()  # One held by a run: refused now, in one line.
+    config = finetune.resolve_config(config)
+    runs = ([(workdir, config)] if config.get('num_seeds', 1) == 1 else
+            [(workdirs.seed_dir(workdir, s), seeds_lib.seed_config(config, s))
+             for s in seeds_lib.seed_list(config)])
+    flat = lambda c: traverse_util.flatten_dict(config_fingerprint(c), sep='.')  # noqa: E731
+    for directory, run_config in runs:
+        if (workdirs.has_checkpoint(directory)
+                and (epath.Path(directory) / workdirs.CONFIG).exists()):
+            theirs, ours = flat(workdirs.read_config(directory)), flat(run_config)
+            keep = [k for k, v in theirs.items() if v is not None and k in ours]
+            check_fits({'fingerprint': {k: theirs[k] for k in keep}},  # Flat: taken as they are.
+                       {k: ours[k] for k in keep}, directory)
+_DEPENDS = {'stream': 'the data stream and the random numbers depend on it',
+            'recipe': 'the updates or the preprocessing of the run so far depend on it'}
+
+
+def _cause(key: str, ours: dict, theirs: dict) -> str:
+    """One differing fingerprint field (flattened `key`) as check_fits says it."""
+    section, _, field = key.partition('.')
+    if field == ON_DEVICE:
+        where = {True: 'device-resident data', False: 'tf.data batches'}
+        return (f'config.data.device_resident={ours["stream.data.device_resident"]!r} resolves '
+                f'to {where[ours[key]]} here, the run so far trained on {where[theirs[key]]} '
+                f'(data.device_max_bytes and data.train_augment decide \'auto\'): '
+                f'{_DEPENDS[section]}')
+    if section in _DEPENDS:
+        return f'config.{field}={ours[key]!r} (it was trained with {theirs[key]!r}): ' \
+               f'{_DEPENDS[section]}'
+    return f'{key}: workdir has {theirs[key]!r}, config has {ours[key]!r}'
 
 
 class _UnrankedSaveFilter(pylogging.Filter):

@@ -37,7 +37,12 @@ _MACHINE_ERRNOS = {
     errno.EPERM: 'operation not permitted',
     errno.EROFS: 'read-only file system',
 }
-_FIX = 'free some space or fix the permissions, or use another directory; then rerun'
+# What to do about each: nothing frees space on a read-only mount.
+_FULL = 'free some space or use another directory; then rerun'
+_FIX = {errno.ENOSPC: _FULL, errno.EDQUOT: _FULL,
+        errno.EACCES: 'fix the permissions or use another directory; then rerun',
+        errno.EPERM: 'fix the permissions or use another directory; then rerun',
+        errno.EROFS: 'use a directory on a writable file system; then rerun'}
 
 
 def define_config_flag(default: str | None = 'configs/alexnet.py') -> None:
@@ -50,11 +55,12 @@ def define_config_flag(default: str | None = 'configs/alexnet.py') -> None:
     by_first_colon = parser.parse
 
     def parse(spec):  # config_flags splits at the first colon: a directory may hold one.
+        spec = os.path.expanduser(spec)  # As every other path flag: ~/configs/alexnet.py.
         file = split_config_spec(spec)[0]
-        if ':' not in file:
-            return by_first_colon(spec)
         if not os.path.isfile(file):
             raise FileNotFoundError(f'{file}: no such config file')
+        if ':' not in file:
+            return by_first_colon(spec)
         config = load_config_file(spec)
         config.lock()
         return config
@@ -163,7 +169,7 @@ def split_config_spec(spec: str) -> tuple:
 def load_config_file(spec: str, root: str = ''):
     """'path[:variant]' -> that file's get_config(variant), as config_flags loads it; a
     relative path is taken from `root` (default: the current directory)."""
-    path, arg = split_config_spec(spec)
+    path, arg = split_config_spec(os.path.expanduser(spec))
     module = _load_module(os.path.join(root, path))
     return module.get_config(arg) if arg else module.get_config()
 
@@ -199,11 +205,11 @@ def user_message(error: BaseException) -> str | None:
     for e in _causes(error):
         if isinstance(e, OSError) and e.errno in _MACHINE_ERRNOS:
             where = f': {e.filename}' if e.filename else ''
-            return f'{_MACHINE_ERRNOS[e.errno]}{where}; {_FIX}.'
+            return f'{_MACHINE_ERRNOS[e.errno]}{where}; {_FIX[e.errno]}.'
         if console.NO_SPACE in str(e):  # tensorstore (orbax) reports it as text, with the path.
             path = re.search(r'(?:local file|Failed writing:) "([^"]+)"', str(e))
             where = f': {path[1].split(".orbax-checkpoint-tmp")[0]}' if path else ''
-            return f'no space left on the device{where} ({type(e).__name__}); {_FIX}.'
+            return f'no space left on the device{where} ({type(e).__name__}); {_FULL}.'
     return None
 
 

@@ -1,10 +1,12 @@
-"""Figures: the learning curves of one run (train / validation loss and error vs epoch)."""
+"""Figures: the learning curves of one run (train / validation loss and error vs epoch), and
+`save`, how every figure is written (whole or not at all)."""
 
-from etils import epath
 import matplotlib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
+
+from alexnet_jax import records  # noqa: E402
 
 
 def learning_curves(history: list, path) -> None:
@@ -23,6 +25,13 @@ def learning_curves(history: list, path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    with epath.Path(path).open('wb') as f:
-        fig.savefig(f, format='png', dpi=100)
-    plt.close(fig)
+    save(fig, path, dpi=100)
+
+
+def save(fig, path, **savefig) -> None:
+    """`fig` as a PNG at `path` through records.replacing, then closed."""
+    try:
+        with records.replacing(path) as tmp, tmp.open('wb') as f:
+            fig.savefig(f, format='png', **savefig)
+    finally:
+        plt.close(fig)

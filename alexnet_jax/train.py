@@ -12,12 +12,15 @@ step, and the dropout key of step s on device d is fold_in(fold_in(key(seed), s)
 """
 
 import functools
+import json
 import math
 import pathlib
 import time
 from typing import Any
 
 from absl import logging
+from etils import epath
+from flax import traverse_util
 import flax.linen as nn
 from flax.training import dynamic_scale as dynamic_scale_lib
 from flax.training import train_state
@@ -275,12 +278,39 @@ def starting_state(config, fresh, ckpt, steps_per_epoch: int, num_steps: int):
     return state, plateau, meta
 
 
+def resumed_config(config, workdir, step: int):
+    """(the config a resumed run records, the changes its config.json lists): against the
+    recorded config.json, every field that differs is a change from step `step` + 1 on (after the
+    earlier resumes' changes), so the record says what each part of the run trained with; a
+    changed data.eval_split is named (keep-best and the plateau schedule read it). init_from stays
+    the recorded one: a resume restores its own weights, another init_from is ignored (warned)."""
+    if not (epath.Path(workdir) / workdirs.CONFIG).is_file():
+        return config, []
+    recorded = workdirs.read_config(workdir)
+    if config.get('init_from') != recorded.get('init_from'):
+        logging.warning('config.init_from=%s is ignored: %s resumes its own checkpoint (step '
+                        '%d), which started from %s.', config.get('init_from'), workdir, step,
+                        recorded.get('init_from') or 'a fresh initialisation')
+        config = config.copy_and_resolve_references()
+        config.init_from = recorded.get('init_from')
+    flat = lambda c: traverse_util.flatten_dict(  # noqa: E731  (JSON values, as recorded)
+        json.loads(json.dumps(c.to_dict(), default=str)), sep='.')
+    was, now = flat(recorded), flat(config)
+    changes = [{'from_step': step + 1, 'field': k, 'was': was.get(k), 'now': now.get(k)}
+               for k in sorted(was.keys() | now.keys()) if was.get(k) != now.get(k)]
+    if any(c['field'] == 'data.eval_split' for c in changes):
+        logging.warning('config.data.eval_split=%r (the run so far validated on %r): keep-best '
+                        'and the plateau schedule read the new split from step %d on.',
+                        now['data.eval_split'], was.get('data.eval_split'), step + 1)
+    return config, workdirs.read_changes(workdir) + changes
+
+
 class Seed:
     """One seed's side of the loop: its locked workdir, checkpoints (keep-best by validation
     top-1), metrics, plateau, best score and failure; its state is the checkpoint's (resume),
     init_from's (a fresh fine-tuning run) or a fresh one."""
 
-    def __init__(self, config, info, seed: int, workdir, num_steps: int, steps_per_epoch: int,
+    def __init__(self, config, data, seed: int, workdir, num_steps: int, steps_per_epoch: int,
                  label: str = '', stop_on_nan: bool = False):
         self.config = seeds_lib.seed_config(config, seed)
         self.seed, self.workdir, self.stop_on_nan = seed, str(workdir), stop_on_nan
@@ -289,9 +319,11 @@ class Seed:
         self.lock = workdirs.lock(self.workdir)  # A second run here stops now.
         self.ckpt = self.recorder = None
         try:  # The fresh state first: a config error stops the run before orbax starts.
-            fresh, self.dropout_key = initial_state(self.config, info, steps_per_epoch, num_steps)
+            fresh, self.dropout_key = initial_state(self.config, data.info, steps_per_epoch,
+                                                    num_steps)
             self.ckpt = checkpoints.Checkpointer(
-                self.workdir, config_fingerprint=checkpoints.config_fingerprint(self.config),
+                self.workdir, config_fingerprint=checkpoints.config_fingerprint(
+                    self.config, data.on_device),
                 keep=t.keep_checkpoints, best_metric='val_top1', async_save=t.async_checkpoints)
             self.state, self.plateau, meta = starting_state(self.config, fresh, self.ckpt,
                                                             steps_per_epoch, num_steps)
@@ -300,6 +332,9 @@ class Seed:
             raise
         self.start = int(self.state.step)
         self.last_saved = None if meta is None else self.start
+        self.changes = []
+        if meta is not None:  # A resume: the record keeps what the run so far trained with.
+            self.config, self.changes = resumed_config(self.config, self.workdir, self.start)
         meta = meta or {}
         self.best_top1 = meta.get('best_val_top1', -math.inf)
         self.elapsed = meta.get('elapsed', 0.0)
@@ -311,7 +346,7 @@ class Seed:
         """Writes the config and opens the metrics once every seed fits its workdir, so a
         refused rerun leaves no file behind. An earlier attempt's failure record goes: this one
         writes its own if it fails too, and a finished run must not sit beside one."""
-        workdirs.write_config(self.config, self.workdir)
+        workdirs.write_config(self.config, self.workdir, self.changes)
         workdirs.clear_failure(self.workdir)
         self.recorder = metrics_lib.Recorder(self.workdir, **self._recorder_args)
 
@@ -349,7 +384,7 @@ def _train_seeds(config, data, seed_dirs, mode: str, raise_nan: bool = False,
     try:
         for s, directory in seed_dirs:
             label = f'{pathlib.Path(directory).parent.name} seed {s}: ' if labelled else ''
-            seeds.append(Seed(config, data.info, s, directory, num_steps, steps_per_epoch,
+            seeds.append(Seed(config, data, s, directory, num_steps, steps_per_epoch,
                               label=label, stop_on_nan=raise_nan))
         for s in seeds:
             s.begin()
@@ -515,7 +550,9 @@ def log_train(recorder, step: int, stacked: dict, last_saved: int | None = None)
                 'too: start again in a new --workdir.'
                 if last_saved is not None else
                 'No checkpoint was saved yet: lower config.optim.learning_rate or check the '
-                'data, then rerun (it starts from step 0).')
+                'data, then rerun (it starts from step 0).') + (
+                ' (In a sweep, a failed point is a result: rerun the sweep with --retry_failed '
+                'to train it again.)')
         raise NonFiniteLossError(f'Training {what} at step {bad}; stopping. {then}')
     recorder.write(step, 'train', {k: float(np.mean(v)) for k, v in stacked.items()},
                    num_steps_since=len(losses))

@@ -35,6 +35,14 @@ FAILED = 'failed.json'
 EVAL = 'eval'
 POINT = 'point.json'
 
+# What each record's readers need of it (records.check): a damaged one is a one-line error.
+CONFIG_SHAPE = {'model': dict, 'data': dict, 'train': dict}
+RESULTS_SHAPE = {'test_top1': records.NUMBER, 'test_top5': records.NUMBER}
+FAILED_SHAPE = {'reason': str}
+POINT_SHAPE = {'config': dict}
+METRIC_SHAPE = {'step': records.NUMBER, 'epoch': records.NUMBER, 'split': str}
+SCORES_SHAPE = {'loss': records.NUMBER, 'top1': records.NUMBER}  # train, val, test lines.
+
 
 class WorkdirError(errors.UserError):
     """The workdir is a file, cannot be created or written, another run is using it, or it has
@@ -151,30 +159,45 @@ def lock(workdir) -> Lock:
 
 # -- records --------------------------------------------------------------------------------------
 
-def write_config(config, workdir) -> None:
-    """workdir/config.json: the net and preprocessing of its checkpoints (`read_config`)."""
+def write_config(config, workdir, changes: list = ()) -> None:
+    """workdir/config.json: the net and preprocessing of its checkpoints (`read_config`), and
+    under 'changes' what a resume changed, from which step (`read_changes`)."""
     if jax.process_index() == 0:
         path = epath.Path(workdir)
         path.mkdir(parents=True, exist_ok=True)
-        records.write(path / CONFIG, config.to_dict(), indent=2, default=str)
+        record = config.to_dict()
+        if changes:
+            record['changes'] = list(changes)
+        records.write(path / CONFIG, record, indent=2, default=str)
 
 
 def read_config(directory) -> ml_collections.ConfigDict:
     """DIR/config.json (of a training workdir or a conversion) as a ConfigDict."""
     path = epath.Path(directory) / CONFIG
+    if not epath.Path(directory).exists():
+        raise WorkdirError(f'{directory} does not exist; pass a directory that launch.py or '
+                           f'alexnet_jax.tools.convert wrote.')
     if not path.is_file():
         runs = seed_runs(directory)
         raise WorkdirError(f'{directory} has no {CONFIG}: ' + (
             f'it holds the seeds of a run ({", ".join(runs)}); pass one of them, e.g. '
             f'{directory}/{runs[0]}.' if runs else 'not a converted checkpoint or a training '
             'workdir; pass a directory that launch.py or alexnet_jax.tools.convert wrote.'))
-    return ml_collections.ConfigDict(_tuples(records.read(path)))
+    record = records.read(path, CONFIG_SHAPE)
+    record.pop('changes', None)
+    return ml_collections.ConfigDict(_tuples(record))
+
+
+def read_changes(directory) -> list:
+    """What resumes of the run in `directory` changed ([{'step', 'field', 'was', 'now'}])."""
+    path = epath.Path(directory) / CONFIG
+    return records.read(path, CONFIG_SHAPE).get('changes', []) if path.is_file() else []
 
 
 def seed_configs(workdir) -> dict:
     """{path: config dict} of every seed<k>/ run in `workdir` (a sweep point's seeds)."""
     paths = [epath.Path(workdir) / run / CONFIG for run in seed_runs(workdir)]
-    return {p: records.read(p) for p in paths if p.is_file()}
+    return {p: records.read(p, CONFIG_SHAPE) for p in paths if p.is_file()}
 
 
 def write_results(workdir, results: dict) -> None:
@@ -185,7 +208,7 @@ def write_results(workdir, results: dict) -> None:
 def read_results(workdir) -> dict | None:
     """A finished run's results, or None."""
     path = epath.Path(workdir) / RESULTS
-    return records.read(path) if path.exists() else None
+    return records.read(path, RESULTS_SHAPE) if path.exists() else None
 
 
 def eval_results_path(checkpoint, output=None) -> epath.Path:
@@ -210,7 +233,7 @@ def record_failure(workdir, error: Exception) -> str:
 def read_failure(workdir) -> str | None:
     """Why a run failed (its failed.json), or None."""
     path = epath.Path(workdir) / FAILED
-    return records.read(path)['reason'] if path.exists() else None
+    return records.read(path, FAILED_SHAPE)['reason'] if path.exists() else None
 
 
 def clear_failure(workdir) -> None:
@@ -225,16 +248,25 @@ def append_metrics(workdir, record: dict) -> None:
 
 
 def read_metrics(workdir) -> list:
-    """metrics.jsonl's records; a record re-written after a resume replaces the older one."""
+    """metrics.jsonl's records; a record re-written after a resume replaces the older one.
+    A line that is not JSON was cut by a kill -9 and is skipped; any other damage is an error."""
     path = epath.Path(workdir) / METRICS
     if not path.exists():
         return []
+    try:
+        text = path.read_bytes().decode('utf-8')
+    except UnicodeDecodeError:
+        raise records.damaged(path, 'is not UTF-8 text') from None
     latest = {}
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(text.splitlines(), 1):
         try:
             r = json.loads(line)
         except json.JSONDecodeError:  # A line cut by a kill -9.
             continue
+        where = f'line {number}'
+        records.check(r, METRIC_SHAPE, path, where)
+        if r['split'] in ('train', 'val', 'test'):
+            records.check(r, SCORES_SHAPE, path, where)
         latest[(r['split'], r['step'])] = r
     return sorted(latest.values(), key=lambda r: r['step'])
 
@@ -245,7 +277,7 @@ def read_point(group) -> dict | None:
     path = epath.Path(group) / POINT
     if path.exists() and not seed_runs(group):
         path.unlink()
-    return records.read(path) if path.exists() else None
+    return records.read(path, POINT_SHAPE) if path.exists() else None
 
 
 def write_point(group, record: dict) -> None:

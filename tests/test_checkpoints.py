@@ -453,7 +453,7 @@ def test_leaf_paths_keep_their_format():
 
 def _workdir_without_checkpoint(path):
     path.mkdir()
-    (path / 'config.json').write_text('{"model": {"num_classes": 3}}')
+    (path / 'config.json').write_text('{"model": {"num_classes": 3}, "data": {}, "train": {}}')
 
 
 def _garbled_params(path):
@@ -468,7 +468,8 @@ def _garbled_params(path):
 
 @pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
 @pytest.mark.parametrize('setup, error, message', [
-    (lambda p: None, workdirs.WorkdirError, 'has no config.json'),
+    (lambda p: None, workdirs.WorkdirError, 'does not exist'),
+    (lambda p: p.mkdir(), workdirs.WorkdirError, 'has no config.json'),
     (_workdir_without_checkpoint, workdirs.WorkdirError, 'has no checkpoint in'),
     (_garbled_params, CorruptCheckpointError, r'step 4 .* is corrupt \(checksum mismatch'),
 ])

@@ -21,6 +21,17 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # --- the policy, in-process ---------------------------------------------------------------------
 
+@pytest.mark.parametrize('code, advice, not_advice', [
+    (errno.ENOSPC, 'free some space', 'permissions'),
+    (errno.EDQUOT, 'free some space', 'permissions'),
+    (errno.EACCES, 'fix the permissions', 'space'),
+    (errno.EROFS, 'writable file system', 'space'),  # Once "free some space" on a read-only mount.
+])
+def test_the_advice_fits_the_refusal(code, advice, not_advice):
+    message = cli.user_message(OSError(code, os.strerror(code), '/w/config.json'))
+    assert '/w/config.json' in message and advice in message and not_advice not in message
+
+
 def _chained(outer, inner):
     try:
         try:
@@ -148,15 +159,19 @@ CASES = [
      'cannot be created', None),
     ('workdir-is-a-file', lambda t: (t / 'f').write_text('x') and t / 'f',
      LAUNCH + ['--workdir={w}'], 'is not a directory', None),
-    ('full-disk', _full_disk, LAUNCH + ['--workdir={w}'], 'no space left on the device',
-     {'checkpoints'}),
+    ('full-disk', _full_disk, LAUNCH + ['--workdir={w}'],
+     'no space left on the device: {w}/config.json',
+     {'checkpoints', '.config.json.tmp'}),  # The write's temp file (the full disk) is removed.
     ('sweep-bad-base-file', None, SWEEP + ['--config.base=configs/nope.py', '--workdir={w}'],
      'no such config file', None),
     ('sweep-bad-base-variant', None, SWEEP + ['--config.base=configs/alexnet.py:bogus',
                                               '--workdir={w}'], 'does not load', None),
     ('evaluate-missing-checkpoint', None, [sys.executable, '-m', 'alexnet_jax.tools.evaluate',
                                            '--checkpoint=no/such/dir', '--output={w}'],
-     f'{ROOT}/no/such/dir has no config.json', None),
+     f'{ROOT}/no/such/dir does not exist', None),
+    ('evaluate-damaged-config', lambda t: (t / 'config.json').write_text('[]') and t,
+     [sys.executable, '-m', 'alexnet_jax.tools.evaluate', '--checkpoint={w}'],
+     '{w}/config.json holds a list, not a JSON object', None),
     ('features-bad-output', None, [sys.executable, '-m', 'alexnet_jax.tools.features',
                                    '--checkpoint=/x', '--output={w}/f.txt'],
      'must end in .npz', None),
@@ -188,10 +203,10 @@ def test_cli_error_policy(tmp_path, setup, argv, message, may_leave):
     lines = p.stderr.strip().splitlines()
     assert p.returncode not in (0, None) and 'Traceback' not in p.stderr, p.stderr[-3000:]
     assert len(lines) == 1 and lines[0].startswith('error: '), p.stderr[-3000:]
-    assert message.format(tfds=tfds_dir) in lines[0], lines[0]
+    assert message.format(tfds=tfds_dir, w=workdir) in lines[0], lines[0]
     after = _snapshot(workdir)
-    if may_leave and isinstance(after, list):
-        after = [entry for entry in after if entry[0] not in may_leave]
+    if may_leave and isinstance(after, list) and isinstance(before, list):
+        before, after = ([e for e in x if e[0] not in may_leave] for x in (before, after))
     assert after == before, f'{workdir} changed: {before} -> {after}'
 
 
@@ -218,17 +233,22 @@ def test_a_disk_that_fills_during_training_is_one_line_naming_the_checkpoint(tmp
 
 
 @pytest.mark.slow  # launch.py subprocesses.
-def test_a_config_in_a_directory_with_a_colon_loads(tmp_path):
-    """config_flags splits --config at the first colon: /d/c:g/alexnet.py:digits was not found."""
+@pytest.mark.parametrize('directory, spec', [
+    ('c:g', '{tmp}/c:g'),  # config_flags split at the first colon: the file was not found.
+    ('configs', '~/configs')])  # config_flags did not expand ~ (every other path flag does).
+def test_a_config_path_loads_as_the_shell_would_find_it(tmp_path, directory, spec):
     import shutil  # pylint: disable=import-outside-toplevel
-    directory = tmp_path / 'c:g'
-    directory.mkdir()
-    shutil.copy(ROOT / 'configs' / 'alexnet.py', directory)
-    for spec, message in ((f'{directory}/alexnet.py:digits', 'config.model.width: must be > 0'),
-                          (f'{directory}/nope.py:digits', 'nope.py: no such config file')):
-        p = subprocess.run([sys.executable, 'launch.py', f'--config={spec}',
+    (tmp_path / directory).mkdir()
+    shutil.copy(ROOT / 'configs' / 'alexnet.py', tmp_path / directory)
+    spec = spec.format(tmp=tmp_path)
+    for file, message in (('alexnet.py:digits', 'config.model.width: must be > 0'),
+                          ('alexnet.py', 'config.model.width: must be > 0'),
+                          ('nope.py:digits', f'{tmp_path / directory}/nope.py: no such config '
+                                             f'file')):
+        p = subprocess.run([sys.executable, 'launch.py', f'--config={spec}/{file}',
                             '--config.model.width=-1', f'--workdir={tmp_path / "run"}'],
-                           cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
-                           timeout=300)
+                           cwd=ROOT, env=subprocess_env(HOME=str(tmp_path)),
+                           capture_output=True, text=True, timeout=300)
         lines = p.stderr.strip().splitlines()
         assert p.returncode != 0 and len(lines) == 1 and message in lines[0], p.stderr[-2000:]
+        assert 'config_config' not in lines[0] and 'Relative path' not in lines[0]

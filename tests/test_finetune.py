@@ -2,8 +2,10 @@
 a 10-class source run, fine-tuned into 5 classes with conv1-conv5 frozen."""
 
 import logging
+import pathlib
 
 import jax
+
 import numpy as np
 import pytest
 
@@ -133,8 +135,13 @@ def test_only_the_head_may_differ():
         finetune.merge(dict(_tree(), bn_conv1={'scale': np.ones(8)}), _tree(), head='fc8')
 
 
-def test_bad_init_from_is_clear(tmp_path):
-    with pytest.raises(validation.ConfigError, match='config.init_from: .* has no config.json'):
+@pytest.mark.parametrize('make, said', [
+    (None, 'does not exist'),  # Once "has no config.json", as if it were there.
+    (pathlib.Path.mkdir, 'has no config.json')])
+def test_bad_init_from_is_clear(tmp_path, make, said):
+    if make:
+        make(tmp_path / 'nowhere')
+    with pytest.raises(validation.ConfigError, match=f'config.init_from: .*nowhere {said}'):
         finetune.resolve_config(tiny_config(init_from=str(tmp_path / 'nowhere')))
 
 

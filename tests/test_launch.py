@@ -180,3 +180,44 @@ def test_every_seed_failing_exits_non_zero(capsys):
     launch.check_some_seed_trained({'test_top1': 0.9, 'steps': 4}, '/w')  # A plain run.
     launch.check_some_seed_trained({0: {'preempted_at_step': 3}}, '/w')
     assert capsys.readouterr().err == ''
+
+
+_EARLY = '''
+import fcntl, os, sys
+from alexnet_jax import checkpoints, errors, workdirs
+workdir, how = sys.argv[1:]
+config = workdirs.read_config(workdir)
+if how == 'wider':
+    config.model.width *= 2
+if how == 'locked':  # As another run holds it: flock conflicts across open() calls.
+    fcntl.flock(os.open(workdir, os.O_RDONLY), fcntl.LOCK_EX | fcntl.LOCK_NB)
+try:
+    checkpoints.check_resume(config, workdir)
+    print('resumable')
+except errors.UserError as e:
+    print(type(e).__name__, e)
+print('tensorflow imported:', 'tensorflow' in sys.modules)
+'''
+
+
+@pytest.mark.slow  # Subprocesses: what they import is the point.
+@pytest.mark.parametrize('how, said', [
+    ('same', 'resumable'),
+    ('wider', 'ConfigMismatchError {w} does not fit this config: model.width'),
+    ('locked', 'WorkdirError --workdir={w} is in use by another run'),
+])
+def test_a_rerun_that_cannot_resume_is_refused_before_tensorflow_loads(tiny_run, tmp_path, how,
+                                                                       said):
+    """A rerun that did not fit was refused only after TensorFlow, JAX and the data loaded
+    (10-35 s), one on a workdir in use ~20 s in: config.json and the lock say so at once."""
+    import shutil  # pylint: disable=import-outside-toplevel
+    workdir = tmp_path / 'run'
+    shutil.copytree(tiny_run[0], workdir)
+    p = subprocess.run([sys.executable, '-c', _EARLY, str(workdir), how], cwd=ROOT,
+                       env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    lines = p.stdout.strip().splitlines()
+    assert p.returncode == 0 and lines[0].startswith(said.format(w=workdir)), p.stderr[-2000:]
+    assert lines[-1] == 'tensorflow imported: False'
+    if how == 'wider':  # launch.py asks it first: the refusal names the workdir's record.
+        rc, _, err = launch(*TINY, '--config.model.width=0.1', f'--workdir={workdir}')
+        assert rc == 1 and f'error: {workdir} does not fit this config: model.width' in err, err

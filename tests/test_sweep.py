@@ -149,6 +149,7 @@ def test_sweep_runs_records_failures_resumes_and_reports(tmp_path):
     assert status == {'relu': 'done', 'tanh': 'done', 'diverge': 'failed'}
     failed = next(r for r in rows if r['status'] == 'failed')
     assert 'NonFiniteLossError' in failed['reason']
+    assert 'rerun the sweep with --retry_failed' in failed['reason']  # A plain rerun skips it.
     for r in rows[:2]:
         assert 0 <= r['test_top1_error'] <= 1 and r['steps_to_threshold'] == 2
 
@@ -253,11 +254,12 @@ def _write_run(workdir, errors, log_at, every, steps_per_epoch):
     """metrics.jsonl as the Recorder writes it: at each step of `log_at`, the mean training
     error of the steps since the previous record; config.json with the log interval."""
     workdir.mkdir(parents=True)
-    (workdir / 'config.json').write_text(json.dumps({'train': {'log_every_steps': every}}))
+    (workdir / 'config.json').write_text(json.dumps({'model': {}, 'data': {},
+                                                     'train': {'log_every_steps': every}}))
     lines, previous = [], 0
     for step in log_at:
         lines.append(json.dumps({'step': step, 'epoch': step / steps_per_epoch, 'split': 'train',
-                                 'top1': 1 - float(np.mean(errors[previous:step]))}))
+                                 'loss': 1.0, 'top1': 1 - float(np.mean(errors[previous:step]))}))
         previous = step
     (workdir / 'metrics.jsonl').write_text('\n'.join(lines) + '\n')
 
@@ -455,9 +457,10 @@ def test_the_search_extends_each_point_until_its_choice_is_bracketed(tmp_path):
         speed = 0.1 / (1 + np.log10(rate / best[point.labels[0]]) ** 2)
         workdir = root / point.dirname
         workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / 'config.json').write_text(json.dumps({'train': {'log_every_steps': 1}}))
+        (workdir / 'config.json').write_text(json.dumps({'model': {}, 'data': {},
+                                                         'train': {'log_every_steps': 1}}))
         (workdir / 'metrics.jsonl').write_text(''.join(
-            json.dumps({'step': t, 'epoch': t / 10, 'split': 'train',
+            json.dumps({'step': t, 'epoch': t / 10, 'split': 'train', 'loss': 1.0,
                         'top1': min(1.0, speed * t)}) + '\n' for t in range(1, 101)))
         (workdir / 'results.json').write_text(json.dumps({'test_top1': 0.9, 'test_top5': 1.0}))
 

@@ -16,7 +16,7 @@ from alexnet_jax import parallel
 from alexnet_jax.data import preprocess
 from alexnet_jax import train
 from alexnet_jax import workdirs
-from tests.helpers import assert_trees_close, saved_state, shard, tiny_config
+from tests.helpers import assert_trees_close, device_config, saved_state, shard, tiny_config
 
 
 def test_one_real_step_writes_everything(tmp_path):
@@ -153,7 +153,8 @@ def test_one_seed_and_several_seeds_never_share_a_workdir(tmp_path):
         train.train_and_evaluate(tiny_config(), str(tmp_path / 'many'))
     assert '\n' not in str(e.value) and 'seed0, seed1' in str(e.value)
     (tmp_path / 'one').mkdir()
-    (tmp_path / 'one' / 'config.json').write_text('{"num_seeds": 1}')
+    (tmp_path / 'one' / 'config.json').write_text(
+        '{"num_seeds": 1, "model": {}, "data": {}, "train": {}}')
     several = tiny_config()
     several.num_seeds = 2
     with pytest.raises(workdirs.LayoutError, match='holds a one-seed run'):
@@ -210,3 +211,49 @@ def test_a_reshaped_schedule_is_announced_on_resume(tmp_path, caplog):
     with caplog.at_level('WARNING'):  # Finished at 8 with this schedule: nothing to announce.
         train.train_and_evaluate(same, str(tmp_path))
     assert not any('schedule changed' in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize('field, value, change, warned', [
+    # Once recorded as the value of the whole run, with a warning only.
+    ('optim.learning_rate', 0.005, True, 'Learning rate'),
+    # Once silent: keep-best and the plateau schedule read the new split.
+    ('data.eval_split', 'test', True, 'config.data.eval_split'),
+    # Once ignored without a word, and written into config.json as if it had been loaded.
+    ('init_from', 'TINY_RUN', False, 'config.init_from='),
+])
+def test_a_resume_records_what_it_changed_from_its_step(tiny_run, tmp_path, caplog, field, value,
+                                                        change, warned):
+    shutil.copytree(tiny_run[0], tmp_path, dirs_exist_ok=True)  # A finished 6-step run.
+    first = json.loads((tmp_path / 'config.json').read_text())
+    config = tiny_config()
+    section, _, name = field.rpartition('.')
+    value = str(tiny_run[0]) if value == 'TINY_RUN' else value
+    (config[section] if section else config)[name] = value
+    for _ in range(2):  # A second resume with the same config changes nothing more.
+        with caplog.at_level('WARNING'):
+            train.train_and_evaluate(config, str(tmp_path))
+        assert any(warned in r.getMessage() for r in caplog.records), caplog.text
+        record = json.loads((tmp_path / 'config.json').read_text())
+        if change:
+            assert record.pop('changes') == [{'from_step': 7, 'field': field,
+                                             'was': json.loads(json.dumps(
+                                                 first[section][name])), 'now': value}]
+            record[section][name] = first[section][name]
+        assert record == first  # init_from: the run's own, not the ignored one.
+
+
+@pytest.mark.slow  # Two short training runs on device-resident data.
+def test_a_resume_that_would_move_the_data_stream_is_refused(tmp_path):
+    """data.device_resident='auto' resolved at each start: a resume with a lower
+    data.device_max_bytes once went on with tf.data batches, exit 0, and another loss."""
+    config = device_config(num_steps=2, checkpoint_every_steps=2, eval_every_steps=0)
+    config.data.device_resident = 'auto'
+    train.train_and_evaluate(config, str(tmp_path))
+    config.train.num_steps = 4
+    config.data.device_max_bytes = 1000
+    with pytest.raises(checkpoints.ConfigMismatchError,
+                       match="'auto' resolves to tf.data batches here, the run so far trained on "
+                             "device-resident data"):
+        train.train_and_evaluate(config, str(tmp_path))
+    config.data.device_max_bytes = 1 << 30  # Back on the device: it resumes.
+    assert train.train_and_evaluate(config, str(tmp_path))['steps'] == 4

@@ -29,6 +29,7 @@ with epy.lazy_imports():  # Loaded on first use: --help answers before jax loads
     from alexnet_jax import evaluation
     from alexnet_jax import models
     from alexnet_jax import parallel
+    from alexnet_jax import records
     from alexnet_jax.data import preprocess
 
 def check_layer(model, layer: str) -> None:
@@ -111,6 +112,12 @@ def output_path(output: str) -> pathlib.Path:
     return path
 
 
+def save(path, layer: str, result: dict) -> None:
+    """The .npz, whole or not at all (records.replacing)."""
+    with records.replacing(path) as tmp, tmp.open('wb') as f:
+        np.savez(f, layer=layer, **result)
+
+
 def define_flags() -> None:
     flags.DEFINE_string('checkpoint', None, 'A converted checkpoint or a training workdir.')
     flags.DEFINE_string('layer', 'fc7', "A layer's name, e.g. conv5, pool5, fc7 "
@@ -134,8 +141,7 @@ def main(argv):
         config = evaluation.with_data_from(config, cli.validated_config().data)
     split = FLAGS.split or config.data.test_split
     result = split_features(config, model, variables, split, FLAGS.layer)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, layer=FLAGS.layer, **result)
+    save(path, FLAGS.layer, result)
     print(f'Wrote {path}: {FLAGS.layer} features {result["features"].shape} of split {split!r}.')
 
 

@@ -29,6 +29,7 @@ from alexnet_jax import cli  # pylint: disable=wrong-import-position
 with epy.lazy_imports():  # Loaded on first use: --help answers before jax loads.
     import matplotlib.pyplot as plt
     from alexnet_jax import evaluation
+    from alexnet_jax import plots
     from alexnet_jax.tools import features
 
 
@@ -147,8 +148,7 @@ def plot_neighbours(query_images, neighbour_images, path, distances=None, labels
 def _save(fig, path) -> pathlib.Path:
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches='tight')
-    plt.close(fig)
+    plots.save(fig, path, dpi=120, bbox_inches='tight')
     return path
 
 

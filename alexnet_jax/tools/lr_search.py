@@ -175,7 +175,7 @@ def check_recorded(sweep, root, points: list) -> None:
     path = pathlib.Path(root) / 'lr_search.json'
     if not path.exists():
         return
-    recorded = records.read(path)
+    recorded = read(path)
     ours = searched(sweep)
     for name, entry in recorded.items():
         theirs = entry.get('searched')  # (Absent in a record from before this check.)
@@ -203,6 +203,16 @@ def apply(points: list, choices: dict) -> list:
         overrides = tuple(sorted({**dict(p.overrides), LR_FIELD: rate}.items()))
         out.append(grid.Point(p.labels, p.seed, overrides))
     return out
+
+
+def read(path) -> dict:
+    """lr_search.json: {point name: {'chosen': {'rate', ...}, 'searched', 'trials'}}."""
+    recorded = records.read(path, {})
+    for name, entry in recorded.items():
+        records.check(entry, {'chosen': dict}, path, repr(name))
+        records.check(entry['chosen'], {'rate': records.NUMBER_OR_NULL, 'why': str},
+                      path, f'{name!r}/chosen')
+    return recorded
 
 
 def write(sweep, found: dict, choices: dict, root) -> str:
@@ -236,5 +246,6 @@ def write(sweep, found: dict, choices: dict, root) -> str:
         lines.append(f'| {name} | ' + ' | '.join(cells) +
                      f' | {"-" if rate is None else f"{rate:g}"} | {choices[name]["why"]} |')
     text = '\n'.join(lines) + '\n'
-    (root / 'lr_search.md').write_text(text)
+    with records.replacing(root / 'lr_search.md') as tmp:
+        tmp.write_text(text)
     return text

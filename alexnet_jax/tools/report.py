@@ -24,6 +24,7 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from alexnet_jax import diagnostics
+from alexnet_jax import records
 from alexnet_jax.tools import grid
 from alexnet_jax.tools import stats
 from alexnet_jax import workdirs
@@ -171,14 +172,15 @@ def write(sweep, rows, root, notes=()) -> str:
     """results.csv (one row per run), curves.csv and results.md; returns results.md's text."""
     root = pathlib.Path(root)
     columns = list(dict.fromkeys(k for r in rows for k in r if k != 'test_correct'))
-    with (root / 'results.csv').open('w', newline='') as f:
+    with records.replacing(root / 'results.csv') as tmp, open(tmp, 'w', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=columns, restval='', extrasaction='ignore')
         writer.writeheader()
         writer.writerows(rows)
     write_curves(rows, root)
     summary = summarize(sweep, rows)
     text = '\n'.join(markdown(sweep, summary, effects(sweep, summary), notes))
-    (root / 'results.md').write_text(text)
+    with records.replacing(root / 'results.md') as tmp:
+        tmp.write_text(text)
     return text
 
 
@@ -186,7 +188,7 @@ def write_curves(rows, root) -> None:
     """curves.csv: every logged step of every run (train loss and error, the validation error
     where one was evaluated, the learning rate, wall seconds since the run began)."""
     root = pathlib.Path(root)
-    with (root / 'curves.csv').open('w', newline='') as f:
+    with records.replacing(root / 'curves.csv') as tmp, open(tmp, 'w', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=CURVE_COLUMNS, restval='')
         writer.writeheader()
         for r in rows:
@@ -325,9 +327,8 @@ def plot_figures(sweep, rows, root) -> list:
     """<grid>_training_error.png (training error vs epochs of every run, relu solid, tanh dashed;
     beside it each point's median epochs to the threshold with its interval) and, with a
     pooled test-error effect, ablation_deltas.png (Δ test top-1 with its interval, the paper's)."""
-    import matplotlib  # pylint: disable=import-outside-toplevel
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    from alexnet_jax import plots  # pylint: disable=import-outside-toplevel  (matplotlib, headless)
+    plt = plots.plt
 
     root, written = pathlib.Path(root), []
     summary = summarize(sweep, rows)
@@ -374,8 +375,7 @@ def plot_figures(sweep, rows, root) -> list:
     bars.set(ylabel=f'epochs to {_pct(t)} (median, 95% CI)')
     fig.tight_layout()
     path = root / f'{sweep.grid}_training_error.png'  # Named after its grid: default, pool, ...
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plots.save(fig, path, dpi=120)
     written.append(path)
 
     main = [e for e in found if e['metric'] == 'top1' and e['estimate'].n
@@ -395,7 +395,6 @@ def plot_figures(sweep, rows, root) -> list:
         ax.set(ylabel='Δ test top-1 error (points)', title='Ablation: ablated minus baseline')
         ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(root / 'ablation_deltas.png', dpi=120)
-        plt.close(fig)
+        plots.save(fig, root / 'ablation_deltas.png', dpi=120)
         written.append(root / 'ablation_deltas.png')
     return written

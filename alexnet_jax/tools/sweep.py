@@ -34,7 +34,6 @@ from alexnet_jax import cli
 from alexnet_jax import errors
 
 with epy.lazy_imports():  # Loaded on first use: --help answers before jax loads.
-    from alexnet_jax import records
     from alexnet_jax import workdirs
     from alexnet_jax.tools import grid
     from alexnet_jax.tools import lr_search
@@ -125,7 +124,7 @@ def print_commands(sweep, points, search, root) -> None:
                   f'(or rerun with --print_commands once {saved} exists).', file=sys.stderr)
             points = []
         else:
-            choices = {k: v['chosen'] for k, v in records.read(saved).items()}
+            choices = {k: v['chosen'] for k, v in lr_search.read(saved).items()}
             points = lr_search.apply(points, choices)
     print('\n'.join(lines + [grid.command(sweep, p, root) for p in points]))
 
