@@ -129,17 +129,23 @@ def torch_spec(config) -> dict:
 
 def torch_runner(config):
     """`run(steps)` -> (wall, CPU) seconds per step of PyTorch's step in a process of
-    --torch_python, or None (with a message) when it cannot run there."""
+    --torch_python, or None (with a message) for a net torch_step.py does not write."""
     m = config.model
     if FLAGS.dtype != 'float32' or m.architecture != 'paper' or m.groups != 1 or (
             m.lrn and (m.lrn_convention, m.lrn_divisor) != ('paper', 'local')):
         print('(PyTorch step skipped: it is written for the paper net in float32)')
         return None
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'torch_step.py')
-    proc = subprocess.Popen([FLAGS.torch_python, script, json.dumps(torch_spec(config))],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    if proc.stdout.readline().strip() != 'ready':
-        raise RuntimeError(f'{FLAGS.torch_python} {script} failed (its error is above).')
+    try:
+        proc = subprocess.Popen([FLAGS.torch_python, script, json.dumps(torch_spec(config))],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        ready = proc.stdout.readline().strip() == 'ready'
+    except OSError:
+        ready = False
+    if not ready:
+        raise app.UsageError(f'--torch_python={FLAGS.torch_python} cannot run {script} (its '
+                             f'error is above): name a Python with torch, e.g. made by python3 '
+                             f'-m venv /tmp/torchvenv && /tmp/torchvenv/bin/pip install torch')
 
     def run(steps):
         proc.stdin.write(f'{steps}\n')
@@ -211,9 +217,9 @@ def main(argv):
         params, opt_state, loss = plain(params, opt_state, x, y, key)
         return loss
 
+    torch_run = torch_runner(config) if FLAGS.torch_python else None  # Fails before compiling.
     compile_project = timed_first_call(project)
     compile_plain = timed_first_call(plain_run)
-    torch_run = torch_runner(config) if FLAGS.torch_python else None
     project_times, plain_times, project_cpu, plain_cpu, torch_times = [], [], [], [], []
     for _ in range(FLAGS.repeats):  # Alternate, so drift in machine load hits both alike.
         for run, wall, cpu in ((project, project_times, project_cpu),
