@@ -113,7 +113,7 @@ def window_sum(a: jax.Array, n: int) -> jax.Array:
     Forwards, n shifted slices of a padded copy, which XLA fuses with the pointwise ops around
     them; its tangent (and so the gradient) is a `reduce_window`, which XLA does not fuse, so
     the backward's pointwise terms are computed once instead of once per slice (slices there
-    made the digits net's LRN ~5x slower; `reduce_window` both ways cost ~2x this; a banded
+    made the digits net's LRN ~10x slower; `reduce_window` both ways cost ~2x this; a banded
     matmul and a 1-D convolution over the channels were no faster; benchmarks/RESULTS.md).
     """
     c, h = a.shape[-1], n // 2
