@@ -12,6 +12,7 @@ summary and feature extraction read them.
 """
 
 import dataclasses
+import functools
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -102,10 +103,30 @@ def lrn_base(x: jax.Array, k: float = 2.0, n: int = 5, alpha: float = 1e-4,
     scale = alpha if convention == 'paper' else alpha / n
     # Square and sum in float32 at least: bf16 sums of squares lose the small alpha term.
     acc_dtype = jnp.promote_types(x.dtype, jnp.float32)
-    sq = jnp.square(x.astype(acc_dtype))
-    window = (1,) * (x.ndim - 1) + (n,)
-    pads = ((0, 0),) * (x.ndim - 1) + ((n // 2, n // 2),)
-    return k + scale * lax.reduce_window(sq, 0.0, lax.add, window, (1,) * x.ndim, pads)
+    return k + scale * window_sum(jnp.square(x.astype(acc_dtype)), n)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def window_sum(a: jax.Array, n: int) -> jax.Array:
+    """sum_{j=i-n//2}^{i+n//2} a_j over the last axis (zeros beyond its ends): LRN's window.
+
+    Forwards, n shifted slices of a padded copy, which XLA fuses with the pointwise ops around
+    them; its tangent (and so the gradient) is a `reduce_window`, which XLA does not fuse, so
+    the backward's pointwise terms are computed once instead of once per slice (slices there
+    made the digits net's LRN ~10x slower; `reduce_window` both ways cost ~2x this; a banded
+    matmul and a 1-D convolution over the channels were no faster; benchmarks/RESULTS.md).
+    """
+    c, h = a.shape[-1], n // 2
+    padded = jnp.pad(a, ((0, 0),) * (a.ndim - 1) + ((h, h),))
+    return sum(lax.slice_in_dim(padded, i, i + c, axis=-1) for i in range(n))
+
+
+@window_sum.defjvp
+def _window_sum_jvp(n, primals, tangents):
+    (a,), (da,) = primals, tangents
+    pads = ((0, 0),) * (a.ndim - 1) + ((n // 2, n // 2),)
+    return window_sum(a, n), lax.reduce_window(da, 0.0, lax.add, (1,) * (a.ndim - 1) + (n,),
+                                               (1,) * a.ndim, pads)
 
 
 def lrn_layer(module: nn.Module, x: jax.Array, name: str) -> jax.Array:
@@ -126,12 +147,14 @@ def lrn_layer(module: nn.Module, x: jax.Array, name: str) -> jax.Array:
     return (x * _inverse_power(base, beta)).astype(x.dtype)
 
 
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def _inverse_power(t: jax.Array, beta: float) -> jax.Array:
     """t ** -beta; for the paper's beta=0.75 as rsqrt(t) * sqrt(rsqrt(t)) (= t^-1/2 * t^-1/4).
 
     A float `power` is exp(beta * log(t)) forwards and again backwards: on XLA:CPU it made LRN
     a quarter of the digits net's step; two square roots are ~2x cheaper in the whole step's
-    LRN share (benchmarks/digits_loop.py).
+    LRN share (benchmarks/digits_loop.py). Its derivative is -beta * t^-beta / t from the
+    value, one division, instead of differentiating the square roots.
     """
     if beta == 0.75:
         r = lax.rsqrt(t)
@@ -139,6 +162,13 @@ def _inverse_power(t: jax.Array, beta: float) -> jax.Array:
     if beta == 0.5:
         return lax.rsqrt(t)
     return jnp.power(t, -beta)
+
+
+@_inverse_power.defjvp
+def _inverse_power_jvp(beta, primals, tangents):
+    (t,), (dt,) = primals, tangents
+    p = _inverse_power(t, beta)
+    return p, dt * (-beta * p / t)
 
 
 def grouped_conv(lhs, rhs, *args, dimension_numbers=None, feature_group_count: int = 1,

@@ -3,6 +3,7 @@ r"""Times the project's pmapped train step against a minimal plain `jax.jit` ste
   python benchmarks/train_step.py                       # AlexNet at 227, batch 32, fp32
   python benchmarks/train_step.py --dtype=bfloat16 --batch=256      # an accelerator
   python benchmarks/train_step.py --width=0.25 --image_size=99      # a quick CPU check
+  python benchmarks/train_step.py --torch_python=/tmp/torchvenv/bin/python  # + PyTorch's step
 
 Prints, for both steps: compile time, step time and images/s; then `ratio` = project step time
 / plain step time (the project's overhead: pmap, metrics, dropout-key folding, the injected
@@ -18,11 +19,18 @@ nothing else. `--devices=N` runs the project step over N devices with `--batch` 
 (simulate CPU devices with XLA_FLAGS=--xla_force_host_platform_device_count=N; they share the
 CPU's cores, so only N=1 compares like with like there); the plain step always runs on one
 device with the per-device batch.
+
+`--torch_python=PY` (a Python with torch, e.g. a separate venv: the project does not depend on
+it) also times the same net's step in PyTorch (benchmarks/torch_step.py, float32 only, a third
+process run in the same alternating rounds) and prints `vs PyTorch` = PyTorch's step time /
+the project's (> 1: the project is faster).
 """
 
+import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
 
@@ -47,6 +55,7 @@ from configs import alexnet  # noqa: E402
 
 flags.DEFINE_integer('batch', 32, 'Per-device batch size.')
 flags.DEFINE_integer('image_size', 227, 'Input side length.')
+flags.DEFINE_integer('channels', 3, 'Input channels (1: the digits).')
 flags.DEFINE_integer('num_classes', 1000, 'Classes.')
 flags.DEFINE_float('width', 1.0, 'Width multiplier (model.width).')
 flags.DEFINE_string('dtype', 'float32', 'Compute dtype: float32 | bfloat16 | float16 '
@@ -59,6 +68,8 @@ flags.DEFINE_float('peak_tflops', None, 'Peak TFLOP/s of one device, if not a kn
 flags.DEFINE_bool('donate', False, 'Donate params/optimizer state to both steps (the loop does '
                   'not: see make_train_step).')
 flags.DEFINE_string('json', None, 'Also write the numbers to this JSON file.')
+flags.DEFINE_string('torch_python', None, 'A Python with torch: also time the same net in '
+                    'PyTorch (benchmarks/torch_step.py) in the same rounds.')
 FLAGS = flags.FLAGS
 
 # Dense peak TFLOP/s per chip, by jax device_kind substring and compute dtype. fp32 on NVIDIA
@@ -103,6 +114,47 @@ def plain_optimizer(o):
                        optax.sgd(o.learning_rate, momentum=o.momentum))
 
 
+def torch_spec(config) -> dict:
+    """The configured AlexNet (paper architecture, groups 1) as benchmarks/torch_step.py's spec."""
+    m = config.model
+    convs = [[models.scaled_features(features, m.width * scale, 1), kernel, stride, padding]
+             for (_, features, kernel, stride, padding, _), scale
+             in zip(models.CONV_SPECS, m.conv_scale)]
+    return dict(batch=FLAGS.batch, image_size=FLAGS.image_size, channels=FLAGS.channels,
+                num_classes=FLAGS.num_classes, convs=convs,
+                fc=models.scaled_features(models.FC_FEATURES, m.width, 1),
+                lrn=[m.lrn_k, m.lrn_n, m.lrn_alpha, m.lrn_beta] if m.lrn else None,
+                pool=[m.pool_window, m.pool_stride], dropout=m.dropout_rate)
+
+
+def torch_runner(config):
+    """`run(steps)` -> (wall, CPU) seconds per step of PyTorch's step in a process of
+    --torch_python, or None (with a message) for a net torch_step.py does not write."""
+    m = config.model
+    if FLAGS.dtype != 'float32' or m.architecture != 'paper' or m.groups != 1 or (
+            m.lrn and (m.lrn_convention, m.lrn_divisor) != ('paper', 'local')):
+        print('(PyTorch step skipped: it is written for the paper net in float32)')
+        return None
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'torch_step.py')
+    try:
+        proc = subprocess.Popen([FLAGS.torch_python, script, json.dumps(torch_spec(config))],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        ready = proc.stdout.readline().strip() == 'ready'
+    except OSError:
+        ready = False
+    if not ready:
+        raise app.UsageError(f'--torch_python={FLAGS.torch_python} cannot run {script} (its '
+                             f'error is above): name a Python with torch, e.g. made by python3 '
+                             f'-m venv /tmp/torchvenv && /tmp/torchvenv/bin/pip install torch')
+
+    def run(steps):
+        proc.stdin.write(f'{steps}\n')
+        proc.stdin.flush()
+        wall, cpu = proc.stdout.readline().split()
+        return float(wall), float(cpu)
+    return run
+
+
 def time_steps(run, steps: int) -> tuple[float, float]:
     """(wall, process CPU) seconds per step over `steps` calls of `run()` (which returns
     something to block on). CPU time (all threads) barely moves when other processes share
@@ -126,14 +178,14 @@ def main(argv):
     del argv
     config = make_config()
     model = models.create_model(config.model)
-    shape = (FLAGS.image_size, FLAGS.image_size, 3)
+    shape = (FLAGS.image_size, FLAGS.image_size, FLAGS.channels)
     devices = jax.local_devices()[:FLAGS.devices]
     if len(devices) < FLAGS.devices:
         raise app.UsageError(f'--devices={FLAGS.devices} but only {len(devices)} local devices '
                              f'(CPU: XLA_FLAGS=--xla_force_host_platform_device_count=N).')
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (FLAGS.batch,) + shape, dtype=np.uint8)  # As the loop's.
-    mean, std = preprocess.mean_std(config.data, 3)
+    mean, std = preprocess.mean_std(config.data, FLAGS.channels)
     labels = rng.integers(0, FLAGS.num_classes, FLAGS.batch).astype(np.int32)
 
     # The project's step: the very function the training loop pmaps.
@@ -165,15 +217,18 @@ def main(argv):
         params, opt_state, loss = plain(params, opt_state, x, y, key)
         return loss
 
+    torch_run = torch_runner(config) if FLAGS.torch_python else None  # Fails before compiling.
     compile_project = timed_first_call(project)
     compile_plain = timed_first_call(plain_run)
-    project_times, plain_times, project_cpu, plain_cpu = [], [], [], []
+    project_times, plain_times, project_cpu, plain_cpu, torch_times = [], [], [], [], []
     for _ in range(FLAGS.repeats):  # Alternate, so drift in machine load hits both alike.
         for run, wall, cpu in ((project, project_times, project_cpu),
                                (plain_run, plain_times, plain_cpu)):
             w, c = time_steps(run, FLAGS.steps)
             wall.append(w)
             cpu.append(c)
+        if torch_run:
+            torch_times.append(torch_run(FLAGS.steps))
     best_project, best_plain = min(project_times), min(plain_times)
     ratios = [a / b for a, b in zip(project_times, plain_times)]
     cpu_ratio = min(project_cpu) / min(plain_cpu)
@@ -199,12 +254,26 @@ def main(argv):
           f'{statistics.median(ratios):.3f}, min {min(ratios):.3f}; of the best rounds '
           f'{best_project / best_plain:.3f}; CPU time {cpu_ratio:.3f} '
           f'({1e3 * min(project_cpu):.0f} / {1e3 * min(plain_cpu):.0f} ms CPU per step)')
+    torch_result = {}
+    if torch_times:
+        best_torch = min(w for w, _ in torch_times)
+        vs_torch = [t / p for (t, _), p in zip(torch_times, project_times)]
+        torch_result = dict(torch_ms=1e3 * best_torch, torch_ips=FLAGS.batch / best_torch,
+                            vs_torch_median=statistics.median(vs_torch),
+                            vs_torch_best=best_torch / best_project,
+                            vs_torch_cpu=min(c for _, c in torch_times) / min(project_cpu),
+                            torch_round_ms=[1e3 * w for w, _ in torch_times])
+        print(f'PyTorch step: {1e3 * best_torch:8.1f} ms  {FLAGS.batch / best_torch:9.1f} img/s  '
+              f'(torch, {FLAGS.torch_python})')
+        print(f'vs PyTorch (PyTorch / project step time, > 1: project faster): median of paired '
+              f'rounds {torch_result["vs_torch_median"]:.3f}, min {min(vs_torch):.3f}, max '
+              f'{max(vs_torch):.3f}; of the best rounds {torch_result["vs_torch_best"]:.3f}; '
+              f'CPU time {torch_result["vs_torch_cpu"]:.3f}')
     print(f'training GFLOP/image: {train_flops / 1e9:.2f}; achieved {achieved:.3f} TFLOP/s per '
           f'device (plain {plain_achieved:.3f}); MFU '
           + (f'{mfu:.1f}%' if mfu is not None else 'n/a (unknown device: pass --peak_tflops)'))
     print(f'peak host memory: {max_rss:.2f} GiB')
     if FLAGS.json:
-        import json  # pylint: disable=import-outside-toplevel
         with open(FLAGS.json, 'w') as f:
             json.dump(dict(
                 device=devices[0].device_kind, devices=FLAGS.devices, batch=FLAGS.batch,
@@ -216,7 +285,8 @@ def main(argv):
                 plain_cpu_ms=1e3 * min(plain_cpu),
                 round_ratios=ratios, compile_project_s=compile_project,
                 compile_plain_s=compile_plain, train_gflop_per_image=train_flops / 1e9,
-                achieved_tflops=achieved, mfu_percent=mfu, peak_host_gib=max_rss), f, indent=2)
+                achieved_tflops=achieved, mfu_percent=mfu, peak_host_gib=max_rss,
+                xla_flags=os.environ.get('XLA_FLAGS', ''), **torch_result), f, indent=2)
 
 
 if __name__ == '__main__':

@@ -98,6 +98,43 @@ def test_lrn_gradient_matches_power_formula(beta):
     np.testing.assert_allclose(got, grad(textbook), rtol=1e-4, atol=1e-6)
 
 
+def window_matrix(channels, n):
+    """W[i, j] = 1 where channel j is in channel i's window: the window sum is a @ W.T."""
+    i = np.arange(channels)
+    return (np.abs(i[:, None] - i[None, :]) <= n // 2).astype(np.float64)
+
+
+@pytest.mark.parametrize('shape,n', [((2, 3, 3, 7), 5), ((4, 2), 3), ((1, 2, 2, 3), 5),
+                                     ((2, 5, 1), 1)])
+def test_window_sum_and_its_derivatives_match_the_window_matrix(shape, n):
+    """Forwards, forward-mode and reverse-mode each equal multiplying by the window matrix."""
+    rng = np.random.default_rng(4)
+    a, t, g = (rng.normal(size=shape).astype(np.float32) for _ in range(3))
+    w = window_matrix(shape[-1], n)
+    out, tangent = jax.jvp(lambda x: models.window_sum(x, n), (jnp.asarray(a),), (jnp.asarray(t),))
+    np.testing.assert_allclose(out, a @ w.T, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(tangent, t @ w.T, rtol=1e-6, atol=1e-6)
+    _, vjp = jax.vjp(lambda x: models.window_sum(x, n), jnp.asarray(a))
+    np.testing.assert_allclose(vjp(jnp.asarray(g))[0], g @ w, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize('beta', [0.75, 0.5, 0.6])
+def test_lrn_jacobians_match_textbook_formula_both_modes(beta):
+    """Forward- and reverse-mode Jacobians (and so Hessian-vector products) of the LRN equal
+    those of the textbook a / (k + alpha sum a^2) ** beta, written with plain jnp ops."""
+    a = jnp.asarray(np.random.default_rng(5).normal(scale=30.0, size=(1, 2, 1, 6)), jnp.float32)
+
+    def textbook(x):
+        sums = sum(jnp.pad(x ** 2, ((0, 0),) * 3 + ((2, 2),))[..., i:i + 6] for i in range(5))
+        return x / (2.0 + 1e-3 * sums) ** beta
+    lrn = lambda x: models.local_response_norm(x, 2.0, 5, 1e-3, beta)  # noqa: E731
+    want = jax.jacfwd(textbook)(a)
+    for jacobian in (jax.jacfwd, jax.jacrev):
+        np.testing.assert_allclose(jacobian(lrn)(a), want, rtol=1e-4, atol=1e-6)
+    hvp = lambda f: jax.jvp(jax.grad(lambda x: jnp.sum(f(x) ** 2)), (a,), (a,))[1]  # noqa: E731
+    np.testing.assert_allclose(hvp(lrn), hvp(textbook), rtol=1e-3, atol=1e-5)
+
+
 def test_lrn_matches_tensorflow():
     a = np.random.default_rng(1).normal(scale=20.0, size=(2, 5, 5, 16)).astype(np.float32)
     want = tf.nn.local_response_normalization(a, depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75)
