@@ -41,8 +41,8 @@ def main(argv):
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                     FLAGS.process_id)
     cli.use_compilation_cache()
-    from alexnet_jax import checkpoints  # pylint: disable=import-outside-toplevel
-    checkpoints.check_resume(config, workdir)  # Before TensorFlow and the data: seconds.
+    from alexnet_jax import resume  # pylint: disable=import-outside-toplevel
+    resume.check_resume(config, workdir)  # Before TensorFlow and the data: seconds.
     log_setup(config, workdir)
     check_some_seed_trained(run(config, workdir), workdir)
 

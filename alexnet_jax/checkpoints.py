@@ -132,29 +132,6 @@ def check_fits(info: dict, fingerprint: dict, where, target: dict | None = None)
 _TOPOLOGY_LOGGED = set()
 
 
-def check_resume(config, workdir: str) -> None:
-    """A rerun's refusals that need neither the data nor TensorFlow, so they come in seconds:
-    another run holds `workdir`, or the config does not fit the run recorded there (its
-    config.json; the fields whose record is null or absent are left to `check_fits` on the
-    checkpoint itself, which the run does again on restoring it)."""
-    # pylint: disable=import-outside-toplevel  (they import this module)
-    from alexnet_jax import finetune
-    from alexnet_jax import seeds as seeds_lib
-    if config.get('eval_only') or workdirs.is_url(workdir) or not os.path.isdir(workdir):
-        return
-    workdirs.lock(workdir).release()  # One held by a run: refused now, in one line.
-    config = finetune.resolve_config(config)
-    runs = ([(workdir, config)] if config.get('num_seeds', 1) == 1 else
-            [(workdirs.seed_dir(workdir, s), seeds_lib.seed_config(config, s))
-             for s in seeds_lib.seed_list(config)])
-    flat = lambda c: traverse_util.flatten_dict(config_fingerprint(c), sep='.')  # noqa: E731
-    for directory, run_config in runs:
-        if (workdirs.has_checkpoint(directory)
-                and (epath.Path(directory) / workdirs.CONFIG).exists()):
-            theirs, ours = flat(workdirs.read_config(directory)), flat(run_config)
-            keep = [k for k, v in theirs.items() if v is not None and k in ours]
-            check_fits({'fingerprint': {k: theirs[k] for k in keep}},  # Flat: taken as they are.
-                       {k: ours[k] for k in keep}, directory)
 _DEPENDS = {'stream': 'the data stream and the random numbers depend on it',
             'recipe': 'the updates or the preprocessing of the run so far depend on it'}
 

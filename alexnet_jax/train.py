@@ -279,8 +279,8 @@ def starting_state(config, fresh, ckpt, steps_per_epoch: int, num_steps: int):
 
 
 def resumed_config(config, workdir, step: int):
-    """(the config a resumed run records, the changes its config.json lists): against the
-    recorded config.json, every field that differs is a change from step `step` + 1 on (after the
+    """(the config a resumed run records, the changes its config record lists): against the
+    recorded config, every field that differs is a change from step `step` + 1 on (after the
     earlier resumes' changes), so the record says what each part of the run trained with; a
     changed data.eval_split is named (keep-best and the plateau schedule read it). init_from stays
     the recorded one: a resume restores its own weights, another init_from is ignored (warned)."""

@@ -98,7 +98,8 @@ def test_a_preempted_sweep_exits_cleanly(tmp_path, monkeypatch, capsys):
         return {'preempted_at_step': 3}
     monkeypatch.setattr(train, 'train_and_evaluate', preempted)
     monkeypatch.setattr(sweep, 'FLAGS', types.SimpleNamespace(
-        config=config, workdir=str(tmp_path), print_commands=False, retry_failed=False))
+        config=config, workdir=str(tmp_path), print_commands=False, collect=False,
+        retry_failed=False))
     assert sweep.main(['sweep']) is None  # Returns (exit 0); no KeyboardInterrupt.
     assert len(calls) == 1 and 'preempted' in capsys.readouterr().out
     assert not list(tmp_path.rglob('failed.json')) and not (tmp_path / 'results.csv').exists()

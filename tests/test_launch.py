@@ -184,7 +184,7 @@ def test_every_seed_failing_exits_non_zero(capsys):
 
 _EARLY = '''
 import fcntl, os, sys
-from alexnet_jax import checkpoints, errors, workdirs
+from alexnet_jax import errors, resume, workdirs
 workdir, how = sys.argv[1:]
 config = workdirs.read_config(workdir)
 if how == 'wider':
@@ -192,7 +192,7 @@ if how == 'wider':
 if how == 'locked':  # As another run holds it: flock conflicts across open() calls.
     fcntl.flock(os.open(workdir, os.O_RDONLY), fcntl.LOCK_EX | fcntl.LOCK_NB)
 try:
-    checkpoints.check_resume(config, workdir)
+    resume.check_resume(config, workdir)
     print('resumable')
 except errors.UserError as e:
     print(type(e).__name__, e)

@@ -62,6 +62,7 @@ POINT = grid_lib.expand(SWEEP)[1]
 
 def _readers():  # name: (records it reads, read(root, run)); imported here: they load TF.
     from alexnet_jax import checkpoints  # pylint: disable=import-outside-toplevel
+    from alexnet_jax import resume  # pylint: disable=import-outside-toplevel
     from alexnet_jax import evaluation  # pylint: disable=import-outside-toplevel
     from alexnet_jax.tools import lr_search  # pylint: disable=import-outside-toplevel
     from alexnet_jax.tools import report  # pylint: disable=import-outside-toplevel
@@ -71,7 +72,7 @@ def _readers():  # name: (records it reads, read(root, run)); imported here: the
         'launch': (('config.json', 'metrics.jsonl'),
                    lambda root, run: train.train_and_evaluate(tiny_config(), str(run))),
         'launch-first-check': (('config.json',),
-                               lambda root, run: checkpoints.check_resume(tiny_config(), str(run))),
+                               lambda root, run: resume.check_resume(tiny_config(), str(run))),
         'sweep-row': (('config.json', 'metrics.jsonl', 'results.json', 'failed.json'),
                       lambda root, run: grid_lib.result_row(SWEEP, POINT, run)),
         'sweep-definition': (('config.json', 'point.json'),
