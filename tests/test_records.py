@@ -61,7 +61,6 @@ POINT = grid_lib.expand(SWEEP)[1]
 
 
 def _readers():  # name: (records it reads, read(root, run)); imported here: they load TF.
-    from alexnet_jax import checkpoints  # pylint: disable=import-outside-toplevel
     from alexnet_jax import resume  # pylint: disable=import-outside-toplevel
     from alexnet_jax import evaluation  # pylint: disable=import-outside-toplevel
     from alexnet_jax.tools import lr_search  # pylint: disable=import-outside-toplevel
