@@ -21,8 +21,8 @@ from configs import ablations
 
 
 @pytest.mark.parametrize('grid,points', [
-    ('default', {'relu_lrn', 'relu_nolrn', 'relu_lrnconst', 'tanh_lrn', 'tanh_nolrn',
-                 'tanh_lrnconst'}),
+    ('default', {f'{a}_{lrn}' for a in ('relu', 'tanh') for lrn in (
+        'nolrn', 'lrnhi', 'matchedhi', 'lrnmid', 'matchedmid', 'lrnlo', 'matchedlo')}),
     ('pool', {'pool3s2', 'pool2s2'}),
     ('groups', {'groups2', 'half'}),
     ('dropout', {'dropout', 'nodropout'}),
@@ -57,7 +57,7 @@ def test_a_replication_takes_new_seeds():
 def test_points_differ_in_exactly_the_swept_fields():
     config = ablations.get_config('default')
     by_name = {(p.name, p.seed): grid_lib.point_config(config, p) for p in grid_lib.expand(config)}
-    relu, tanh = by_name[('relu_lrn', 0)], by_name[('tanh_nolrn', 1)]
+    relu, tanh = by_name[('relu_lrnhi', 0)], by_name[('tanh_nolrn', 1)]
     assert (relu.model.activation, relu.model.lrn, relu.seed) == ('relu', True, 0)
     assert (tanh.model.activation, tanh.model.lrn, tanh.seed) == ('tanh', False, 1)
     tanh.model.activation, tanh.model.lrn, tanh.seed = 'relu', True, 0
@@ -308,8 +308,17 @@ def grid_rows(errors: dict, epochs: dict = None) -> list:
     return rows
 
 
-def test_effects_are_paired_by_seed_and_image_and_averaged_over_the_other_axes():
+def lrn_on_off():
+    """The default grid with LRN on / off only (its first value the baseline)."""
     config = ablations.get_config('default')
+    config.axes = (config.axes[0], ablations._axis(('lrn', {'model.lrn': True}),
+                                                   ('nolrn', {'model.lrn': False})))
+    config.contrasts = ()
+    return config
+
+
+def test_effects_are_paired_by_seed_and_image_and_averaged_over_the_other_axes():
+    config = lrn_on_off()
     rng = np.random.default_rng(0)
     base = {'relu_lrn': 0.10, 'relu_nolrn': 0.13, 'tanh_lrn': 0.20, 'tanh_nolrn': 0.21}
     errors = {p: {s: b + rng.normal(0, 0.01) for s in range(4)} for p, b in base.items()}
@@ -370,7 +379,7 @@ def test_tables_show_intervals_censored_speeds_holm_and_the_mde(tmp_path):
 
 
 def test_figures_from_rows_without_curves(tmp_path):
-    config = ablations.get_config('default')
+    config = lrn_on_off()
     config.num_seeds = 2
     errors = {p: {0: 0.1 + 0.01 * k, 1: 0.12 + 0.01 * k}
               for k, p in enumerate(['relu_lrn', 'relu_nolrn', 'tanh_lrn', 'tanh_nolrn'])}
