@@ -371,8 +371,9 @@ def test_tables_show_intervals_censored_speeds_holm_and_the_mde(tmp_path):
     diff = np.mean([rounded['tanh'][s] - rounded['relu'][s] for s in range(8)])
     assert f'| 8 | {100 * diff:+.2f} |' in line
     ratio = next(l for l in lines if 'epochs to 25%, tanh/relu' in l)
-    relu_median = np.quantile([2.0 + 0.5 * s for s in range(8)], 0.5, method='inverted_cdf')
-    assert f'| {15.0 / relu_median:.2f}x |' in ratio
+    # The median of the per-seed ratios (the lower middle one), a censored tanh run's inf.
+    per_seed = [epochs['tanh'].get(s, np.inf) / epochs['relu'][s] for s in range(8)]
+    assert f'| {np.sort(per_seed)[3]:.2f}x |' in ratio
     assert '| 0 / 2 |' in ratio and '~6x (CIFAR-10)' in ratio
     # Every tanh seed is slower (two of them censored): the sign test counts all eight.
     assert 'ablated slower' in ratio
