@@ -1,0 +1,162 @@
+r"""Published grids: their per-run results kept in the repository, and the docs' tables made from
+them, so every published number regenerates.
+
+  python -m alexnet_jax.tools.publish --config=configs/ablations.py --config.num_seeds=10 \
+      --workdir=/tmp/lrn --dest=docs/results/lrn      # copy a finished grid's results, render
+  python -m alexnet_jax.tools.publish                 # render the docs from docs/results
+
+`docs/results/<name>/` holds a grid's sweep.json (the grid's config), results.csv (one row per
+run, with its per-image test hits and diagnostics) and curves.csv. Rendering reads every grid
+there, decides all their verdicts as one Holm family (report.decide: the docs show them
+together), and writes docs/ablations_digits_<name>.md for each grid and the generated blocks of
+docs/ablations.md (between `<!-- generated: <block> -->` and `<!-- end -->`).
+tests/test_publish.py renders from the committed results and fails on any difference.
+"""
+
+import csv
+import json
+import math
+import pathlib
+import re
+import shutil
+
+from absl import app
+from absl import flags
+import ml_collections
+from ml_collections import config_flags
+
+from alexnet_jax.tools import baselines
+from alexnet_jax.tools import grid
+from alexnet_jax.tools import report
+
+DOCS = grid.REPO / 'docs'
+RESULTS = DOCS / 'results'
+SUMMARY = DOCS / 'ablations.md'
+BLOCK = re.compile(r'(<!-- generated: (\S+) -->\n).*?(<!-- end -->)', re.S)
+
+
+def copy(sweep, workdir, dest) -> None:
+    """A grid's runs in `workdir` (every point and seed that ran) -> `dest`."""
+    workdir, dest = pathlib.Path(workdir), pathlib.Path(dest)
+    rows = [row for p in grid.expand(sweep)
+            if (row := grid.result_row(sweep, p, workdir / p.dirname))['status'] != 'missing']
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / 'sweep.json').write_text(sweep.to_json(indent=1, sort_keys=True) + '\n')
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    with (dest / 'results.csv').open('w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval='')
+        writer.writeheader()
+        writer.writerows(rows)
+    report.write_curves(rows, workdir)
+    shutil.copyfile(workdir / 'curves.csv', dest / 'curves.csv')
+
+
+def read(dest) -> tuple:
+    """(sweep, rows) of a published grid, as report.summarize takes them."""
+    dest = pathlib.Path(dest)
+    sweep = ml_collections.ConfigDict(json.loads((dest / 'sweep.json').read_text()))
+    with (dest / 'results.csv').open(newline='') as f:
+        rows = [{**r, 'seed': int(r['seed'])} for r in csv.DictReader(f)]
+    return sweep, rows
+
+
+def render(results=RESULTS, summary_page=SUMMARY) -> dict:
+    """{path: text} of every generated page and of the summary page with its blocks filled."""
+    grids = {}
+    for dest in sorted(p.parent for p in pathlib.Path(results).glob('*/sweep.json')):
+        sweep, rows = read(dest)
+        summary = report.summarize(sweep, rows)
+        grids[dest.name] = (sweep, summary, report.estimates(sweep, summary))
+    report.decide([e for _, _, found in grids.values() for e in found])
+    errors = baselines.digits_test_errors()
+    pages = {summary_page.parent / f'ablations_digits_{name}.md': '\n'.join(report.markdown(
+        sweep, summary, found, baselines=errors if _digits(sweep) else None))
+             for name, (sweep, summary, found) in grids.items()}
+    blocks = {'family': family_table(grids), 'baselines': '; '.join(
+        f'{name} {100 * e:.2f}%' for name, e in errors.items())}
+    blocks.update({f'points-{name}': points_table(sweep, summary, found)
+                   for name, (sweep, summary, found) in grids.items()})
+    text = summary_page.read_text()
+    unknown = sorted(set(m.group(2) for m in BLOCK.finditer(text)) - set(blocks))
+    if unknown:
+        raise ValueError(f'{summary_page}: no generated block named {unknown}; '
+                         f'these exist: {sorted(blocks)}')
+    pages[summary_page] = BLOCK.sub(lambda m: m.group(1) + blocks[m.group(2)] + '\n'
+                                    + m.group(3), text)
+    return pages
+
+
+def _digits(sweep) -> bool:
+    return ':digits' in sweep.base
+
+
+def family_table(grids: dict) -> str:
+    """Every tested verdict of the family, one line each."""
+    lines = ['| grid | effect | in | metric | n | estimate [95% CI] | p_Holm | verdict |',
+             '|---|---|---|---|---|---|---|---|']
+    for name, (_, _, found) in grids.items():
+        for e in found:
+            if 'p_holm' not in e:
+                continue
+            est = e['estimate']
+            if e['metric'] == 'top1':
+                metric = 'test error, points'
+                value = f'{100 * est.value:+.2f} [{100 * est.lo:.2f}, {100 * est.hi:.2f}]'
+            else:
+                metric = f'epochs to {e["metric"]:.0%}, ratio'
+                value = f'{report._ratio(est.value)} [{report._ratio(est.lo)}, {report._ratio(est.hi)}]'
+            lines.append(f'| {name} | {e["axis"]} | {e["within"] or "all"} | {metric} | {est.n} | '
+                         f'{value} | {e["p_holm"]:.3g} | {e["verdict"]} |')
+    return '\n'.join(lines)
+
+
+def points_table(sweep, summary, found) -> str:
+    """Per point: test error, median epochs to the threshold, and at init the LRN divisor's
+    spread per layer (a matched control: its constant) and the logits' RMS; a control's logits
+    RMS also as a ratio to its LRN arm's."""
+    by_name = {s['point']: s for s in summary}
+    arm = {}  # A matched control's point -> its LRN arm's.
+    for a, b in sweep.get('contrasts', ()):
+        for s in summary:
+            if a in s['point'].split('_'):
+                arm[s['point']] = '_'.join(b if x == a else x for x in s['point'].split('_'))
+    t = sweep.threshold
+    lines = [f'| point | test top-1 error % | epochs to {t:.0%} | LRN at init | logits RMS at init |',
+             '|---|---|---|---|---|']
+    for s in summary:
+        d = s['diag']
+        lrn = '; '.join(
+            [f'{n} spread {d[f"init/{n}/spread"]:.3g}' for n in report._lrn_layers(d, '/divisor_p50')
+             if f'init/{n}/spread' in d]
+            + [f'{n} constant {d[f"init/{n}/constant"]:.3g}'
+               for n in report._lrn_layers(d, '/constant') if f'init/{n}/constant' in d]) or '-'
+        logits = [k for k in ('init/fc8/rms', 'init/fc4/rms') if k in d]
+        rms = f'{d[logits[0]]:.3g}' if logits else '-'
+        other = by_name.get(arm.get(s['point'], ''))
+        if logits and other is not None and logits[0] in other['diag']:
+            rms += f' ({d[logits[0]] / other["diag"][logits[0]]:.2f}x {other["point"]})'
+        top1 = report._estimate(s['top1'], 100) if s['top1'] is not None else '-'
+        lines.append(f'| {s["point"]} | {top1} | {report._median(s["medians"][t])} '
+                     f'({report._reached(s["times"][t])}) | {lrn} | {rms} |')
+    return '\n'.join(lines)
+
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    if FLAGS.config is not None:
+        if not FLAGS.workdir or not FLAGS.dest:
+            raise app.UsageError('--config needs --workdir (the grid\'s runs) and --dest.')
+        copy(FLAGS.config, FLAGS.workdir, FLAGS.dest)
+    for path, text in render().items():
+        path.write_text(text)
+        print(f'Wrote {path.relative_to(grid.REPO)}')
+
+
+if __name__ == '__main__':
+    config_flags.DEFINE_config_file('config', None, 'A grid, e.g. configs/ablations.py:default.')
+    flags.DEFINE_string('workdir', None, 'The finished grid\'s runs (the sweep\'s --workdir).')
+    flags.DEFINE_string('dest', None, 'Where its results go, e.g. docs/results/lrn.')
+    app.run(main)
