@@ -71,6 +71,21 @@ def measure(apply_fn, params, batch_stats, images, model_config) -> dict:
     return out
 
 
+def photo_crops(size: int, count: int, seed: int = 0) -> np.ndarray:
+    """`count` random size x size crops (uint8 [count, size, size, 3]) of scikit-learn's two
+    sample photographs (china.jpg, flower.jpg; shipped with it, no download): real-photo input
+    to measure a net's LRN at init on, where ImageNet is not at hand."""
+    from sklearn.datasets import load_sample_images  # pylint: disable=import-outside-toplevel
+    photos = load_sample_images().images
+    rng = np.random.default_rng(seed)
+    crops = []
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        y, x = (int(rng.integers(0, photo.shape[a] - size + 1)) for a in (0, 1))
+        crops.append(photo[y:y + size, x:x + size])
+    return np.stack(crops)
+
+
 def lrn_inactive(stats: dict) -> bool:
     """True if every LRN layer's divisor spread p99 / p1 stayed within INACTIVE_LRN of 1 (and
     there is at least one measured LRN layer). Older records without the spread: p99 / k^beta."""

@@ -394,9 +394,12 @@ def test_figures_from_rows_without_curves(tmp_path):
     # Fewest epochs wins; a search seed that misses the target counts at the run's length (10).
     ([(0.003, [None, None], [0.5, 0.6]), (0.01, [4.0, 5.0], [0.1, 0.1]),
       (0.03, [3.0, None], [0.1, 0.3]), (0.1, [6.0, 6.0], [0.1, 0.1])], 0.01, True, False),
-    # ... so a rate where one seed never gets there is censored, not ruled out: (2 + 5) / 2 < 4.5.
+    # A rate where one seed never gets there loses to a slower one that trains every seed ...
     ([(0.01, [4.0, 5.0], [0.1, 0.1]), (0.03, [2.0, None], [0.1, 0.3], 5.0),
-      (0.1, [6.0, 6.0], [0.1, 0.1])], 0.03, True, False),
+      (0.1, [6.0, 6.0], [0.1, 0.1])], 0.01, True, True),
+    # ... and where no rate trains every seed, it is censored, not ruled out: (2 + 5) / 2 < 4.5.
+    ([(0.01, [4.0, None], [0.1, 0.3], 5.0), (0.03, [2.0, None], [0.1, 0.3], 5.0),
+      (0.1, [6.0, None], [0.1, 0.3], 5.0)], 0.03, True, False),
     # A tie goes to the smaller rate; at the grid's edge the choice says so.
     ([(0.01, [3.0], [0.1]), (0.1, [3.0], [0.1])], 0.01, True, True),
     # Nothing reaches the target: the lowest final training error; failed runs never win.

@@ -4,6 +4,7 @@ them, so every published number regenerates.
   python -m alexnet_jax.tools.publish --config=configs/ablations.py --config.num_seeds=10 \
       --workdir=/tmp/lrn --dest=docs/results/lrn      # copy a finished grid's results, render
   python -m alexnet_jax.tools.publish                 # render the docs from docs/results
+  python -m alexnet_jax.tools.publish --photo_spread  # + the paper net's LRN at init on photos
 
 `docs/results/<name>/` holds a grid's sweep.json (the grid's config), results.csv (one row per
 run, with its per-image test hits and diagnostics) and curves.csv. Rendering reads every grid
@@ -18,7 +19,6 @@ import json
 import math
 import pathlib
 import re
-import shutil
 
 from absl import app
 from absl import flags
@@ -48,7 +48,21 @@ def copy(sweep, workdir, dest) -> None:
         writer.writeheader()
         writer.writerows(rows)
     report.write_curves(rows, workdir)
-    shutil.copyfile(workdir / 'curves.csv', dest / 'curves.csv')
+    with (workdir / 'curves.csv').open(newline='') as f, \
+            (dest / 'curves.csv').open('w', newline='') as out:
+        reader = csv.DictReader(f)
+        writer = csv.DictWriter(out, fieldnames=reader.fieldnames)
+        writer.writeheader()
+        writer.writerows({k: _short(v) for k, v in r.items()} for r in reader)
+
+
+def _short(value: str) -> str:
+    """A float of the curves to 5 significant digits (a fifth of the file; the tables read
+    results.csv): '0.10526315789473684' -> '0.10526'."""
+    try:
+        return value if value == '' or value.isdigit() else f'{float(value):.5g}'
+    except ValueError:
+        return value
 
 
 def read(dest) -> tuple:
@@ -74,6 +88,8 @@ def render(results=RESULTS, summary_page=SUMMARY) -> dict:
              for name, (sweep, summary, found) in grids.items()}
     blocks = {'family': family_table(grids), 'baselines': '; '.join(
         f'{name} {100 * e:.2f}%' for name, e in errors.items())}
+    if PHOTO_SPREAD.exists():
+        blocks['paper-spread'] = photo_spread_text()
     blocks.update({f'points-{name}': points_table(sweep, summary, found)
                    for name, (sweep, summary, found) in grids.items()})
     text = summary_page.read_text()
@@ -84,6 +100,39 @@ def render(results=RESULTS, summary_page=SUMMARY) -> dict:
     pages[summary_page] = BLOCK.sub(lambda m: m.group(1) + blocks[m.group(2)] + '\n'
                                     + m.group(3), text)
     return pages
+
+
+PHOTO_SPREAD = RESULTS / 'paper_lrn_spread.json'
+
+
+def measure_photo_spread(seeds=(0, 1, 2), count: int = 32, path=PHOTO_SPREAD) -> dict:
+    """The paper's net (configs/alexnet.py, its init) at init on photo crops minus the mean
+    pixel, as the paper fed ImageNet: LRN's divisor spread per layer and seed -> `path`."""
+    import jax  # pylint: disable=import-outside-toplevel
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    from alexnet_jax import diagnostics, models  # pylint: disable=import-outside-toplevel
+    config = grid.load_base_config('configs/alexnet.py')
+    d = config.data
+    images = ((diagnostics.photo_crops(d.image_size, count).astype(np.float32)
+               - np.asarray(d.mean_rgb, np.float32)) / np.asarray(d.stddev_rgb, np.float32))
+    model = models.create_model(config.model)
+    out = {}
+    for seed in seeds:
+        params = jax.jit(lambda k: model.init(k, images[:1]))(jax.random.key(seed))['params']
+        stats = diagnostics.measure(model.apply, params, {}, images, config.model)
+        out[seed] = {k: round(v, 4) for k, v in stats.items() if k.startswith('lrn')}
+    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    pathlib.Path(path).write_text(json.dumps(out, indent=1, sort_keys=True) + '\n')
+    return out
+
+
+def photo_spread_text(path=PHOTO_SPREAD) -> str:
+    measured = json.loads(pathlib.Path(path).read_text())
+    layers = sorted({k.split('/')[0] for m in measured.values() for k in m})
+    return '; '.join(
+        f'{n} spread {min(m[f"{n}/spread"] for m in measured.values()):.3g}-'
+        f'{max(m[f"{n}/spread"] for m in measured.values()):.3g}'
+        for n in layers) + f' over {len(measured)} inits'
 
 
 def _digits(sweep) -> bool:
@@ -146,6 +195,8 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
+    if FLAGS.photo_spread:
+        measure_photo_spread()
     if FLAGS.config is not None:
         if not FLAGS.workdir or not FLAGS.dest:
             raise app.UsageError('--config needs --workdir (the grid\'s runs) and --dest.')
@@ -159,4 +210,6 @@ if __name__ == '__main__':
     config_flags.DEFINE_config_file('config', None, 'A grid, e.g. configs/ablations.py:default.')
     flags.DEFINE_string('workdir', None, 'The finished grid\'s runs (the sweep\'s --workdir).')
     flags.DEFINE_string('dest', None, 'Where its results go, e.g. docs/results/lrn.')
+    flags.DEFINE_bool('photo_spread', False, 'Measure the paper net\'s LRN spread at init on '
+                      'photos first (measure_photo_spread).')
     app.run(main)
