@@ -190,6 +190,43 @@ def points_table(sweep, summary, found) -> str:
     return '\n'.join(lines)
 
 
+def lrn_strength_figure(sweep, summary, path) -> None:
+    """Median epochs to the threshold (95% interval) against LRN1's divisor spread at init, per
+    activation: LRN and its matched control at each strength, LRN off as a line."""
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    t = sweep.threshold
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=False)
+    for ax, act in zip(axes, ('relu', 'tanh')):
+        points = [s for s in summary if s['point'].split('_')[0] == act]
+        lrn = {s['point'].split('_')[1][3:]: s for s in points
+               if s['point'].split('_')[1].startswith('lrn')}
+        for arm, style in (('lrn', 'o-'), ('matched', 's--')):
+            xs, ms = [], []
+            for strength, on in lrn.items():
+                arm_point = next((s for s in points if s['point'] == f'{act}_{arm}{strength}'),
+                                 None)
+                if arm_point is not None and 'init/lrn1/spread' in on['diag']:
+                    xs.append(on['diag']['init/lrn1/spread'])
+                    ms.append(arm_point['medians'][t])
+            order = sorted(range(len(xs)), key=xs.__getitem__)
+            xs, ms = [xs[i] for i in order], [ms[i] for i in order]
+            ax.errorbar(xs, [m.value for m in ms], fmt=style, capsize=3, label=arm,
+                        yerr=[[m.value - m.lo for m in ms], [m.hi - m.value for m in ms]])
+        off = next((s for s in points if s['point'] == f'{act}_nolrn'), None)
+        if off is not None:
+            m = off['medians'][t]
+            ax.axhline(m.value, color='k', lw=1, label='LRN off')
+            ax.axhspan(m.lo, m.hi, color='k', alpha=0.1)
+        ax.set(xscale='log', xlabel='LRN1 divisor spread p99/p1 at init (the LRN arm)',
+               ylabel=f'median epochs to {t:.0%} training error', title=act)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 FLAGS = flags.FLAGS
 
 
@@ -204,6 +241,11 @@ def main(argv):
     for path, text in render().items():
         path.write_text(text)
         print(f'Wrote {path.relative_to(grid.REPO)}')
+    lrn = RESULTS / 'lrn'
+    if (lrn / 'sweep.json').exists():
+        sweep, rows = read(lrn)
+        lrn_strength_figure(sweep, report.summarize(sweep, rows), DOCS / 'ablations_digits_lrn.png')
+        print('Wrote docs/ablations_digits_lrn.png')
 
 
 if __name__ == '__main__':
