@@ -68,3 +68,21 @@ def test_the_1nn_baseline_against_numpy():
     assert errors['1-NN (raw pixels)'] == pytest.approx(
         np.mean(predicted != labels[split['test']]))
     assert 0 < errors['logistic regression (raw pixels)'] < 0.1
+
+
+def test_the_published_lrn_control_has_lrns_scale_at_init():
+    """From the runs' own diagnostics (mean over seeds): every matched control's logits RMS at
+    init is within [0.7, 1.4] of its LRN arm's, and LRN ran at >= 3 strengths whose LRN1
+    divisor spreads at init differ."""
+    sweep, rows = publish.read(publish.RESULTS / 'lrn')
+    mean = lambda point, key: np.mean([float(r[key]) for r in rows
+                                       if r['point'] == point and r['status'] == 'done'])
+    points = {r['point'] for r in rows}
+    controls = [p for p in points if '_matched' in p]
+    assert controls
+    for p in controls:
+        arm = p.replace('_matched', '_lrn')
+        assert 0.7 <= mean(p, 'init/fc8/rms') / mean(arm, 'init/fc8/rms') <= 1.4, p
+    spreads = {round(mean(p, 'init/lrn1/spread'), 2) for p in points if '_lrn' in p
+               and p.startswith('relu_')}
+    assert len(spreads) >= 3

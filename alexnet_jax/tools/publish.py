@@ -130,9 +130,9 @@ def photo_spread_text(path=PHOTO_SPREAD) -> str:
     measured = json.loads(pathlib.Path(path).read_text())
     layers = sorted({k.split('/')[0] for m in measured.values() for k in m})
     return '; '.join(
-        f'{n} spread {min(m[f"{n}/spread"] for m in measured.values()):.3g}-'
-        f'{max(m[f"{n}/spread"] for m in measured.values()):.3g}'
-        for n in layers) + f' over {len(measured)} inits'
+        f'{n} {min(m[f"{n}/spread"] for m in measured.values()):.4g} to '
+        f'{max(m[f"{n}/spread"] for m in measured.values()):.4g}'
+        for n in layers) + f' (over {len(measured)} inits).'
 
 
 def _digits(sweep) -> bool:
