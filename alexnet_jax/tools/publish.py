@@ -161,14 +161,16 @@ def family_table(grids: dict) -> str:
 
 def points_table(sweep, summary, found) -> str:
     """Per point: test error, median epochs to the threshold, and at init the LRN divisor's
-    spread per layer (a matched control: its constant) and the logits' RMS; a control's logits
-    RMS also as a ratio to its LRN arm's."""
+    spread per layer (a matched control: its constant) and the logits' RMS; a control's (a
+    point compared with one baseline only) also as a ratio to its baseline's."""
     by_name = {s['point']: s for s in summary}
-    arm = {}  # A matched control's point -> its LRN arm's.
+    arm = {}  # An ablated point compared with one baseline only (a control) -> that baseline.
     for a, b in sweep.get('contrasts', ()):
         for s in summary:
             if a in s['point'].split('_'):
-                arm[s['point']] = '_'.join(b if x == a else x for x in s['point'].split('_'))
+                arm.setdefault(s['point'], set()).add(
+                    '_'.join(b if x == a else x for x in s['point'].split('_')))
+    arm = {p: next(iter(b)) for p, b in arm.items() if len(b) == 1}
     t = sweep.threshold
     lines = [f'| point | test top-1 error % | epochs to {t:.0%} | LRN at init | logits RMS at init |',
              '|---|---|---|---|---|']
@@ -196,6 +198,7 @@ def lrn_strength_figure(sweep, summary, path) -> None:
     import matplotlib  # pylint: disable=import-outside-toplevel
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    import matplotlib.ticker  # pylint: disable=import-outside-toplevel
     t = sweep.threshold
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=False)
     for ax, act in zip(axes, ('relu', 'tanh')):
@@ -221,6 +224,8 @@ def lrn_strength_figure(sweep, summary, path) -> None:
             ax.axhspan(m.lo, m.hi, color='k', alpha=0.1)
         ax.set(xscale='log', xlabel='LRN1 divisor spread p99/p1 at init (the LRN arm)',
                ylabel=f'median epochs to {t:.0%} training error', title=act)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
