@@ -156,15 +156,22 @@ def test_fig1_builds_the_published_net(variant, channels):
 
 
 def test_fig1_input_is_centred_on_the_training_split(digits_dir):
-    """digits_fig1 subtracts the mean of the training images as the net is fed them."""
+    """digits_fig1 subtracts the training images' per-pixel mean image as the net is fed them
+    (each pixel of the normalised training split averages 0); the scalar mean stays an option
+    (data.mean_image=False), the split's mean pixel."""
     from alexnet_jax.data import device_data  # pylint: disable=import-outside-toplevel
     config = grid_lib.load_base_config('configs/alexnet.py:digits_fig1')
     config.data.data_dir = digits_dir
     images = device_data.load(config)['image'].astype(np.float64)
     assert images.shape[1:] == (32, 32, 1)
-    mean, std = preprocess.mean_std(config.data, 1)
+    data = input_pipeline.facts(config)
+    assert data.mean.shape == (32, 32, 1) and float(data.std[0]) == 1.0
+    centred = np.asarray(preprocess.normalize_batch({'image': images}, data.mean, data.std))
+    np.testing.assert_allclose(centred.mean(axis=0), 0.0, atol=1e-3)
+    assert float(np.abs(data.mean - images.mean()).max()) > 10  # Not a constant.
+    config.data.mean_image = False
+    mean, _ = preprocess.mean_std(config.data, 1)
     assert float(mean[0]) == pytest.approx(images.mean(), abs=0.5)
-    assert float(std[0]) == 1.0
 
 
 @pytest.mark.slow  # Two real train states on the digits.
@@ -188,3 +195,12 @@ def test_the_default_grid_lrn_normalises_and_the_demo_lrn_does_not(digits_dir):
     assert grid_stats['lrn1/p99_over_k_beta'] >= 1.05 and grid_stats['lrn1/spread'] >= 1.05
     assert not diagnostics.lrn_inactive(grid_stats)
     assert diagnostics.lrn_inactive(demo_stats)
+
+
+def test_a_mean_image_needs_the_training_split_on_the_device(digits_dir):
+    config = grid_lib.load_base_config('configs/alexnet.py:digits_fig1')
+    config.data.data_dir = digits_dir
+    config.data.device_resident = 'never'
+    from alexnet_jax import errors  # pylint: disable=import-outside-toplevel
+    with pytest.raises(errors.ConfigError, match='data.mean_image.*device_resident=always'):
+        input_pipeline.facts(config)
