@@ -153,7 +153,8 @@ def family_table(grids: dict) -> str:
                 value = f'{100 * est.value:+.2f} [{100 * est.lo:.2f}, {100 * est.hi:.2f}]'
             else:
                 metric = f'epochs to {e["metric"]:.0%}, ratio'
-                value = f'{report._ratio(est.value)} [{report._ratio(est.lo)}, {report._ratio(est.hi)}]'
+                value = (f'{report._ratio(est.value)} [{report._bound(est.lo)}, '
+                         f'{report._bound(est.hi)}]')
             lines.append(f'| {name} | {e["axis"]} | {e["within"] or "all"} | {metric} | {est.n} | '
                          f'{value} | {e["p_holm"]:.3g} | {e["verdict"]} |')
     return '\n'.join(lines)
@@ -198,7 +199,6 @@ def lrn_strength_figure(sweep, summary, path) -> None:
     import matplotlib  # pylint: disable=import-outside-toplevel
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-    import matplotlib.ticker  # pylint: disable=import-outside-toplevel
     t = sweep.threshold
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=False)
     for ax, act in zip(axes, ('relu', 'tanh')):
@@ -222,10 +222,8 @@ def lrn_strength_figure(sweep, summary, path) -> None:
             m = off['medians'][t]
             ax.axhline(m.value, color='k', lw=1, label='LRN off')
             ax.axhspan(m.lo, m.hi, color='k', alpha=0.1)
-        ax.set(xscale='log', xlabel='LRN1 divisor spread p99/p1 at init (the LRN arm)',
+        ax.set(xlabel='LRN1 divisor spread p99/p1 at init (the LRN arm)',
                ylabel=f'median epochs to {t:.0%} training error', title=act)
-        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

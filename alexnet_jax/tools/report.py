@@ -292,7 +292,7 @@ def markdown(sweep, summary, found, notes=(), baselines=None) -> list:
             else:
                 metric = f'epochs to {_pct(t)}, {e["key"]}/{e["axis"].split(" vs ")[1]}'
                 value = _ratio(est.value)
-                ci = (f'[{_ratio(est.lo)}, {_ratio(est.hi)}]'
+                ci = (f'[{_bound(est.lo)}, {_bound(est.hi)}]'
                       if est.n > 1 and not math.isnan(est.lo) else '-')
                 paper = _paper(sweep, 'paper_epochs_ratio', e['key']) if t == 0.25 else None
                 paper = '-' if paper is None else f'~{paper:g}x (CIFAR-10)'
@@ -346,6 +346,11 @@ def _signed(x: float) -> str:
     return '-' if math.isnan(x) else f'{x:+.2f}'
 
 
+def _bound(x: float) -> str:
+    """An interval's end: 0 and inf when too few seeds (or censored runs) leave it open."""
+    return '-' if math.isnan(x) else '∞' if math.isinf(x) else f'{x:.2f}x'
+
+
 def _ratio(x: float) -> str:
     """A ratio; 0 and inf: the baseline / the ablated run did not reach the threshold."""
     if math.isnan(x):
@@ -379,8 +384,8 @@ def plot_figures(sweep, rows, root) -> list:
                   and e['estimate'].n), None)
     if ratio is not None:
         est = ratio['estimate']
-        title += (f'\ntanh / ReLU {ratio["within"]} = {_ratio(est.value)} [{_ratio(est.lo)}, '
-                  f'{_ratio(est.hi)}] (n={est.n}'
+        title += (f'\ntanh / ReLU {ratio["within"]} = {_ratio(est.value)} [{_bound(est.lo)}, '
+                  f'{_bound(est.hi)}] (n={est.n}'
                   + (f'; paper ~{_paper(sweep, "paper_epochs_ratio", "tanh"):g}x)'
                      if _paper(sweep, 'paper_epochs_ratio', 'tanh') else ')'))
     ax.axhline(t, color='grey', lw=0.8)
