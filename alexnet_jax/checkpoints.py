@@ -74,7 +74,8 @@ RESUME_FIXED = ('seed', 'train.batch_size', 'data.name', 'data.train_split', 'da
 RECIPE_FIXED = ('optim.schedule', 'optim.momentum', 'optim.nesterov', 'optim.weight_decay', 'optim.weight_decay_mask',
                 'optim.b1', 'optim.b2', 'optim.eps', 'optim.grad_clip_norm',
                 'optim.lars_trust_coefficient', 'optim.lars_eps', 'optim.lars_trust_ratio_mask',
-                'data.mean_rgb', 'data.stddev_rgb', 'data.random_flip', 'data.train_augment',
+                'data.mean_rgb', 'data.mean_image', 'data.stddev_rgb', 'data.random_flip',
+                'data.train_augment',
                 'data.pad', 'data.pca_lighting', 'data.crop_area_range',
                 'data.aspect_ratio_range', 'data.resize_size')
 

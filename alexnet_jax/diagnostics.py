@@ -2,10 +2,12 @@
 
 Per layer: the share of its units (channels) ever active (output > 0 somewhere in the batch; a
 ReLU unit that never is, is dead) and the activation scale (root mean square of its output).
-Per LRN layer: its divisor (k + alpha' sum a^2)^beta at the 1st, 50th and 99th percentiles and
-the 99th relative to k^beta. With k=2 and alpha=1e-4 the divisor is k^beta unless activations
-are of order 10-100: a run whose 99th percentile stays within INACTIVE_LRN of k^beta had LRN as a
-constant rescale, and an "LRN on vs off" verdict there says nothing about normalisation.
+Per LRN layer: its divisor (k + alpha' sum a^2)^beta at the 1st, 50th and 99th percentiles, the
+99th relative to k^beta and the spread p99 / p1. LRN normalises only as far as its divisor
+varies: a run whose spread stays within INACTIVE_LRN of 1 divided every activation by about the
+same number (k^beta, or a uniformly raised divisor), a constant rescale, and an "LRN on vs off"
+verdict there says nothing about normalisation. A matched control's constant divisor
+(models.lrn_layer) is reported as `<lrn>/constant`.
 
 One forward pass per seed, at the start of a fresh run and at its end; the loop writes them to
 metrics record (split 'diagnostics') and its results.
@@ -20,7 +22,7 @@ import numpy as np
 
 from alexnet_jax.data import preprocess
 
-INACTIVE_LRN = 0.01  # A p99 divisor within 1% of k^beta: LRN inactive at this input scale.
+INACTIVE_LRN = 0.01  # A divisor spread p99 / p1 within 1% of 1: LRN inactive (a constant rescale).
 PERCENTILES = (1, 50, 99)
 
 
@@ -49,6 +51,8 @@ def _measure(apply_fn, variables, images):
             q = jnp.percentile(a, jnp.asarray(PERCENTILES, jnp.float32))
             out.update({f'{name[:-len("_divisor")]}/divisor_p{p}': q[i]
                         for i, p in enumerate(PERCENTILES)})
+        elif name.endswith('_constant'):  # A matched control's divisor.
+            out[f'{name[:-len("_constant")]}/constant'] = a
         elif name.endswith('_out') and name.startswith(('conv', 'fc')):
             layer = name[:-len('_out')]
             out[f'{layer}/active'] = jnp.mean(jnp.any(a.reshape(-1, a.shape[-1]) > 0, axis=0))
@@ -57,20 +61,24 @@ def _measure(apply_fn, variables, images):
 
 
 def measure(apply_fn, params, batch_stats, images, model_config) -> dict:
-    """{'<layer>/active', '<layer>/rms', '<lrn>/divisor_p1|p50|p99', '<lrn>/p99_over_k_beta'} of
-    one seed's weights (host trees) on `images`."""
+    """{'<layer>/active', '<layer>/rms', '<lrn>/divisor_p1|p50|p99', '<lrn>/p99_over_k_beta',
+    '<lrn>/spread'} of one seed's weights (host trees) on `images` ('<lrn>/constant' for a
+    matched control)."""
     variables = {'params': params, 'batch_stats': batch_stats or {}}
     out = {k: float(v) for k, v in _measure(apply_fn, variables, jnp.asarray(images)).items()}
     k_beta = float(model_config.lrn_k) ** float(model_config.lrn_beta)
     for key in [k for k in out if k.endswith('/divisor_p99')]:
         out[key.replace('/divisor_p99', '/p99_over_k_beta')] = out[key] / k_beta
+        out[key.replace('/divisor_p99', '/spread')] = out[key] / out[key.replace('p99', 'p1')]
     return out
 
 
 def summary(stats: dict) -> str:
     """`measure`'s numbers as one short log line: each LRN layer's p99 divisor over k^beta and
-    the layer with the fewest units ever active (all of them go to the metrics record)."""
+    its spread, the layer with the fewest units ever active (all of them go to the metrics record)."""
     parts = [f'{k.split("/")[0].upper()} divisor p99 {v:.2f}x k^beta'
+             + (f', spread p99/p1 {stats[k.replace("p99_over_k_beta", "spread")]:.2f}'
+                if k.replace('p99_over_k_beta', 'spread') in stats else '')
              for k, v in stats.items() if k.endswith('/p99_over_k_beta')]
     active = {k.split('/')[0]: v for k, v in stats.items() if k.endswith('/active')}
     if active:
@@ -79,8 +87,24 @@ def summary(stats: dict) -> str:
     return '; '.join(parts)
 
 
+def photo_crops(size: int, count: int, seed: int = 0) -> np.ndarray:
+    """`count` random size x size crops (uint8 [count, size, size, 3]) of scikit-learn's two
+    sample photographs (china.jpg, flower.jpg; shipped with it, no download): real-photo input
+    to measure a net's LRN at init on, where ImageNet is not at hand."""
+    from sklearn.datasets import load_sample_images  # pylint: disable=import-outside-toplevel
+    photos = load_sample_images().images
+    rng = np.random.default_rng(seed)
+    crops = []
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        y, x = (int(rng.integers(0, photo.shape[a] - size + 1)) for a in (0, 1))
+        crops.append(photo[y:y + size, x:x + size])
+    return np.stack(crops)
+
+
 def lrn_inactive(stats: dict) -> bool:
-    """True if every LRN layer's p99 divisor stayed within INACTIVE_LRN of k^beta (and there is
-    at least one measured LRN layer)."""
-    rel = [v for k, v in stats.items() if k.endswith('/p99_over_k_beta')]
+    """True if every LRN layer's divisor spread p99 / p1 stayed within INACTIVE_LRN of 1 (and
+    there is at least one measured LRN layer). Older records without the spread: p99 / k^beta."""
+    rel = [v for k, v in stats.items() if k.endswith('/spread')] or [
+        v for k, v in stats.items() if k.endswith('/p99_over_k_beta')]
     return bool(rel) and all(v < 1 + INACTIVE_LRN for v in rel)

@@ -169,8 +169,14 @@ def evaluate_checkpoint(checkpoint, run_config=None, *, split: str | None = None
     }
     if config.data.name == 'folder':
         results['folder_root'] = config.data.folder_root
-    p_eval_step = make_eval_step(*preprocess.mean_std(config.data, source.channels),
-                                 config.data.image_size, mirror=config.data.random_flip)
+    if config.data.get('mean_image', False):  # The training split's mean image, as trained.
+        from alexnet_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
+        data_facts = input_pipeline.facts(config)
+        mean_std = (data_facts.mean, data_facts.std)
+    else:
+        mean_std = preprocess.mean_std(config.data, source.channels)
+    p_eval_step = make_eval_step(*mean_std, config.data.image_size,
+                                 mirror=config.data.random_flip)
     state = parallel.replicate(state)
     for mode in CROPS[crops]:
         mode_config = config.copy_and_resolve_references()

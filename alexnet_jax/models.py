@@ -51,9 +51,11 @@ LAYERS = ('conv1', 'lrn1', 'pool1', 'conv2', 'lrn2', 'pool2', 'conv3', 'conv4', 
 ACTIVATIONS = {'relu': nn.relu, 'tanh': jnp.tanh, 'sigmoid': nn.sigmoid, 'elu': nn.elu,
                'gelu': nn.gelu, 'silu': nn.silu, 'leaky_relu': nn.leaky_relu}
 LRN_CONVENTIONS = ('paper', 'caffe')
-# 'local': the paper's divisor (k + alpha * sum a^2)^beta; 'constant': k^beta alone, the control
-# arm of an LRN ablation (LRN's fixed rescale without its normalisation).
-LRN_DIVISORS = ('local', 'constant')
+# 'local': the paper's divisor (k + alpha * sum a^2)^beta. Controls that keep a constant divisor
+# and drop the normalisation: 'matched', LRN's own scale at init (lrn_layer; what an LRN ablation
+# compares against), and 'constant', k^beta (LRN's divisor on a zero input; smaller than LRN's
+# divisor wherever activations are not small, so it controls for the k term alone).
+LRN_DIVISORS = ('local', 'matched', 'constant')
 INITS = ('paper', 'he', 'xavier', 'cuda_convnet')
 # init_scheme='cuda_convnet' (Fig1Net): the weight stds of Krizhevsky's cuda-convnet CIFAR-10
 # nets, example-layers/layers-18pct.cfg and layers-80sec.cfg (github.com/dnouri/cuda-convnet, a
@@ -133,8 +135,13 @@ def lrn_layer(module: nn.Module, x: jax.Array, name: str) -> jax.Array:
     """`local_response_norm` with `module`'s lrn_* fields, sowing its divisor
     (k + alpha' sum a^2)^beta as `<name>_divisor` (computed only when 'intermediates' is
     collected: diagnostics.py shows whether LRN normalises or is a constant k^-beta).
-    lrn_divisor='constant': x * k^-beta, the control arm that keeps LRN's fixed rescale and
-    drops its normalisation."""
+
+    The controls divide by a constant instead. lrn_divisor='constant': k^beta.
+    lrn_divisor='matched': the divisor that gives LRN's output RMS on the batch, RMS(x) /
+    RMS(LRN(x)), frozen at its first training batch in 'batch_stats' as `<name>_matched` (0 until
+    then: a pass before that, e.g. the diagnostics at init, uses its own batch's) and sown as
+    `<name>_constant`; so the control's activations have LRN's scale at init and only the
+    normalisation differs."""
     k, beta = module.lrn_k, module.lrn_beta
     if module.lrn_divisor == 'constant':
         return (x * k ** -beta).astype(x.dtype)
@@ -143,6 +150,16 @@ def lrn_layer(module: nn.Module, x: jax.Array, name: str) -> jax.Array:
     parts = jnp.split(x, module.groups if getattr(module, 'lrn_per_column', False) else 1, -1)
     base = jnp.concatenate([lrn_base(p, k, module.lrn_n, module.lrn_alpha,
                                      module.lrn_convention) for p in parts], axis=-1)
+    if module.lrn_divisor == 'matched':
+        frozen = module.variable('batch_stats', name + '_matched', jnp.zeros, (), jnp.float32)
+        x32 = x.astype(jnp.float32)
+        rms = lambda t: jnp.sqrt(jnp.mean(jnp.square(t)))
+        here = lax.stop_gradient(rms(x32) / rms(x32 * _inverse_power(base, beta)))
+        divisor = jnp.where(frozen.value > 0, frozen.value, here)
+        if module.is_mutable_collection('batch_stats') and not module.is_initializing():
+            frozen.value = divisor
+        module.sow('intermediates', name + '_constant', divisor)
+        return (x / divisor).astype(x.dtype)
     module.sow('intermediates', name + '_divisor', base ** beta)
     return (x * _inverse_power(base, beta)).astype(x.dtype)
 
@@ -269,7 +286,7 @@ class AlexNet(nn.Module):
     lrn_alpha: float = 1e-4
     lrn_beta: float = 0.75
     lrn_convention: str = 'paper'
-    lrn_divisor: str = 'local'    # 'constant': only LRN's fixed rescale k^-beta (a control).
+    lrn_divisor: str = 'local'    # 'matched' / 'constant': a constant divisor (LRN_DIVISORS).
     lrn_per_column: bool = False  # Each group's maps alone (cuda-convnet's two GPUs).
     pool_window: int = 3
     pool_stride: int = 2

@@ -201,6 +201,8 @@ def validate_model_parallel(config) -> None:
             (m.get('architecture', 'paper') == 'paper', 'model.architecture', "must be 'paper'"),
             (m.get('groups', 1) == 2, 'model.groups', 'must be 2 (the two columns)'),
             (not m.get('batch_norm', False), 'model.batch_norm', 'must be False'),
+            (m.get('lrn_divisor', 'local') != 'matched', 'model.lrn_divisor',
+             "must be 'local' or 'constant'"),
             (config.get('optim', {}).get('loss_scale') is None, 'optim.loss_scale',
              'must be None'),
             (config.get('num_seeds', 1) == 1 or config.get('seeds_mode') in (

@@ -80,6 +80,8 @@ def paper_config():
         pad=4,              # 'small': zero-pad by this many pixels, then a random crop.
         pca_lighting=0.1,   # alpha ~ N(0, 0.1) per image.
         mean_rgb=(123.68, 116.78, 103.94),  # Per-channel mean subtraction.
+        mean_image=False,   # True: the training split's per-pixel mean image instead (as
+                            # cuda-convnet subtracted; a device-resident split on one host).
         stddev_rgb=(1.0, 1.0, 1.0),  # 1-channel data uses the mean of the three entries.
         eval_crops='center',  # 'ten': the paper's 10 crops, softmax averaged.
         strict=False,       # Folder: True stops at an unreadable image instead of skipping it.
@@ -241,8 +243,9 @@ def _fig1_protocol(c):
     (configs/ablations.py:fig1, alexnet_jax/tools/lr_search.py)."""
     c.model.architecture = 'fig1'
     c.model.width = 1.0        # Its published 32/32/64 kernels (the bases set 0.25 / 0.5).
-    c.data.stddev_rgb = (1.0,) * 3  # 0-255 pixels minus the training split's mean, as
+    c.data.stddev_rgb = (1.0,) * 3  # 0-255 pixels minus the training split's mean image, as
     # cuda-convnet fed CIFAR-10: its initial weight scales assume that input scale.
+    c.data.mean_image = True   # Per pixel, as cuda-convnet; False: the scalar data.mean_rgb.
     c.model.lrn = False        # Fig. 1 compares activations alone.
     c.model.dropout_rate = 0.0  # (Fig1Net has none; explicit, as the protocol says.)
     c.model.init_scheme = 'cuda_convnet'  # conv1 N(0, 1e-4), the rest N(0, 1e-2); models.py.

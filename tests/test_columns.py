@@ -155,7 +155,8 @@ def test_evaluate_tool_reads_a_model_parallel_checkpoint(runs, tmp_path):
 
 @pytest.mark.parametrize('field,value', [
     ('model.groups', 1), ('model.architecture', 'torchvision'), ('model.batch_norm', True),
-    ('model.num_classes', 7), ('seeds_mode', 'vmap'), ('model_parallel', 3)])
+    ('model.num_classes', 7), ('seeds_mode', 'vmap'), ('model_parallel', 3),
+    ('model.lrn_divisor', 'matched')])
 def test_combinations_that_do_not_apply_are_refused(field, value):
     c = _config(2)
     c.num_seeds = 2

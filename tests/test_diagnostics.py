@@ -56,7 +56,20 @@ def test_lrn_divisor_percentiles_match_numpy(scale):
         assert out[f'lrn1/divisor_p{p}'] == pytest.approx(np.percentile(divisor, p), rel=1e-4)
     assert out['lrn1/p99_over_k_beta'] == pytest.approx(np.percentile(divisor, 99) / 2 ** 0.75,
                                                         rel=1e-4)
+    assert out['lrn1/spread'] == pytest.approx(np.percentile(divisor, 99)
+                                               / np.percentile(divisor, 1), rel=1e-4)
     assert diagnostics.lrn_inactive(out) == (scale == 1.0)
+
+
+@pytest.mark.parametrize('stats,inactive', [
+    ({'lrn1/spread': 1.005, 'lrn1/p99_over_k_beta': 3.0}, True),  # Uniformly raised: a rescale.
+    ({'lrn1/spread': 1.2, 'lrn1/p99_over_k_beta': 1.2}, False),
+    ({'lrn1/spread': 1.2, 'lrn2/spread': 1.001}, False),  # One layer normalises.
+    ({'lrn1/p99_over_k_beta': 1.005}, True),  # An older record: p99 / k^beta.
+    ({'conv1/rms': 1.0}, False),  # No LRN layer.
+])
+def test_lrn_inactive_reads_the_spread(stats, inactive):
+    assert diagnostics.lrn_inactive(stats) == inactive
 
 
 def test_the_constant_control_only_rescales():
@@ -75,6 +88,43 @@ def test_the_constant_control_only_rescales():
     np.testing.assert_allclose(local['lrn1_out'], models.local_response_norm(local['conv1_out']),
                                rtol=1e-5)
     assert not np.allclose(local['lrn1_out'], const['lrn1_out'], rtol=1e-2)  # It normalises.
+
+
+def _lrn_outputs(model, variables, x, mutable=('intermediates',)):
+    out, state = model.apply(variables, x, mutable=list(mutable))
+    return {k: np.asarray(v[0]) for k, v in state['intermediates'].items()}, state
+
+
+def test_the_matched_control_has_lrns_scale_and_freezes_it():
+    """lrn_divisor='matched': conv1's output over one scalar, RMS(x) / RMS(LRN(x)) of the batch
+    (numpy) until the first training batch freezes it in batch_stats; the logits then have
+    LRN's scale, and a later batch is divided by the frozen number, not its own."""
+    rng = np.random.default_rng(3)
+    x, other = (rng.normal(size=(2, 67, 67, 3)).astype(np.float32) * s for s in (100, 30))
+    local = models.AlexNet(num_classes=10, width=0.1, init_scheme='he')
+    matched = models.AlexNet(num_classes=10, width=0.1, init_scheme='he', lrn_divisor='matched')
+    params = local.init(jax.random.key(0), x)['params']
+    lrn_out, _ = _lrn_outputs(local, {'params': params}, x)
+    stats0 = matched.init(jax.random.key(0), x)['batch_stats']
+    assert float(stats0['lrn1_matched']) == 0.0  # Not measured yet.
+    out, _ = _lrn_outputs(matched, {'params': params, 'batch_stats': stats0}, x)
+    conv1 = out['conv1_out'].astype(np.float64)
+    rms = lambda t: np.sqrt(np.mean(np.square(t)))
+    expected = rms(conv1) / rms(models.local_response_norm(jnp.asarray(conv1)))
+    assert float(out['lrn1_constant']) == pytest.approx(expected, rel=1e-4)
+    np.testing.assert_allclose(out['lrn1_out'], conv1 / expected, rtol=1e-4)
+    assert rms(out['lrn1_out']) == pytest.approx(rms(lrn_out['lrn1_out']), rel=1e-4)
+    assert 0.7 <= rms(out['fc8_out']) / rms(lrn_out['fc8_out']) <= 1.4
+    assert 'lrn1_divisor' not in out  # A constant: no divisor spread to measure.
+    _, state = _lrn_outputs(matched, {'params': params, 'batch_stats': stats0}, x,
+                            ('intermediates', 'batch_stats'))
+    frozen = state['batch_stats']
+    assert float(frozen['lrn1_matched']) == pytest.approx(expected, rel=1e-4)
+    later, _ = _lrn_outputs(matched, {'params': params, 'batch_stats': frozen}, other)
+    np.testing.assert_allclose(later['lrn1_out'], later['conv1_out'] / expected, rtol=1e-4)
+    again, state = _lrn_outputs(matched, {'params': params, 'batch_stats': frozen}, other,
+                                ('intermediates', 'batch_stats'))
+    assert float(state['batch_stats']['lrn1_matched']) == pytest.approx(expected, rel=1e-6)
 
 
 def test_the_loop_records_diagnostics_and_each_test_example(tiny_run):
@@ -106,15 +156,22 @@ def test_fig1_builds_the_published_net(variant, channels):
 
 
 def test_fig1_input_is_centred_on_the_training_split(digits_dir):
-    """digits_fig1 subtracts the mean of the training images as the net is fed them."""
+    """digits_fig1 subtracts the training images' per-pixel mean image as the net is fed them
+    (each pixel of the normalised training split averages 0); the scalar mean stays an option
+    (data.mean_image=False), the split's mean pixel."""
     from alexnet_jax.data import device_data  # pylint: disable=import-outside-toplevel
     config = grid_lib.load_base_config('configs/alexnet.py:digits_fig1')
     config.data.data_dir = digits_dir
     images = device_data.load(config)['image'].astype(np.float64)
     assert images.shape[1:] == (32, 32, 1)
-    mean, std = preprocess.mean_std(config.data, 1)
+    data = input_pipeline.facts(config)
+    assert data.mean.shape == (32, 32, 1) and float(data.std[0]) == 1.0
+    centred = np.asarray(preprocess.normalize_batch({'image': images}, data.mean, data.std))
+    np.testing.assert_allclose(centred.mean(axis=0), 0.0, atol=1e-3)
+    assert float(np.abs(data.mean - images.mean()).max()) > 10  # Not a constant.
+    config.data.mean_image = False
+    mean, _ = preprocess.mean_std(config.data, 1)
     assert float(mean[0]) == pytest.approx(images.mean(), abs=0.5)
-    assert float(std[0]) == 1.0
 
 
 @pytest.mark.slow  # Two real train states on the digits.
@@ -122,7 +179,7 @@ def test_the_default_grid_lrn_normalises_and_the_demo_lrn_does_not(digits_dir):
     """At init, on the first evaluation batch: the default grid's LRN divisor spreads >= 5%
     above k^beta; the demo's (alpha 1e-4 on [-1, 1] pixels) stays within 1% of it."""
     sweep = ablations.get_config('default')
-    point = next(p for p in grid_lib.expand(sweep) if p.name == 'relu_lrn')
+    point = next(p for p in grid_lib.expand(sweep) if p.name == 'relu_lrnhi')
     grid_config = grid_lib.point_config(sweep, point)
     demo = grid_lib.load_base_config('configs/alexnet.py:digits')
     measured = []
@@ -135,6 +192,15 @@ def test_the_default_grid_lrn_normalises_and_the_demo_lrn_does_not(digits_dir):
         measured.append(diagnostics.measure(state.apply_fn, state.params, state.batch_stats,
                                             images, config.model))
     grid_stats, demo_stats = measured
-    assert grid_stats['lrn1/p99_over_k_beta'] >= 1.05
+    assert grid_stats['lrn1/p99_over_k_beta'] >= 1.05 and grid_stats['lrn1/spread'] >= 1.05
     assert not diagnostics.lrn_inactive(grid_stats)
     assert diagnostics.lrn_inactive(demo_stats)
+
+
+def test_a_mean_image_needs_the_training_split_on_the_device(digits_dir):
+    config = grid_lib.load_base_config('configs/alexnet.py:digits_fig1')
+    config.data.data_dir = digits_dir
+    config.data.device_resident = 'never'
+    from alexnet_jax import errors  # pylint: disable=import-outside-toplevel
+    with pytest.raises(errors.ConfigError, match='data.mean_image.*device_resident=always'):
+        input_pipeline.facts(config)

@@ -36,6 +36,8 @@ def test_piped_log_is_plain_and_short(tmp_path):
      'LRN1 divisor p99 5.30x k^beta; LRN2 divisor p99 1.00x k^beta; '
      'fewest units ever active: fc7 66%'),
     ({'conv1/active': 0.5, 'conv2/active': 0.75}, 'fewest units ever active: conv1 50%'),
+    ({'lrn1/p99_over_k_beta': 1.4, 'lrn1/spread': 5.25, 'fc8/active': 1.0},
+     'LRN1 divisor p99 1.40x k^beta, spread p99/p1 5.25; fewest units ever active: fc8 100%'),
 ])
 def test_diagnostics_summary(stats, expected):
     assert diagnostics.summary(stats) == expected

@@ -133,26 +133,93 @@ def test_report_points_clip_top5_intervals_at_zero():
 
 
 def test_the_test_error_interval_counts_the_test_images():
-    """Seeds that agree image by image leave a seed-only interval of zero width; resampling the
-    test images too gives the binomial standard error of an error rate on that many images."""
+    """Seeds that agree image by image leave a seed-only interval of zero width; the crossed
+    standard error is then the binomial one of an error rate on that many images."""
     rng = np.random.default_rng(0)
     miss = (rng.random(400) < 0.1).astype(float)
     errors = np.stack([miss] * 5)
     assert stats.mean_ci(errors.mean(axis=1)).half_width == pytest.approx(0.0, abs=1e-12)
-    est = stats.bootstrap_estimate(errors)
+    est = stats.crossed_estimate(errors)
     p = miss.mean()
-    binomial = math.sqrt(p * (1 - p) / 400)
-    assert est.se == pytest.approx(binomial, rel=0.1)
-    assert (est.hi - est.lo) / 2 == pytest.approx(1.96 * binomial, rel=0.15)
+    assert est.se == pytest.approx(math.sqrt(p * (1 - p) / 399), rel=1e-6)
     assert est.lo < p < est.hi and est.n == 5
 
 
 def test_the_test_error_interval_counts_the_seeds():
-    """Images that agree within a seed: the spread is the seeds' (the bootstrap's 1/n variance)."""
+    """Images that agree within a seed: the spread is the seeds' (the t-interval of their means)."""
     per_seed = np.array([0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0])
     errors = np.repeat(per_seed[:, None], 50, axis=1)
-    est = stats.bootstrap_estimate(errors)
-    assert est.se == pytest.approx(per_seed.std() / math.sqrt(len(per_seed)), rel=0.1)
+    est = stats.crossed_estimate(errors)
+    ci = stats.mean_ci(per_seed)
+    assert est.se == pytest.approx(per_seed.std(ddof=1) / math.sqrt(len(per_seed)), rel=1e-6)
+    assert (est.lo, est.hi) == pytest.approx((ci.lo, ci.hi), rel=1e-6)  # Satterthwaite: n - 1.
+
+
+def _crossed(rng, seeds: int, images: int) -> np.ndarray:
+    """0/1 misses of a crossed design: image i is missed with probability p_i u_s (hard and
+    easy images, better and worse seeds; E = 0.02 exactly) plus the seed x image interaction
+    of independent Bernoulli draws."""
+    p = 0.6 * rng.beta(0.1, 2.9, size=images)
+    u = rng.uniform(0.5, 1.5, size=seeds)
+    return (rng.random((seeds, images)) < u[:, None] * p[None, :]).astype(np.float64)
+
+
+@pytest.mark.parametrize('seeds,images', [(20, 360), (10, 360)])
+def test_the_crossed_interval_covers_95_percent_of_simulated_designs(seeds, images):
+    """New seeds and new test images each time (true mean error 0.02): the crossed interval
+    covers it ~95% of the time; the two-way bootstrap's variance, computed here independently
+    (var of the seed x image resampled mean = rows' var / S + columns' var / I), counts the
+    interaction twice and is larger."""
+    rng = np.random.default_rng(seeds)
+    covered, ratios = [], []
+    for _ in range(600):
+        x = _crossed(rng, seeds, images)
+        est = stats.crossed_estimate(x)
+        covered.append(est.lo <= 0.02 <= est.hi)
+        pigeonhole = (x.mean(axis=1).var() / seeds + x.mean(axis=0).var() / images)
+        ratios.append(math.sqrt(pigeonhole) / est.se)
+    assert 0.925 <= np.mean(covered) <= 0.975
+    assert np.median(ratios) > 1.03
+
+
+@pytest.mark.parametrize('n,sigma', [(10, 0.1), (20, 0.1), (20, 0.3)])
+def test_the_sign_test_mde_has_80_percent_power(n, sigma):
+    """Paired log ratios N(log r, sigma): the MDE each simulated design reports (at 5%, from
+    its own data), fed back as the true effect, is resolved by the same test ~80% of the time
+    (scipy's binomial test on freshly simulated pairs)."""
+    rng = np.random.default_rng(n)
+    hits = []
+    for _ in range(300):
+        base = rng.uniform(3, 5, size=n)
+        logs = rng.normal(0, sigma, size=n)
+        est = stats.paired_ratio(dict(enumerate(base)), dict(enumerate(base * np.exp(logs))))
+        mde = stats.mde(est, 1)
+        new = rng.normal(math.log(mde), sigma, size=n)
+        slower = int(np.sum(new > 0))
+        hits.append(scipy_stats.binomtest(slower, n).pvalue < 0.05)
+    assert 0.7 <= np.mean(hits) <= 0.9
+
+
+@pytest.mark.parametrize('n,level,expected', [
+    (5, 0.05, math.inf),  # 5 of 5 gives p = 0.0625: no outcome reaches 5%.
+    (10, 0.05 / 40, math.inf),  # 10 of 10: 0.00195 > 0.00125.
+])
+def test_a_sign_test_that_cannot_reach_its_level_has_no_mde(n, level, expected):
+    assert stats.sign_test_mde(n, 0.1, level) == expected
+
+
+def test_the_paired_ratio_interval_inverts_the_sign_test():
+    """The order-statistic interval of the per-seed ratios: a ratio inside it is not rejected by
+    the sign test at 5%, one just outside is (scipy's binomial test, by hand)."""
+    rng = np.random.default_rng(1)
+    base = {s: float(v) for s, v in enumerate(rng.uniform(3, 5, size=12))}
+    ablated = {s: v * float(np.exp(rng.normal(0.2, 0.1))) for s, v in base.items()}
+    est = stats.paired_ratio(base, ablated)
+    ratios = np.array([ablated[s] / base[s] for s in base])
+    p_at = lambda r: scipy_stats.binomtest(int(np.sum(ratios > r)), len(ratios)).pvalue
+    assert est.value == np.sort(ratios)[5]
+    assert p_at(est.lo * 1.0001) >= 0.05 and p_at(est.hi * 0.9999) >= 0.05
+    assert p_at(est.lo * 0.9999) < 0.05 and p_at(est.hi * 1.0001) < 0.05
 
 
 def test_median_with_censored_runs_and_its_order_statistic_interval():
@@ -172,11 +239,11 @@ def test_censored_runs_count_in_a_speed_effect():
     leave 2 pairs and no verdict; counted, all 10 pairs say slower."""
     base = {s: 2.0 + 0.1 * s for s in range(10)}
     ablated = {s: (3.0 + 0.1 * s if s < 2 else math.inf) for s in range(10)}
-    est = stats.censored_ratio(base, ablated)
-    assert est.n == 10 and est.value == math.inf
+    est = stats.paired_ratio(base, ablated)
+    assert est.n == 10 and est.value == math.inf  # 8 of 10 ratios are inf.
     assert est.p == pytest.approx(scipy_stats.binomtest(10, 10).pvalue)
     assert stats.ratio_ci(base, {s: v for s, v in ablated.items() if v < math.inf}).n == 2
-    both_never = stats.censored_ratio({0: math.inf, 1: math.inf}, {0: math.inf, 1: math.inf})
+    both_never = stats.paired_ratio({0: math.inf, 1: math.inf}, {0: math.inf, 1: math.inf})
     assert math.isnan(both_never.p)  # Nothing was compared.
 
 
@@ -186,15 +253,20 @@ def test_holm_by_hand():
     assert stats.holm([0.5]) == [0.5] and stats.holm([0.6, 0.7]) == [1.0, 1.0]
 
 
-def test_minimum_detectable_effect_multiplier():
-    assert stats.mde_z(1) == pytest.approx(1.95996 + 0.84162, abs=1e-4)
-    assert stats.mde_z(10) == pytest.approx(scipy_stats.norm.ppf(1 - 0.0025) + 0.84162, abs=1e-4)
+@pytest.mark.parametrize('tests', [1, 10])
+def test_the_test_error_mde_is_its_wald_tests(tests):
+    """(z_{1 - alpha / 2m} + z_0.8) standard errors: an effect of that size is found with 80%
+    power by the two-sided test at Holm's first level."""
+    e = stats.Estimate(0.0, -1, 1, 10, 1.0, 0.004)
+    z = scipy_stats.norm.ppf(1 - 0.05 / (2 * tests))
+    assert stats.mde(e, tests) == pytest.approx((z + scipy_stats.norm.ppf(0.8)) * 0.004)
+    assert scipy_stats.norm.sf(z - stats.mde(e, tests) / 0.004) == pytest.approx(0.8)
 
 
-def test_few_seeds_give_no_bootstrap_verdict_and_an_unreachable_sign_test_no_mde(tmp_path):
-    """Three seeds all on one side of 0 put every bootstrap resample there (p ~ 0): that is no
-    evidence at n=3 (a paired t-test gives p ~ 0.16). And a sign test of 3 pairs cannot reach
-    5%: its MDE is not a number."""
+def test_few_seeds_keep_their_few_degrees_of_freedom_and_a_sign_test_of_3_has_no_mde(tmp_path):
+    """Three seeds all on one side of 0: the crossed t-test keeps the seeds' few degrees of
+    freedom (p ~ 0.05, not the ~0 of a bootstrap that never leaves the seeds' range). A sign
+    test of 3 pairs cannot reach 5%: its MDE is not a number."""
     from alexnet_jax.tools import report  # pylint: disable=import-outside-toplevel
     from configs import ablations  # pylint: disable=import-outside-toplevel
     config = ablations.get_config('pool')
@@ -210,10 +282,9 @@ def test_few_seeds_give_no_bootstrap_verdict_and_an_unreachable_sign_test_no_mde
                          'epochs_to_10pct': 3.0 + extra, 'test_correct': ''.join(hits)})
     found = report.effects(config, report.summarize(config, rows))
     top1 = next(e for e in found if e['metric'] == 'top1')
-    assert top1['estimate'].p < 0.01  # The bootstrap alone would call it,
-    assert top1['verdict'] == f'not resolved: n=3 < {stats.MIN_BOOTSTRAP_SEEDS} seeds'
+    assert 2 < top1['estimate'].df < 5 and top1['estimate'].p > 0.01
     speed = next(e for e in found if e['metric'] == 0.25)
-    assert speed['mde'] == 'unattainable' and 'no MDE' in speed['verdict']
+    assert speed['mde'] == math.inf and 'no MDE' in speed['verdict']
 
 
 def test_a_failed_run_counts_as_never_reaching_after_it_diverged():

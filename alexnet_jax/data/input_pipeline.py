@@ -68,7 +68,8 @@ class Facts:
     info: DatasetInfo
     steps_per_epoch: int
     spec: device_data.Spec | None  # The device-resident training set's; None: tf.data batches.
-    mean: np.ndarray  # Per-channel normalisation (preprocess.mean_std) of the step's input.
+    mean: np.ndarray  # Per-channel normalisation (preprocess.mean_std) of the step's input,
+    # or [H, W, C]: the training split's mean image (data.mean_image).
     std: np.ndarray
 
     @property
@@ -83,8 +84,13 @@ def facts(config) -> Facts:
     check_data_fits(config, info)
     d, n = config.data, info.num_examples[config.data.train_split]
     spec = device_data.make_spec(config, n) if device_data.enabled(config, info) else None
-    return Facts(info, n // config.train.batch_size, spec,
-                 *preprocess.mean_std(d, info.image_shape[-1]))
+    mean, std = preprocess.mean_std(d, info.image_shape[-1])
+    if d.get('mean_image', False):
+        validation.check(spec is not None and jax.process_count() == 1, 'data.mean_image',
+                         'needs the training split held on the device, on one host: set '
+                         'data.device_resident=always or data.mean_image=False.')
+        mean = device_data.load(config)['image'].mean(axis=0, dtype=np.float64).astype(np.float32)
+    return Facts(info, n // config.train.batch_size, spec, mean, std)
 
 
 def check_data_fits(config, info) -> None:

@@ -4,10 +4,11 @@ The paper: "The learning rates for each network were chosen independently to mak
 fast as possible." For every point of the grid (e.g. relu, tanh) and every rate of
 `sweep.lr_search_rates` (a log grid), one run per search seed trains in
 ROOT/lr_search/<point>_lr<rate>/seed<k> (ordinary run dirs: resumable, failures recorded, as the
-sweep's own points). The chosen rate reaches `sweep.threshold` training error in the fewest
-epochs: the mean over the search seeds with a run that never reached it counted as censored at
-the run's full length (a restricted mean), so a rate where some seeds never get there is
-penalised, not ruled out; a rate where a run diverged is ruled out; ties go to the smaller rate.
+sweep's own points). The chosen rate is the fastest at which every search run reached `sweep.threshold`
+training error (the fewest mean epochs), so a rate at a cliff, where some seeds never leave
+chance, is not chosen over a slower rate that trains every seed; only if no rate trained every
+search run, the fewest epochs with a run that never reached it counted at the run's full length
+(a restricted mean); a rate where a run diverged is ruled out; ties go to the smaller rate.
 If no run of any rate reaches it, the rate with the lowest final training error is taken and the
 choice says so. A choice at an edge of the rates
 tried is extended past that edge until it is bracketed (`run`). The search seeds (1000, 1001, ...)
@@ -95,10 +96,12 @@ def choose(trial_list: list, threshold: float) -> dict:
         return {'rate': None, 'epochs': None, 'reached': False,
                 'why': 'every rate failed: widen config.lr_search_rates'}
     (missed, value), rate = min(scored)  # Ties go to the smaller rate.
-    if not missed:
+    if missed < 2:
         edge = rate in (min(t.rate for t in trial_list), max(t.rate for t in trial_list))
         return {'rate': rate, 'epochs': value, 'reached': True,
                 'why': f'fewest epochs to {threshold:.0%} training error'
+                       + (' with every search run reaching it' if missed == 0 else
+                          ' (no rate trained every search run to it: censored mean)')
                        + (' (at the edge of the grid: extend lr_search_rates)' if edge else '')}
     return {'rate': rate, 'epochs': None, 'reached': False,
             'why': f'no rate reached {threshold:.0%}: lowest final training error '
@@ -147,14 +150,17 @@ def past_edge(trial_list: list, chosen: float | None) -> float | None:
 
 
 def _score(trial):
-    """How good a rate is (lower is better): (0, the censored mean epochs) if any search seed
-    reached the threshold, else (1, mean final training error); None if a run diverged (a rate
-    that diverges for some seeds is not one to train every seed at)."""
+    """How good a rate is (lower is better): (0, mean epochs) if every search seed reached the
+    threshold, (1, the censored mean epochs) if some did, else (2, mean final training error);
+    None if a run diverged (a rate that diverges for some seeds is not one to train every seed
+    at)."""
     if 'failed' in trial.status or None in trial.final_error:
         return None
-    if any(e is not None for e in trial.epochs):
+    if all(e is not None for e in trial.epochs):
         return (0, censored_mean(trial))
-    return (1, statistics.fmean(trial.final_error))
+    if any(e is not None for e in trial.epochs):
+        return (1, censored_mean(trial))
+    return (2, statistics.fmean(trial.final_error))
 
 
 def censored_mean(trial) -> float:

@@ -1,17 +1,19 @@
 """A sweep's report from its runs' rows: results.csv, curves.csv, results.md and the figures.
 
 Every interval counts every source of noise it can (tools/stats.py):
-- Test error: seeds and test images resampled together (a two-way bootstrap of the per seed and
-  image errors; an effect's differences are paired by seed and image).
+- Test error: the crossed (seeds x test images) standard error (stats.crossed_estimate; an
+  effect's differences are paired by seed and image) and a t-test with it.
 - Epochs to a training error (at each of the grid's thresholds): runs that never reach it are
   censored at their length, never dropped; a point's median has a distribution-free interval,
-  an effect is the ratio of medians (seeds bootstrapped in pairs) with a censored sign test.
-- Every verdict of the grid is decided at Holm's family-wise level over all of them; "not
-  resolved" comes with the minimum detectable effect (80% power at Holm's strictest level).
+  an effect is the median of the per-seed ratios with the censored sign test and the
+  order-statistic interval that inverts it.
+- One family: every tested verdict a page shows (decide() takes several grids' effects) is
+  decided at Holm's family-wise level; "not resolved" comes with the minimum detectable effect
+  of its own test (80% power at Holm's strictest level).
 - Speed effects are reported within each combination of the other axes (an effect can live in
   the tanh nets alone), test-error effects also pooled over them.
-Beside each point: diagnostics.py's numbers (LRN divisor, units ever active, activation scale),
-and "LRN inactive at this input scale" where its divisor stayed a constant.
+Beside each point: diagnostics.py's numbers (LRN divisor spread, units ever active, activation
+scale), and "LRN inactive" where its divisor's spread stayed under 1% (a constant rescale).
 """
 
 import csv
@@ -62,7 +64,7 @@ def summarize(sweep, rows) -> list:
             'point': name, 'done': len(done), 'failed': sum(r['status'] == 'failed' for r in runs),
             'errors': errors,
             'seed_errors': {r['seed']: float(r['test_top1_error']) for r in done},
-            'top1': (stats.bootstrap_estimate(np.stack([errors[s] for s in sorted(errors)]))
+            'top1': (stats.crossed_estimate(np.stack([errors[s] for s in sorted(errors)]))
                      if errors and len(errors) == len(done) else None),
             'top1_seeds': stats.mean_ci([r['test_top1_error'] for r in done], lower=0.0),
             'top5': stats.mean_ci([r['test_top5_error'] for r in done], lower=0.0),
@@ -74,15 +76,27 @@ def summarize(sweep, rows) -> list:
 
 
 def effects(sweep, summary) -> list:
-    """Ablated vs baseline (an axis's first value) for every other value of every axis: test
-    error pooled over the other axes' values ('within' '') and within each of them; epochs to
-    each threshold within each. Holm-adjusted p, verdict and minimum detectable effect added."""
+    """The grid's effects (estimates), each verdict decided in the grid's own family (decide)."""
+    found = estimates(sweep, summary)
+    decide(found)
+    return found
+
+
+def estimates(sweep, summary) -> list:
+    """Ablated vs baseline: the grid's `contrasts` (ablated, baseline labels), else every value
+    of every axis vs the axis's first. Test error pooled over the other axes' values ('within'
+    '') and within each of them, epochs to each threshold within each. Tested ('tested': True):
+    the pooled test error (the only one with no other axes) and the epochs to sweep.threshold;
+    the rest are estimates beside them."""
     by_name = {s['point']: s for s in summary}
+    contrasts = [tuple(c) for c in sweep.get('contrasts', ())]
     found = []
     for i, axis in enumerate(sweep.axes):
-        base = axis[0][0]
+        labels_i = [label for label, _ in axis]
+        pairs_i = ([c for c in contrasts if c[0] in labels_i and c[1] in labels_i] if contrasts
+                   else [(label, labels_i[0]) for label in labels_i[1:]])
         others = [a for j, a in enumerate(sweep.axes) if j != i]
-        for ablated, _ in axis[1:]:
+        for ablated, base in pairs_i:
             pairs = []
             for values in itertools.product(*others):
                 labels = [label for label, _ in values]
@@ -95,63 +109,65 @@ def effects(sweep, summary) -> list:
                                                                   for w, b, a in pairs]
             for within, group in groups:
                 found.append({**head, 'within': within, 'metric': 'top1',
+                              'tested': not within or len(pairs) == 1,
                               'estimate': _error_effect(group),
                               'inactive': any(x['lrn_inactive'] for _, b, a in group
                                               for x in (b, a))})
             for within, b, a in pairs:
                 for t in grid.thresholds(sweep):
                     found.append({**head, 'within': within, 'metric': t,
-                                  'estimate': stats.censored_ratio(b['times'][t], a['times'][t]),
+                                  'tested': t == sweep.threshold,
+                                  'estimate': stats.paired_ratio(b['times'][t], a['times'][t]),
                                   'inactive': b['lrn_inactive'] or a['lrn_inactive'],
                                   'never': (sum(math.isinf(v) for v in b['times'][t].values()),
                                             sum(math.isinf(v) for v in a['times'][t].values()))})
-    tested = [e for e in found if e['estimate'].n >= _least_seeds(e)
+    return found
+
+
+def decide(found: list) -> int:
+    """Holm over every tested effect in `found` (one family: the effects of every grid a page
+    shows together); adds p_holm, the MDE of each effect's own test at Holm's strictest level,
+    and the verdict. Returns the family's size."""
+    tested = [e for e in found if e['tested'] and e['estimate'].n >= stats.MIN_SEEDS
               and math.isfinite(e['estimate'].p)]
-    z = stats.mde_z(len(tested))
     for e, p in zip(tested, stats.holm([e['estimate'].p for e in tested])):
         e['p_holm'] = p
     for e in found:
         est, ratio = e['estimate'], e['metric'] != 'top1'
-        e['mde'] = (math.exp(z * est.se) if ratio else z * est.se) if math.isfinite(est.se) else None
-        if ratio and 2.0 ** (1 - est.n) > stats.ALPHA / max(len(tested), 1):
-            e['mde'] = 'unattainable'  # No outcome of n sign-test pairs reaches Holm's level.
+        e['family'] = len(tested)
+        e['mde'] = stats.mde(est, len(tested)) if est.n else math.nan
         if 'p_holm' not in e:
             e['verdict'] = ('no estimate' if est.n == 0 else
-                            f'not resolved: n={est.n} < {_least_seeds(e)} seeds'
-                            if est.n < _least_seeds(e) else 'neither point reached it')
+                            f'not resolved: n={est.n} < {stats.MIN_SEEDS} seeds'
+                            if est.n < stats.MIN_SEEDS else
+                            'not tested (estimate only)' if not e['tested'] else
+                            'neither point reached it')
             continue
         e['verdict'] = stats.decide(est, e['p_holm'], 1.0 if ratio else 0.0,
                                     'ablated faster' if ratio else 'ablated better',
                                     'ablated slower' if ratio else 'ablated worse')
         if e['verdict'] == 'not resolved':
             e['verdict'] += f' at n={est.n}' + (
-                '' if e['mde'] is None else
+                '' if math.isnan(e['mde']) else
                 f': no MDE (a sign test of {est.n} pairs cannot reach Holm\'s level)'
-                if e['mde'] == 'unattainable' else
+                if math.isinf(e['mde']) else
                 f': MDE {e["mde"]:.2f}x' if ratio else f': MDE {100 * e["mde"]:.2f} points')
         if est.seeds_only:
             e['verdict'] += ' (seeds only: no per-image results)'
         if e['inactive']:
-            e['verdict'] += '; LRN inactive at this input scale'
-    return found
-
-
-def _least_seeds(effect) -> int:
-    """Seeds an effect needs for a verdict: a bootstrap's more than a t-test's (stats.py)."""
-    if effect['metric'] == 'top1' and not effect['estimate'].seeds_only:
-        return stats.MIN_BOOTSTRAP_SEEDS
-    return stats.MIN_SEEDS
+            e['verdict'] += '; LRN inactive (divisor spread < 1%)'
+    return len(tested)
 
 
 def _error_effect(group) -> stats.Estimate:
     """Ablated - baseline test errors per seed and image, averaged over the group's pairs at the
-    seeds every pair has per-image results for; bootstrapped over seeds and images."""
+    seeds every pair has per-image results for; the crossed (seeds x images) standard error."""
     seeds = set.intersection(*(set(b['errors']) & set(a['errors']) for _, b, a in group))
     if not seeds:  # No per-image results (several hosts, older runs): the seeds alone.
         return _seeds_only_effect(group)
     diffs = np.stack([np.mean([a['errors'][s] - b['errors'][s] for _, b, a in group], axis=0)
                       for s in sorted(seeds)])
-    return stats.bootstrap_estimate(diffs)
+    return stats.crossed_estimate(diffs)
 
 
 def _seeds_only_effect(group) -> stats.Estimate:
@@ -165,7 +181,7 @@ def _seeds_only_effect(group) -> stats.Estimate:
     se = ci.half_width / stats.t_quantile(ci.n) if ci.half_width > 0 else 0.0
     p = float(scipy_stats.ttest_1samp(diffs, 0.0).pvalue) if se > 0 else (
         1.0 if ci.mean == 0 else 0.0)
-    return stats.Estimate(ci.mean, ci.lo, ci.hi, ci.n, p, se, seeds_only=True)
+    return stats.Estimate(ci.mean, ci.lo, ci.hi, ci.n, p, se, seeds_only=True, df=ci.n - 1)
 
 
 def write(sweep, rows, root, notes=()) -> str:
@@ -205,18 +221,19 @@ def write_curves(rows, root) -> None:
                              if len(line) > 4)  # Not a step with only diagnostics or test.
 
 
-def markdown(sweep, summary, found, notes=()) -> list:
+def markdown(sweep, summary, found, notes=(), baselines=None) -> list:
+    """results.md's lines; `baselines` ({name: test error}) are printed under the points."""
     seeds = grid.seeds(sweep)
     ts = grid.thresholds(sweep)
-    tested = sum('p_holm' in e for e in found)
+    tested = found[0]['family'] if found else 0
     lines = [f'# Ablation grid `{sweep.grid}` (base `{sweep.base}`, seeds {seeds[0]}..'
              f'{seeds[-1]})', '',
-             'Test top-1 error: mean [95% interval] with seeds and test images resampled '
-             'together (two-way bootstrap); top-5: t-interval over seeds. Epochs to a training '
-             'error: median [distribution-free 95% interval] over the runs done, a run that '
-             'never reached it (or diverged first) counted as longer than its length ("not reached" '
-             'when more than half did not); the training error is measured on training batches in training mode '
-             '(dropout active where the net has it).', '',
+             'Test top-1 error: mean [95% t-interval] with the crossed standard error over seeds '
+             'and test images (two-way random effects); top-5: t-interval over seeds. Epochs to a '
+             'training error: median [distribution-free 95% interval] over the runs done, a run '
+             'that never reached it (or diverged first) counted as longer than its length ("not '
+             'reached" when more than half did not); the training error is measured on training '
+             'batches in training mode, so with dropout active where the net has it.', '',
              '| point | n done | failed | test top-1 error (%) | test top-5 error (%) | '
              + ' | '.join(f'epochs to {_pct(t)} (reached)' for t in ts) + ' |',
              '|---|---|---|---|---|' + '---|' * len(ts)]
@@ -227,36 +244,43 @@ def markdown(sweep, summary, found, notes=()) -> list:
                      f'{s["top5"].format(100)} | ' + ' | '.join(
                          f'{_median(s["medians"][t])} ({_reached(s["times"][t])})'
                          for t in ts) + ' |')
-    lines += ['', 'Diagnostics (diagnostics.py; mean over seeds, first evaluation batch): the '
-              'LRN divisor per LRN layer as p1 / p50 / p99 and p99 relative to k^beta; units '
-              'ever active (output > 0 somewhere in the batch) and activation RMS per layer, at '
-              'init -> at the end.', '',
+    if baselines:
+        lines += ['', 'Baselines on the same split (test top-1 error, %): ' + '; '.join(
+            f'{name} {100 * error:.2f}' for name, error in baselines.items()) + '.']
+    lines += ['', 'Diagnostics (diagnostics.py; mean over seeds, first evaluation batch): per LRN '
+              'layer the divisor\'s spread p99 / p1 and p99 / k^beta (a matched control: its '
+              'constant divisor); units ever active (output > 0 somewhere in the batch) and '
+              'activation RMS per layer; each at init -> at the end.', '',
               '| point | LRN divisor | units ever active | activation RMS | note |',
               '|---|---|---|---|---|']
     for s in summary:
         d = s['diag']
         layers = [k[len('final/'):-len('/active')] for k in d
                   if k.startswith('final/') and k.endswith('/active')]
-        lrns = [k[len('final/'):-len('/divisor_p50')] for k in d
-                if k.startswith('final/') and k.endswith('/divisor_p50')]
-        lrn = '; '.join(f'{n} {d[f"final/{n}/divisor_p1"]:.3g} / {d[f"final/{n}/divisor_p50"]:.3g}'
-                        f' / {d[f"final/{n}/divisor_p99"]:.3g} ({d[f"final/{n}/p99_over_k_beta"]:.3f}'
-                        'x)' for n in lrns) or '-'
+        lrn = '; '.join(
+            [f'{n} spread {_at_init(d, n, "spread")}, p99/k^beta {_at_init(d, n, "p99_over_k_beta")}'
+             for n in _lrn_layers(d, '/divisor_p50')]
+            + [f'{n} constant {_at_init(d, n, "constant")}' for n in _lrn_layers(d, '/constant')]
+        ) or '-'
         active = ', '.join(f'{n} {d.get(f"init/{n}/active", math.nan):.2f}->'
                            f'{d[f"final/{n}/active"]:.2f}' for n in layers) or '-'
         rms = ', '.join(f'{n} {d.get(f"init/{n}/rms", math.nan):.3g}->{d[f"final/{n}/rms"]:.3g}'
                         for n in layers) or '-'
-        note = 'LRN inactive at this input scale' if s['lrn_inactive'] else ''
+        note = 'LRN inactive (divisor spread < 1%)' if s['lrn_inactive'] else ''
         lines.append(f'| {s["point"]} | {lrn} | {active} | {rms} | {note} |')
     if found:
-        lines += ['', f'Effects: ablated vs baseline (the first value of its axis). Test error: '
-                  f'Δ points, paired by seed and test image, pooled ("all") over the other axes '
-                  f'and within each; epochs: ratio of medians ablated / baseline within each '
-                  f'(seeds bootstrapped in pairs; p from the sign test that counts runs that '
-                  f'never reached). Verdicts at family-wise 5% by Holm over the {tested} tests '
-                  f'of this grid (p_Holm); MDE: the smallest effect found with 80% power at '
-                  f'Holm\'s strictest level (5% / {tested}). "never": runs that never reached '
-                  f'the threshold, baseline / ablated.', '',
+        lines += ['', f'Effects: ablated vs baseline. Test error: Δ points, paired by seed and '
+                  f'test image, pooled ("all") over the other axes and within each; t-interval '
+                  f'and t-test with the crossed standard error. Epochs: the median of the '
+                  f'per-seed ratios ablated / baseline within each, the order-statistic interval '
+                  f'and the sign test that counts runs that never reached (a tie when neither '
+                  f'did). Tested: the pooled test error and the epochs to {_pct(sweep.threshold)}'
+                  f'; the rest are estimates. Verdicts at family-wise 5% by Holm over the '
+                  f'{tested} tests of the family (p_Holm); MDE: the smallest effect its own '
+                  f'test finds with 80% power at Holm\'s strictest level (5% / {tested}; the '
+                  f'sign test\'s from its exact binomial power at the observed spread of the '
+                  f'log ratios). "never": runs that never reached the threshold, baseline / '
+                  f'ablated.', '',
                   '| effect | at | metric | n | estimate | 95% CI | p_Holm | verdict | never | '
                   'paper |', '|---|---|---|---|---|---|---|---|---|---|']
         for e in found:
@@ -270,7 +294,7 @@ def markdown(sweep, summary, found, notes=()) -> list:
             else:
                 metric = f'epochs to {_pct(t)}, {e["key"]}/{e["axis"].split(" vs ")[1]}'
                 value = _ratio(est.value)
-                ci = (f'[{_ratio(est.lo)}, {_ratio(est.hi)}]'
+                ci = (f'[{_bound(est.lo)}, {_bound(est.hi)}]'
                       if est.n > 1 and not math.isnan(est.lo) else '-')
                 paper = _paper(sweep, 'paper_epochs_ratio', e['key']) if t == 0.25 else None
                 paper = '-' if paper is None else f'~{paper:g}x (CIFAR-10)'
@@ -284,6 +308,15 @@ def markdown(sweep, summary, found, notes=()) -> list:
     lines += ['', *notes] if notes else []
     lines += ['', f'Paper: {sweep.paper}', '']
     return lines
+
+
+def _lrn_layers(d: dict, suffix: str) -> list:
+    return [k[len('final/'):-len(suffix)] for k in d
+            if k.startswith('final/') and k.endswith(suffix)]
+
+
+def _at_init(d: dict, layer: str, key: str) -> str:
+    return f'{d.get(f"init/{layer}/{key}", math.nan):.3g}->{d.get(f"final/{layer}/{key}", math.nan):.3g}'
 
 
 def _paper(sweep, field: str, key: str, default=None):
@@ -315,8 +348,13 @@ def _signed(x: float) -> str:
     return '-' if math.isnan(x) else f'{x:+.2f}'
 
 
+def _bound(x: float) -> str:
+    """An interval's end: 0 and inf when too few seeds (or censored runs) leave it open."""
+    return '-' if math.isnan(x) else '∞' if math.isinf(x) else f'{x:.2f}x'
+
+
 def _ratio(x: float) -> str:
-    """A ratio of medians; 0 and inf: the baseline's / the ablated point's median not reached."""
+    """A ratio; 0 and inf: the baseline / the ablated run did not reach the threshold."""
     if math.isnan(x):
         return '-'
     return '∞' if math.isinf(x) else '0 (baseline not reached)' if x == 0 else f'{x:.2f}x'
@@ -347,8 +385,8 @@ def plot_figures(sweep, rows, root) -> list:
                   and e['estimate'].n), None)
     if ratio is not None:
         est = ratio['estimate']
-        title += (f'\ntanh / ReLU {ratio["within"]} = {_ratio(est.value)} [{_ratio(est.lo)}, '
-                  f'{_ratio(est.hi)}] (n={est.n}'
+        title += (f'\ntanh / ReLU {ratio["within"]} = {_ratio(est.value)} [{_bound(est.lo)}, '
+                  f'{_bound(est.hi)}] (n={est.n}'
                   + (f'; paper ~{_paper(sweep, "paper_epochs_ratio", "tanh"):g}x)'
                      if _paper(sweep, 'paper_epochs_ratio', 'tanh') else ')'))
     ax.axhline(t, color='grey', lw=0.8)

@@ -1,6 +1,7 @@
-"""Statistics for ablation grids. tools/report.py uses the second half: the two-way bootstrap
-of test errors over seeds and test images, medians and ratios of epochs to a threshold with
-censored runs counted, Holm's correction and the minimum detectable effect. The first half (the
+"""Statistics for ablation grids. tools/report.py uses the second half: test errors with the
+crossed (seeds x test images) standard error, medians and paired ratios of epochs to a threshold
+with censored runs counted and the sign test, Holm's correction and each test's own minimum
+detectable effect. The first half (the
 t-intervals below) gives top-5's per-point interval, the fallback where a run kept no per-image
 results, and the tools that summarise seeds.
 
@@ -26,6 +27,7 @@ import dataclasses
 import math
 
 import numpy as np
+from scipy import optimize
 from scipy import stats as scipy_stats
 
 CONFIDENCE = 0.95
@@ -120,61 +122,74 @@ def log_ratios(baseline: dict, ablated: dict) -> dict:
 
 
 # --- Every source of noise: test images and seeds, censored speeds, many verdicts -------------
+# Each verdict, its interval and its minimum detectable effect (MDE) come from one test:
+# - test error: a Wald/t test whose standard error is the crossed (seeds x test images)
+#   random-effects one (crossed_estimate);
+# - epochs to a threshold: the paired sign test of the per-seed ratios with censored runs
+#   counted, its interval the order statistics that invert it, its MDE from its exact binomial
+#   power (paired_ratio, sign_test_mde).
 
-BOOTSTRAP_SAMPLES = 4000
 ALPHA = 1 - CONFIDENCE
 POWER = 0.8  # Of the minimum detectable effect.
-# A percentile bootstrap never leaves the range of its seeds: with every seed on one side of 0 it
-# gives p ~ 0 at any n. From 6 seeds on, that event alone has p <= 2/2^6 = 0.03 (as the sign
-# test): fewer seeds give an estimate and an interval, not a verdict.
-MIN_BOOTSTRAP_SEEDS = 6
-CHUNK = 250  # Resamples drawn at once: a chunk's image weights for ImageNet's 50,000 are 100 MB.
 
 
 @dataclasses.dataclass(frozen=True)
 class Estimate:
-    """A statistic with its 95% bootstrap interval, two-sided p-value (of "no effect") and the
-    bootstrap standard error (on the log scale for a ratio); n: seeds (or pairs) used."""
+    """A statistic with its 95% interval and two-sided p-value (of "no effect"), from one test
+    (`kind`): 'wald' (se: the standard error; df its degrees of freedom) or 'sign' (se: the
+    standard deviation of the finite log ratios, the noise the sign test's power is computed
+    at); n: seeds (or pairs) used."""
     value: float
     lo: float
     hi: float
     n: int
     p: float = math.nan
     se: float = math.nan
-    seeds_only: bool = False  # A t-interval over seeds: no per-image results to resample.
+    seeds_only: bool = False  # A t-interval over seeds: no per-image results.
+    kind: str = 'wald'
+    df: float = math.inf
 
 
 NO_ESTIMATE = Estimate(math.nan, math.nan, math.nan, 0)
 
 
-def two_way_bootstrap(errors, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> np.ndarray:
-    """The bootstrap distribution of the mean of `errors` [seeds, images] with seeds and test
-    images resampled together (each independently, with replacement): a seed's luck and the
-    finite test set are both in its spread. A point's 0/1 errors, or an effect's per seed and
-    image differences (ablated - baseline: the same images for both, so they are paired)."""
-    x = np.asarray(errors, np.float64)
-    rng = np.random.default_rng(seed)
+def crossed_variance(x) -> tuple:
+    """(variance of the grand mean, Satterthwaite degrees of freedom) of `x` [seeds, images]
+    under the crossed random-effects model x_si = mu + a_s + b_i + e_si, from the two-way ANOVA
+    mean squares: (MS_seeds + MS_images - MS_residual) / (S I), each component clipped at 0.
+    Resampling seeds and images together would count e_si twice (once in each margin)."""
+    x = np.asarray(x, np.float64)
     n_s, n_i = x.shape
-    out = []
-    for start in range(0, samples, CHUNK):
-        b = min(CHUNK, samples - start)
-        ws = rng.multinomial(n_s, np.full(n_s, 1 / n_s), size=b)
-        wi = rng.multinomial(n_i, np.full(n_i, 1 / n_i), size=b)
-        out.append(np.einsum('bs,bs->b', ws, wi @ x.T) / (n_s * n_i))
-    return np.concatenate(out)
+    rows, cols, grand = x.mean(axis=1), x.mean(axis=0), x.mean()
+    ms_s = n_i * np.sum((rows - grand) ** 2) / max(n_s - 1, 1)
+    ms_i = n_s * np.sum((cols - grand) ** 2) / max(n_i - 1, 1)
+    resid = x - rows[:, None] - cols[None, :] + grand
+    ms_e = np.sum(resid ** 2) / max((n_s - 1) * (n_i - 1), 1)
+    parts = [(max(ms_s - ms_e, 0.0), ms_s, n_s - 1), (max(ms_i - ms_e, 0.0), ms_i, n_i - 1),
+             (ms_e, ms_e, (n_s - 1) * (n_i - 1))]
+    var = sum(v for v, _, _ in parts) / (n_s * n_i)
+    # Satterthwaite on the mean squares that carry the variance (a clipped one carries none).
+    terms = [(ms, df) for (v, ms, df), sign in zip(parts, (1, 1, -1)) if v > 0 or sign < 0]
+    num = (var * n_s * n_i) ** 2
+    den = sum(ms ** 2 / df for ms, df in terms if df > 0)
+    return float(var), float(num / den) if den > 0 else math.inf
 
 
-def bootstrap_estimate(errors, samples: int = BOOTSTRAP_SAMPLES) -> Estimate:
-    """Mean of `errors` [seeds, images], its percentile interval and p-value (two_way_bootstrap;
-    p: twice the share of resamples on the far side of 0, at least 2 / (samples + 1))."""
+def crossed_estimate(errors) -> Estimate:
+    """Mean of `errors` [seeds, images] (a point's 0/1 misses, or an effect's per seed and image
+    differences, paired), its t-interval with the crossed standard error, and the t-test's p."""
     x = np.asarray(errors, np.float64)
     if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
         return NO_ESTIMATE
-    dist = two_way_bootstrap(x, samples)
-    lo, hi = np.quantile(dist, [ALPHA / 2, 1 - ALPHA / 2])
-    below, above = np.sum(dist <= 0) + 1, np.sum(dist >= 0) + 1
-    p = float(min(1.0, 2 * min(below, above) / (len(dist) + 1)))
-    return Estimate(float(x.mean()), float(lo), float(hi), x.shape[0], p, float(dist.std()))
+    mean = float(x.mean())
+    if x.shape[0] < 2:
+        return Estimate(mean, math.nan, math.nan, x.shape[0])
+    var, df = crossed_variance(x)
+    se = math.sqrt(var)
+    half = float(scipy_stats.t.ppf(1 - ALPHA / 2, df)) * se
+    p = (float(2 * scipy_stats.t.sf(abs(mean) / se, df)) if se > 0
+         else 1.0 if mean == 0 else 0.0)
+    return Estimate(mean, mean - half, mean + half, x.shape[0], p, se, df=df)
 
 
 def median_ci(times, confidence: float = CONFIDENCE) -> Estimate:
@@ -191,56 +206,71 @@ def median_ci(times, confidence: float = CONFIDENCE) -> Estimate:
     return Estimate(float(np.quantile(x, 0.5, method='inverted_cdf')), lo, hi, n)
 
 
-def censored_ratio(baseline: dict, ablated: dict, samples: int = BOOTSTRAP_SAMPLES) -> Estimate:
-    """Ablated / baseline median epochs to a threshold, paired by seed ({seed: epochs}, inf for
-    a run that never reached it): the seeds bootstrapped (percentile interval); p from the
-    paired sign test that counts censored runs (a run that reached the threshold beat one that
-    did not; both not reached is a tie); se: of the log ratio, where the resamples are finite."""
+def paired_ratio(baseline: dict, ablated: dict) -> Estimate:
+    """Ablated / baseline epochs to a threshold, paired by seed ({seed: epochs}, inf for a run
+    that never reached it; a reached run beat one that did not: ratio inf or 0; both never: a
+    tie, 1). One statistic: the median of the per-seed ratios, its order-statistic interval
+    (the ratios the sign test does not reject at 5%), p from the sign test (ties dropped) and
+    se, the standard deviation of the finite log ratios (sign_test_mde's noise)."""
     seeds = sorted(set(baseline) & set(ablated))
     if not seeds:
         return NO_ESTIMATE
     b = np.asarray([float(baseline[s]) for s in seeds])
     a = np.asarray([float(ablated[s]) for s in seeds])
-    ratio = _median_ratio(b, a)
     if np.all(np.isinf(a) & np.isinf(b)):  # Nothing to compare: no test, no interval.
-        return Estimate(ratio, math.nan, math.nan, len(seeds))
-    rng = np.random.default_rng(0)
-    idx = rng.integers(0, len(seeds), size=(samples, len(seeds)))
-    med = lambda v: np.quantile(v[idx], 0.5, axis=1, method='inverted_cdf')
+        return Estimate(1.0, math.nan, math.nan, len(seeds), kind='sign')
     with np.errstate(invalid='ignore', divide='ignore'):
-        dist = med(a) / med(b)
-    dist = np.where(np.isnan(dist), 1.0, dist)  # inf / inf: neither reached it, no difference.
-    lo, hi = np.quantile(dist, [ALPHA / 2, 1 - ALPHA / 2], method='inverted_cdf')
-    finite = dist[np.isfinite(dist) & (dist > 0)]
-    se = float(np.log(finite).std()) if len(finite) > (1 - ALPHA / 2) * samples else math.nan
+        ratios = np.where(np.isinf(a) & np.isinf(b), 1.0, a / b)
+    ci = median_ci(ratios)
     slower, faster = int(np.sum(a > b)), int(np.sum(a < b))
     p = (float(scipy_stats.binomtest(slower, slower + faster).pvalue) if slower + faster
          else 1.0)
-    return Estimate(ratio, float(lo), float(hi), len(seeds), p, se)
+    logs = np.log(ratios[np.isfinite(ratios) & (ratios > 0)])
+    se = float(logs.std(ddof=1)) if len(logs) > 1 else math.nan
+    return Estimate(ci.value, ci.lo, ci.hi, len(seeds), p, se, kind='sign')
 
 
-def _median_ratio(b, a) -> float:
-    mb, ma = (float(np.quantile(v, 0.5, method='inverted_cdf')) for v in (b, a))
-    if math.isinf(mb) and math.isinf(ma):
+def sign_test_mde(n: int, sigma: float, level: float, power: float = POWER) -> float:
+    """The ratio (> 1) the two-sided sign test of n pairs detects with `power` at `level`,
+    when the log ratios are normal with standard deviation `sigma` around the log of the true
+    ratio (a pair is slower with probability Phi(log ratio / sigma)); exact binomial power. inf:
+    no outcome of n pairs reaches `level`; nan: no noise estimate."""
+    counts = np.arange(n + 1)
+    p_two = np.minimum(1.0, 2 * np.minimum(scipy_stats.binom.sf(counts - 1, n, 0.5),
+                                           scipy_stats.binom.cdf(counts, n, 0.5)))
+    reject = counts[(p_two < level) & (counts > n / 2)]
+    if n == 0 or len(reject) == 0:
+        return math.inf
+    if not math.isfinite(sigma):
+        return math.nan
+    c = int(reject.min())
+    power_at = lambda q: float(scipy_stats.binom.sf(c - 1, n, q) + scipy_stats.binom.cdf(n - c, n, q))
+    if sigma == 0:
         return 1.0
-    return ma / mb if mb > 0 else math.inf
+    q = optimize.brentq(lambda q: power_at(q) - power, 0.5, 1 - 1e-12)
+    return math.exp(sigma * float(scipy_stats.norm.ppf(q)))
+
+
+def mde(e: Estimate, tests: int) -> float:
+    """The smallest effect `e`'s own test detects with POWER at Holm's strictest level,
+    ALPHA / tests (its first step): a ratio for a sign test, else in the estimate's units."""
+    level = ALPHA / max(tests, 1)
+    if e.kind == 'sign':
+        return sign_test_mde(e.n, e.se, level)
+    if not math.isfinite(e.se):
+        return math.nan
+    return float(scipy_stats.norm.ppf(1 - level / 2) + scipy_stats.norm.ppf(POWER)) * e.se
 
 
 def holm(pvalues) -> list:
     """Holm's step-down adjusted p-values (family-wise error at most alpha over all of them)."""
     p = np.asarray(pvalues, np.float64)
-    order = np.argsort(p)
+    order = np.argsort(p, kind='stable')
     m, adjusted, running = len(p), np.empty(len(p)), 0.0
     for rank, i in enumerate(order):
         running = max(running, min(1.0, (m - rank) * p[i]))
         adjusted[i] = running
     return adjusted.tolist()
-
-
-def mde_z(m: int) -> float:
-    """z_{1 - alpha / (2m)} + z_{POWER}: an effect of this many standard errors is detected with
-    POWER at Holm's strictest level alpha / m (its first step) among m verdicts."""
-    return float(scipy_stats.norm.ppf(1 - ALPHA / (2 * max(m, 1))) + scipy_stats.norm.ppf(POWER))
 
 
 def decide(e: Estimate, p_holm: float, null: float, better: str, worse: str) -> str:

@@ -1,0 +1,88 @@
+"""Published numbers: the docs regenerate from the committed results, one Holm family across
+grids, and the pixel baselines beside them."""
+
+import numpy as np
+import pytest
+
+from alexnet_jax.data import digits
+from alexnet_jax.tools import baselines
+from alexnet_jax.tools import publish
+from alexnet_jax.tools import report
+from configs import ablations
+from tests.test_sweep import grid_rows
+
+
+def test_the_docs_regenerate_from_the_committed_results():
+    """Every generated page and block, rendered from docs/results, is what the docs hold."""
+    assert list(publish.RESULTS.glob('*/results.csv')), 'no published grid'
+    for path, text in publish.render().items():
+        assert path.read_text() == text, f'{path} differs from its results: run ' \
+                                         f'python -m alexnet_jax.tools.publish'
+
+
+def _holm_by_hand(p):
+    """Holm's adjusted p-values, written out: sort, multiply by m - rank, running maximum."""
+    order = sorted(range(len(p)), key=lambda i: p[i])
+    adjusted, running = [0.0] * len(p), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p) - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def test_one_holm_family_across_grids():
+    """Two grids' verdicts decided together: each adjusted p is Holm's over the union, not
+    over its own grid; an effect that passes within its grid can fail in the family."""
+    found = []
+    for name, shift in (('pool', 0.02), ('dropout', 0.0)):
+        config = ablations.get_config(name)
+        base, ablated = [label for label, _ in config.axes[0]]
+        errors = {base: {s: 0.05 for s in range(10)},
+                  ablated: {s: 0.05 + shift for s in range(10)}}
+        epochs = {base: {s: 4.0 + 0.1 * s for s in range(10)},
+                  ablated: {s: (4.0 + 0.1 * s) * (1.3 if s < 10 - (name == 'dropout') else 0.9)
+                            for s in range(10)}}
+        rows = grid_rows(errors, epochs)
+        found.append(report.estimates(config, report.summarize(config, rows)))
+    report.decide(found[0])
+    alone = [e['p_holm'] for e in found[0] if 'p_holm' in e]
+    together = found[0] + found[1]
+    size = report.decide(together)
+    tested = [e for e in together if 'p_holm' in e]
+    assert size == len(tested) == 4  # Test error and epochs to 25%, in each grid.
+    expected = _holm_by_hand([e['estimate'].p for e in tested])
+    assert [e['p_holm'] for e in tested] == pytest.approx(expected)
+    assert all(e['family'] == 4 for e in together)
+    assert max(expected[:2]) > max(alone)  # A larger family, larger adjusted p-values.
+
+
+def test_the_1nn_baseline_against_numpy():
+    """The 1-NN error on the digits' test split, by brute-force distances in numpy."""
+    images, labels = digits.load_sklearn()
+    x = images.reshape(len(images), -1).astype(np.float64)
+    split = digits.split_indices(labels)
+    train, test = x[split['train']], x[split['test']]
+    d = ((test[:, None, :] - train[None, :, :]) ** 2).sum(-1)
+    predicted = labels[split['train']][np.argmin(d, axis=1)]
+    errors = baselines.digits_test_errors()
+    assert errors['1-NN (raw pixels)'] == pytest.approx(
+        np.mean(predicted != labels[split['test']]))
+    assert 0 < errors['logistic regression (raw pixels)'] < 0.1
+
+
+def test_the_published_lrn_control_has_lrns_scale_at_init():
+    """From the runs' own diagnostics (mean over seeds): every matched control's logits RMS at
+    init is within [0.7, 1.4] of its LRN arm's, and LRN ran at >= 3 strengths whose LRN1
+    divisor spreads at init differ."""
+    sweep, rows = publish.read(publish.RESULTS / 'lrn')
+    mean = lambda point, key: np.mean([float(r[key]) for r in rows
+                                       if r['point'] == point and r['status'] == 'done'])
+    points = {r['point'] for r in rows}
+    controls = [p for p in points if '_matched' in p]
+    assert controls
+    for p in controls:
+        arm = p.replace('_matched', '_lrn')
+        assert 0.7 <= mean(p, 'init/fc8/rms') / mean(arm, 'init/fc8/rms') <= 1.4, p
+    spreads = {round(mean(p, 'init/lrn1/spread'), 2) for p in points if '_lrn' in p
+               and p.startswith('relu_')}
+    assert len(spreads) >= 3
