@@ -96,7 +96,7 @@ def test_rates_print_three_significant_digits(value, printed):
 
 def _without_tensorflow(tmp_path) -> dict:
     """An environment where `import tensorflow` (and tensorflow_datasets) fails, in every
-    process it starts, as on a GPU image that has (jax, flax, optax, orbax only)."""
+    process it starts, as on a GPU image with jax, flax, optax and orbax only."""
     (tmp_path / 'sitecustomize.py').write_text(
         "import sys\nsys.modules['tensorflow'] = None\nsys.modules['tensorflow_datasets'] = None\n")
     return subprocess_env(1, PYTHONPATH=f'{tmp_path}{os.pathsep}{ROOT}')
