@@ -45,8 +45,8 @@ from configs import alexnet  # noqa: E402
 flags.DEFINE_integer('batch', 16, 'Global batch size (both ways).')
 flags.DEFINE_integer('image_size', 227, 'Input side length.')
 flags.DEFINE_float('width', 1.0, 'Width multiplier (model.width; 1.0: the paper).')
-flags.DEFINE_float('lrn_alpha', 1e-4, "LRN's alpha (1.625625: the paper's regime at the "
-                   "digits grids' [-1, 1] pixels, configs/ablations.py).")
+flags.DEFINE_float('lrn_alpha', 1e-4, "LRN's alpha (1.625625: the digits LRN grid's strongest, "
+                   "at its [-1, 1] pixels, configs/ablations.py).")
 flags.DEFINE_integer('steps', 3, 'Timed steps per round (after one warm-up step).')
 flags.DEFINE_integer('repeats', 2, 'Alternating rounds (data parallel, model parallel).')
 FLAGS = flags.FLAGS
@@ -151,15 +151,15 @@ def main(argv):
     keys, mp_batch = cols.replicate({'dropout': dropout_key[None]}), cols.batch(host_batch)
     mp_hlo = mp.lower(mp_state, keys, mp_batch).compile().as_text()
 
-    def dp_run():
-        nonlocal dp_state
-        dp_state, metrics = dp(dp_state, dp_batch)
-        return metrics['loss']
+    def stepping(step, state, *args):
+        """A call that runs `step` once on the state the last call left; its loss."""
+        box = [state]
 
-    def mp_run():
-        nonlocal mp_state
-        mp_state, metrics = mp(mp_state, keys, mp_batch)
-        return metrics['loss']
+        def run():
+            box[0], metrics = step(box[0], *args)
+            return metrics['loss']
+        return run
+    dp_run, mp_run = stepping(dp, dp_state, dp_batch), stepping(mp, mp_state, keys, mp_batch)
 
     times = {'dp': [], 'mp': []}
     for _ in range(FLAGS.repeats):
