@@ -86,11 +86,17 @@ def test_command_line_overrides_extend_the_grids_own(monkeypatch):
     config_flags.DEFINE_config_file('config', flag_values=fv, sys_argv=argv)
     fv(argv)
     grid_lib.check_sweep(fv.config)
+    plain = ablations.get_config('default')
+    alphas = set()
     for point in grid_lib.expand(fv.config):
         config = grid_lib.point_config(fv.config, point)
-        assert config.model.lrn_alpha == pytest.approx(1e-4 * 127.5 ** 2)  # The grid's own.
+        own = grid_lib.point_config(plain, point)  # The grid's own overrides and the axes'.
+        alphas.add(config.model.lrn_alpha)
+        assert config.model.lrn_alpha == own.model.lrn_alpha  # The grid's LRN scaling stays.
         assert (config.train.num_epochs, config.model.lrn_beta) == (2.0, 0.5)  # Yours.
-        assert config.model.activation in point.name  # The axes' values still win.
+        config.train.num_epochs, config.model.lrn_beta = own.train.num_epochs, own.model.lrn_beta
+        assert config.to_dict() == own.to_dict()  # Nothing else moved.
+    assert len(alphas) > 1 and all(a > 1e-4 for a in alphas)  # Scaled, per strength.
 
 
 @pytest.mark.parametrize('grid', ['default', 'groups', 'pool'])
