@@ -122,7 +122,7 @@ def test_a_non_finite_loss_fails_that_seed_only(tmp_path, monkeypatch, caplog, m
             train.train_and_evaluate(config, str(tmp_path))
         assert not (tmp_path / 'failed.json').exists()
         return
-    with caplog.at_level('INFO'):
+    with caplog.at_level('INFO', logger='absl'):  # absl's, whatever an earlier test left
         out = train.train_and_evaluate(config, str(tmp_path))
     assert out[0]['steps'] == 4 and 'NonFiniteLossError' in out[1]['failed']
     assert any(r.getMessage().startswith(f'{tmp_path.name} seed 0: step 4/4')

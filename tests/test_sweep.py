@@ -720,9 +720,10 @@ def test_collect_reports_the_runs_of_the_printed_commands(tmp_path):
 
 @pytest.mark.slow  # Trains two tiny points.
 def test_a_sweep_logs_its_progress_and_labels_each_run(tmp_path, caplog):
+    # absl's logger at INFO: an earlier test in this process may have left it at WARNING.
     config = tiny_sweep()
     config.axes = (config.axes[0][:2],)  # relu, tanh.
-    with caplog.at_level('INFO'):
+    with caplog.at_level('INFO', logger='absl'):
         rows = sweep.run_grid(config, grid_lib.expand(config), tmp_path)
     assert [r['status'] for r in rows] == ['done', 'done']
     messages = [r.getMessage() for r in caplog.records]
@@ -731,7 +732,7 @@ def test_a_sweep_logs_its_progress_and_labels_each_run(tmp_path, caplog):
     assert re.fullmatch(r'point 2/2 tanh, seeds 0, ETA \d+:\d\d:\d\d', second)
     for name in ('relu', 'tanh'):  # Every line of a run names its point and seed.
         assert any(m.startswith(f'{name} seed 0: step 6/6') for m in messages), name
-    with caplog.at_level('INFO'):
+    with caplog.at_level('INFO', logger='absl'):
         caplog.clear()
         sweep.run_grid(config, grid_lib.expand(config), tmp_path)
     assert 'point 2/2 tanh, seeds 0, ETA - (finished)' in [r.getMessage() for r in caplog.records]
