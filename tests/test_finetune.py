@@ -56,7 +56,7 @@ def fresh_state(config):
 
 def test_init_from_loads_matching_layers_and_reinitialises_the_head(source, caplog):
     src, _, want = source
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger='absl'):
         config, fresh = fresh_state(finetune_config(src))
         state = finetune.load_into(fresh, src)
     assert config.model.width == 0.05 and config.model.num_classes == 5

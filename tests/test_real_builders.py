@@ -71,7 +71,7 @@ def test_the_main_configs_train_evaluate_and_resume_on_their_builders(tmp_path, 
         assert first['steps'] == 3 and first['test_split'] == split
         assert len(first['test_correct']) == examples  # Every example, padding dropped.
         config.train.num_steps = 5
-        with caplog.at_level(logging.INFO):
+        with caplog.at_level(logging.INFO, logger='absl'):
             again = launch.run(config, str(tmp_path))
     assert 'Resumed from step 3' in caplog.text
     assert again['steps'] == 5 and 0 <= again['test_top1'] <= again['test_top5'] <= 1
