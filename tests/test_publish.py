@@ -9,6 +9,7 @@ import pytest
 
 from alexnet_jax.data import digits
 from alexnet_jax.tools import baselines
+from alexnet_jax.tools import lr_search
 from alexnet_jax.tools import publish
 from alexnet_jax.tools import report
 from configs import ablations
@@ -108,3 +109,7 @@ def test_a_searched_grid_publishes_every_rate_and_search_seed(tmp_path):
     assert row.split(' | ')[1:4] == ['2.00, 2.50, -: 5.50 (20.0%)',
                                      '1.00, -, 1.50: 4.83 (20.0%)', '0.01']
     assert 'stale' not in block
+    figure = tmp_path / 'search.png'
+    sweep = publish.read(tmp_path / 'results' / 'searched')[0]
+    publish.lr_search_figure(sweep, *lr_search.from_record(record), figure)
+    assert figure.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'

@@ -241,6 +241,34 @@ def lrn_strength_figure(sweep, summary, path) -> None:
     plt.close(fig)
 
 
+def lr_search_figure(sweep, found: dict, choices: dict, path) -> None:
+    """Epochs to the threshold against the learning rate, per point: each search seed (a run that
+    never reached it at its length, marked x; a failed one is left out), their censored mean as
+    the curve, the chosen rate circled."""
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for name, trial_list in found.items():
+        line, = ax.plot([t.rate for t in trial_list],
+                        [lr_search.censored_mean(t) for t in trial_list], '-', label=name)
+        for t in trial_list:
+            for e in (e for e, st in zip(t.epochs, t.status) if st != 'failed'):
+                ax.plot(t.rate, t.length if e is None else e, 'x' if e is None else '.',
+                        color=line.get_color(), alpha=0.6)
+        chosen = next((t for t in trial_list if t.rate == choices[name]['rate']), None)
+        if chosen is not None:
+            ax.plot(chosen.rate, lr_search.censored_mean(chosen), 'o', mfc='none', ms=12,
+                    color=line.get_color())
+    ax.set(xscale='log', xlabel='learning rate',
+           ylabel=f'epochs to {sweep.threshold:.0%} training error',
+           title=f'{sweep.grid}: learning-rate search (x: never reached, at the run\'s length)')
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 FLAGS = flags.FLAGS
 
 
@@ -260,6 +288,11 @@ def main(argv):
         sweep, rows = read(lrn)
         lrn_strength_figure(sweep, report.summarize(sweep, rows), DOCS / 'ablations_digits_lrn.png')
         print('Wrote docs/ablations_digits_lrn.png')
+    for path in sorted(RESULTS.glob(f'*/{SEARCH}')):
+        figure = DOCS / f'ablations_digits_{path.parent.name}_lr_search.png'
+        lr_search_figure(read(path.parent)[0], *lr_search.from_record(lr_search.read(path)),
+                         figure)
+        print(f'Wrote {figure.relative_to(grid.REPO)}')
 
 
 if __name__ == '__main__':
