@@ -1,11 +1,15 @@
 """Published numbers: the docs regenerate from the committed results, one Holm family across
 grids, and the pixel baselines beside them."""
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 
 from alexnet_jax.data import digits
 from alexnet_jax.tools import baselines
+from alexnet_jax.tools import lr_search
 from alexnet_jax.tools import publish
 from alexnet_jax.tools import report
 from configs import ablations
@@ -86,3 +90,26 @@ def test_the_published_lrn_control_has_lrns_scale_at_init():
     spreads = {round(mean(p, 'init/lrn1/spread'), 2) for p in points if '_lrn' in p
                and p.startswith('relu_')}
     assert len(spreads) >= 3
+
+
+def test_a_searched_grid_publishes_every_rate_and_search_seed(tmp_path):
+    """A grid's lr_search.json renders as its `lr-search-<grid>` block: each search seed's
+    epochs to 25% per rate, and the mean with a run that never reached it counted at the run's
+    length (worked out by hand here)."""
+    shutil.copytree(publish.RESULTS / 'pool', tmp_path / 'results' / 'searched')
+    epochs = {0.01: [2.0, 2.5, None], 0.1: [1.0, None, 1.5]}
+    record = {'relu': {'chosen': {'rate': 0.01, 'why': 'fewest epochs'}, 'trials': [
+        {'rate': rate, 'epochs': each, 'final_error': [0.1, 0.3, 0.2],
+         'status': ['done'] * 3, 'length': 12.0} for rate, each in epochs.items()]}}
+    (tmp_path / 'results' / 'searched' / publish.SEARCH).write_text(json.dumps(record))
+    page = tmp_path / 'summary.md'
+    page.write_text('<!-- generated: lr-search-searched -->\nstale\n<!-- end -->\n')
+    block = publish.render(tmp_path / 'results', page)[page]
+    row = next(line for line in block.splitlines() if line.startswith('| relu |'))
+    assert row.split(' | ')[1:4] == ['2.00, 2.50, -: 5.50 (20.0%)',
+                                     '1.00, -, 1.50: 4.83 (20.0%)', '0.01']
+    assert 'stale' not in block
+    figure = tmp_path / 'search.png'
+    sweep = publish.read(tmp_path / 'results' / 'searched')[0]
+    publish.lr_search_figure(sweep, *lr_search.from_record(record), figure)
+    assert figure.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'

@@ -228,10 +228,25 @@ def write(sweep, found: dict, choices: dict, root) -> str:
                      'trials': [dataclasses.asdict(t) for t in found[name]]} for name in found}
     records.write(root / 'lr_search.json', record, indent=2)
     seeds = ', '.join(str(SEARCH_SEED0 + k) for k in range(sweep.lr_search_seeds))
+    text = (f'# Learning-rate search (`{sweep.grid}`, search seeds {seeds})\n\n'
+            + table(sweep, found, choices))
+    with records.replacing(root / 'lr_search.md') as tmp:
+        tmp.write_text(text)
+    return text
+
+
+def from_record(recorded: dict) -> tuple:
+    """(found, choices) as `write` took them, from lr_search.json's contents."""
+    return ({name: [Trial(**t) for t in entry['trials']] for name, entry in recorded.items()},
+            {name: entry['chosen'] for name, entry in recorded.items()})
+
+
+def table(sweep, found: dict, choices: dict) -> str:
+    """lr_search.md's table: epochs to the threshold per rate and search seed, the score, the
+    choice."""
     by_rate = {name: {t.rate: t for t in trial_list} for name, trial_list in found.items()}
     all_rates = sorted({r for rates in by_rate.values() for r in rates})
-    lines = [f'# Learning-rate search (`{sweep.grid}`, search seeds {seeds})', '',
-             f'Epochs to {sweep.threshold:.0%} training error per rate and search seed ("-": '
+    lines = [f'Epochs to {sweep.threshold:.0%} training error per rate and search seed ("-": '
              f'not reached in the run\'s epochs; "failed": diverged); then the score: their '
              f'mean with a run that never reached counted at its length (censored), and the '
              f'mean final training error in brackets.', '',
@@ -251,7 +266,4 @@ def write(sweep, found: dict, choices: dict, root) -> str:
         rate = choices[name]['rate']
         lines.append(f'| {name} | ' + ' | '.join(cells) +
                      f' | {"-" if rate is None else f"{rate:g}"} | {choices[name]["why"]} |')
-    text = '\n'.join(lines) + '\n'
-    with records.replacing(root / 'lr_search.md') as tmp:
-        tmp.write_text(text)
-    return text
+    return '\n'.join(lines) + '\n'

@@ -7,7 +7,9 @@ them, so every published number regenerates.
   python -m alexnet_jax.tools.publish --photo_spread  # + the paper net's LRN at init on photos
 
 `docs/results/<name>/` holds a grid's sweep.json (the grid's config), results.csv (one row per
-run, with its per-image test hits and diagnostics) and curves.csv. Rendering reads every grid
+run, with its per-image test hits and diagnostics), curves.csv and, for a grid that searched its
+learning rates (Fig. 1), lr_search.json (epochs to the threshold at every rate and search seed:
+the block `lr-search-<name>`). Rendering reads every grid
 there, decides all their verdicts as one Holm family (report.decide: the docs show them
 together), and writes docs/ablations_digits_<name>.md for each grid and the generated blocks of
 docs/ablations.md (between `<!-- generated: <block> -->` and `<!-- end -->`).
@@ -19,6 +21,7 @@ import json
 import math
 import pathlib
 import re
+import shutil
 
 from absl import app
 from absl import flags
@@ -27,10 +30,12 @@ from ml_collections import config_flags
 
 from alexnet_jax.tools import baselines
 from alexnet_jax.tools import grid
+from alexnet_jax.tools import lr_search
 from alexnet_jax.tools import report
 
 DOCS = grid.REPO / 'docs'
 RESULTS = DOCS / 'results'
+SEARCH = 'lr_search.json'
 SUMMARY = DOCS / 'ablations.md'
 BLOCK = re.compile(r'(<!-- generated: (\S+) -->\n).*?(<!-- end -->)', re.S)
 
@@ -54,6 +59,8 @@ def copy(sweep, workdir, dest) -> None:
         writer = csv.DictWriter(out, fieldnames=reader.fieldnames)
         writer.writeheader()
         writer.writerows({k: _short(v) for k, v in r.items()} for r in reader)
+    if (workdir / SEARCH).exists():  # Fig. 1's protocol: every rate and search seed.
+        shutil.copyfile(workdir / SEARCH, dest / SEARCH)
 
 
 def _short(value: str) -> str:
@@ -92,6 +99,10 @@ def render(results=RESULTS, summary_page=SUMMARY) -> dict:
         blocks['paper-spread'] = photo_spread_text()
     blocks.update({f'points-{name}': points_table(sweep, summary, found)
                    for name, (sweep, summary, found) in grids.items()})
+    blocks.update({f'lr-search-{name}': lr_search.table(
+        sweep, *lr_search.from_record(lr_search.read(pathlib.Path(results) / name / SEARCH)))
+        .rstrip('\n') for name, (sweep, _, _) in grids.items()
+        if (pathlib.Path(results) / name / SEARCH).exists()})
     text = summary_page.read_text()
     unknown = sorted(set(m.group(2) for m in BLOCK.finditer(text)) - set(blocks))
     if unknown:
@@ -230,6 +241,34 @@ def lrn_strength_figure(sweep, summary, path) -> None:
     plt.close(fig)
 
 
+def lr_search_figure(sweep, found: dict, choices: dict, path) -> None:
+    """Epochs to the threshold against the learning rate, per point: each search seed (a run that
+    never reached it at its length, marked x; a failed one is left out), their censored mean as
+    the curve, the chosen rate circled."""
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for name, trial_list in found.items():
+        line, = ax.plot([t.rate for t in trial_list],
+                        [lr_search.censored_mean(t) for t in trial_list], '-', label=name)
+        for t in trial_list:
+            for e in (e for e, st in zip(t.epochs, t.status) if st != 'failed'):
+                ax.plot(t.rate, t.length if e is None else e, 'x' if e is None else '.',
+                        color=line.get_color(), alpha=0.6)
+        chosen = next((t for t in trial_list if t.rate == choices[name]['rate']), None)
+        if chosen is not None:
+            ax.plot(chosen.rate, lr_search.censored_mean(chosen), 'o', mfc='none', ms=12,
+                    color=line.get_color())
+    ax.set(xscale='log', xlabel='learning rate',
+           ylabel=f'epochs to {sweep.threshold:.0%} training error',
+           title=f'{sweep.grid}: learning-rate search (x: never reached, at the run\'s length)')
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 FLAGS = flags.FLAGS
 
 
@@ -249,6 +288,11 @@ def main(argv):
         sweep, rows = read(lrn)
         lrn_strength_figure(sweep, report.summarize(sweep, rows), DOCS / 'ablations_digits_lrn.png')
         print('Wrote docs/ablations_digits_lrn.png')
+    for path in sorted(RESULTS.glob(f'*/{SEARCH}')):
+        figure = DOCS / f'ablations_digits_{path.parent.name}_lr_search.png'
+        lr_search_figure(read(path.parent)[0], *lr_search.from_record(lr_search.read(path)),
+                         figure)
+        print(f'Wrote {figure.relative_to(grid.REPO)}')
 
 
 if __name__ == '__main__':
