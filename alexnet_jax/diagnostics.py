@@ -76,10 +76,12 @@ def measure(apply_fn, params, batch_stats, images, model_config) -> dict:
 def summary(stats: dict) -> str:
     """`measure`'s numbers as one short log line: each LRN layer's p99 divisor over k^beta and
     its spread, the layer with the fewest units ever active (all of them go to the metrics record)."""
-    parts = [f'{k.split("/")[0].upper()} divisor p99 {v:.2f}x k^beta'
-             + (f', spread p99/p1 {stats[k.replace("p99_over_k_beta", "spread")]:.2f}'
-                if k.replace('p99_over_k_beta', 'spread') in stats else '')
-             for k, v in stats.items() if k.endswith('/p99_over_k_beta')]
+    parts = []
+    for key, value in stats.items():
+        if key.endswith('/p99_over_k_beta'):
+            spread = stats.get(key.replace('p99_over_k_beta', 'spread'))
+            parts.append(f'{key.split("/")[0].upper()} divisor p99 {value:.2f}x k^beta'
+                         + ('' if spread is None else f', spread p99/p1 {spread:.2f}'))
     active = {k.split('/')[0]: v for k, v in stats.items() if k.endswith('/active')}
     if active:
         fewest = min(active, key=active.get)

@@ -7,8 +7,9 @@ laid out as a standalone run's, so a rerun in any mode resumes each seed.
 
 Data parallel with `jax.pmap` over every device of every host: gradients, batch statistics and
 metrics are averaged inside the step; the host waits for the devices only when a side job is
-`due`. config.model_parallel=2: the same step on columns.py's (data x model) mesh instead. Resuming is exact: state and plateau come from the checkpoint, the data restarts at its
-step, and the dropout key of step s on device d is fold_in(fold_in(key(seed), s), d).
+`due`. config.model_parallel=2: the same step on columns.py's (data x model) mesh instead.
+Resuming is exact: state and plateau come from the checkpoint, the data restarts at its step,
+and the dropout key of step s on device d is fold_in(fold_in(key(seed), s), d).
 """
 
 import functools

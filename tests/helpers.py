@@ -114,7 +114,7 @@ def _kill_running():
 
 
 def subprocess_env(devices: int = 2, **extra) -> dict:
-    """This session's environment for a subprocess on `devices` simulated CPU devices: conftest's
+    """The test run's environment for a subprocess on `devices` simulated CPU devices: conftest's
     XLA flags and compilation cache, so it compiles what the tests compiled already only once.
     TensorFlow's log settings are left out: the entry points must be quiet by themselves, as a
     user runs them (alexnet_jax/__init__.py), on every CPU."""

@@ -1,6 +1,6 @@
 """The README and the docs speak of the project to its users: a README of at most 10 KB whose
 links resolve, and no text (docs, benchmarks, code) that cites what a reader cannot open:
-issue numbers, commit hashes, notes, or the sessions and lent machines it was built with."""
+issue numbers, commit hashes, private notes, or the machines and workflow it was built with."""
 
 import pathlib
 import re
