@@ -75,11 +75,12 @@ FIG1_LR_RATES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 # Fig. 1 depends on the initialisation: each of these is its own grid, `fig1` the protocol's own
 # (cuda-convnet's code, with which the paper's Fig. 1 was made).
 # He's init preserves the variance of a unit-variance input: its grid also divides the centred
-# pixels by their standard deviation (DIGITS_TRAIN_STD), the others feed them as cuda-convnet did.
+# pixels by their standard deviation (DIGITS_FIG1_PIXEL_STD), the others feed them as cuda-convnet
+# did.
 FIG1_INITS = {'fig1': {'model.init_scheme': 'cuda_convnet'},
               'fig1_paper_init': {'model.init_scheme': 'paper'},
               'fig1_he_init': {'model.init_scheme': 'he',
-                               'data.stddev_rgb': (alexnet.DIGITS_TRAIN_STD,) * 3}}
+                               'data.stddev_rgb': (alexnet.DIGITS_FIG1_PIXEL_STD,) * 3}}
 # LRN's alpha on the digits' [-1, 1] pixels, strongest first. 1e-4 x 127.5^2 is the paper's
 # alpha rescaled to these pixels (LRN(s a; k, alpha) = s LRN(a; k, alpha s^2) for the same
 # weights); under He init the activations' scale comes from the init, so what tells how much LRN

@@ -291,10 +291,11 @@ def _digits_fig1(c):
     c.train.plot = False
 
 
-# Mean pixel (0-255) of the training images: digits' 1,257 (its `train` split, 8x8;
-# tests/test_sweep.py checks it against the data the net is fed) and CIFAR-10's 50,000.
+# Mean pixel (0-255) of the training images: digits' 1,257 (its `train` split, as the net is
+# fed it at 32x32) and CIFAR-10's 50,000. DIGITS_FIG1_PIXEL_STD: the standard deviation of
+# digits_fig1's input, those pixels minus their mean image. tests/test_diagnostics.py checks both.
 DIGITS_TRAIN_MEAN = 77.76
-DIGITS_TRAIN_STD = 95.80
+DIGITS_FIG1_PIXEL_STD = 54.68
 CIFAR10_TRAIN_MEAN = (125.31, 122.95, 113.87)
 
 IMAGENET_TRAIN_EXAMPLES = 1_281_167

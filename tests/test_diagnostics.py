@@ -169,9 +169,16 @@ def test_fig1_input_is_centred_on_the_training_split(digits_dir):
     centred = np.asarray(preprocess.normalize_batch({'image': images}, data.mean, data.std))
     np.testing.assert_allclose(centred.mean(axis=0), 0.0, atol=1e-3)
     assert float(np.abs(data.mean - images.mean()).max()) > 10  # Not a constant.
+    # The He grid divides the centred pixels by their standard deviation: unit variance.
+    he_config = grid_lib.point_config(ablations.get_config('fig1_he_init'),
+                                      grid_lib.expand(ablations.get_config('fig1_he_init'))[0])
+    he_config.data.data_dir = digits_dir
+    he_data = input_pipeline.facts(he_config)
+    he_input = np.asarray(preprocess.normalize_batch({'image': images}, he_data.mean, he_data.std))
+    assert float(he_input.std()) == pytest.approx(1.0, abs=2e-3)
     config.data.mean_image = False
     mean, _ = preprocess.mean_std(config.data, 1)
-    assert float(mean[0]) == pytest.approx(images.mean(), abs=0.5)
+    assert float(mean[0]) == pytest.approx(images.mean(), abs=0.01)
 
 
 @pytest.mark.slow  # Two real train states on the digits.
