@@ -91,7 +91,7 @@ def render(results=RESULTS, summary_page=SUMMARY) -> dict:
     report.decide([e for _, _, found in grids.values() for e in found])
     errors = baselines.digits_test_errors()
     pages = {summary_page.parent / f'ablations_digits_{name}.md': '\n'.join(report.markdown(
-        sweep, summary, found, baselines=errors if _digits(sweep) else None))
+        sweep, summary, found, baselines=errors if report.on_digits(sweep) else None))
              for name, (sweep, summary, found) in grids.items()}
     blocks = {'family': family_table(grids), 'baselines': '; '.join(
         f'{name} {100 * e:.2f}%' for name, e in errors.items())}
@@ -144,10 +144,6 @@ def photo_spread_text(path=PHOTO_SPREAD) -> str:
         f'{n} {min(m[f"{n}/spread"] for m in measured.values()):.4g} to '
         f'{max(m[f"{n}/spread"] for m in measured.values()):.4g}'
         for n in layers) + f' (over {len(measured)} inits).'
-
-
-def _digits(sweep) -> bool:
-    return ':digits' in sweep.base
 
 
 def family_table(grids: dict) -> str:
