@@ -208,7 +208,14 @@ def training_error_curve(workdir) -> list:
     train = [h for h in workdirs.read_metrics(workdir) if h['split'] == 'train']
     if not train:
         return []
-    every = max(1, workdirs.read_config(workdir).train.log_every_steps)
+    return epoch_mean_curve(train, workdirs.read_config(workdir).train.log_every_steps)
+
+
+def epoch_mean_curve(train: list, every: int) -> list:
+    """training_error_curve's (step, epoch, error) from training records ({'step', 'epoch',
+    'top1'}, in step order; each the mean since the one before), pooled into windows of
+    `every` steps."""
+    every = max(1, every)
     steps_per_epoch = train[-1]['step'] / train[-1]['epoch']
     windows = {}  # Window index -> [sum of error x steps, steps, last step].
     previous = 0

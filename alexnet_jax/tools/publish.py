@@ -22,6 +22,7 @@ import math
 import pathlib
 import re
 import shutil
+import statistics
 
 from absl import app
 from absl import flags
@@ -265,6 +266,47 @@ def lr_search_figure(sweep, found: dict, choices: dict, path) -> None:
     plt.close(fig)
 
 
+def training_error_figure(sweep, curves_csv, found, path) -> None:
+    """The paper's Fig. 1 from curves.csv: training error (over the epoch ending there, as the
+    report measures it: grid.epoch_mean_curve) against epochs, every seed thin, the median over
+    seeds bold, ReLU solid, tanh dashed; the tested ratio and its interval in the title."""
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    runs = {}
+    with open(curves_csv, newline='') as f:
+        for r in csv.DictReader(f):
+            if r['train_error'] != '':
+                runs.setdefault(r['point'], {}).setdefault(r['seed'], []).append(
+                    {'step': int(r['step']), 'epoch': float(r['epoch']),
+                     'top1': 1 - float(r['train_error'])})
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for k, (point, seeds) in enumerate(runs.items()):
+        style = '--' if 'tanh' in point.split('_') else '-'
+        # Each record is already one logged window: windows of 1 step pool nothing further.
+        curves = [grid.epoch_mean_curve(records, 1) for records in seeds.values()]
+        for curve in curves:
+            ax.plot([c[1] for c in curve], [c[2] for c in curve], style, color=f'C{k}',
+                    alpha=0.25, lw=0.8)
+        common = min(len(c) for c in curves)
+        ax.plot([c[1] for c in curves[0][:common]],
+                [statistics.median(c[i][2] for c in curves) for i in range(common)], style,
+                color=f'C{k}', lw=2, label=f'{point} (median of {len(curves)} seeds)')
+    tested = next((e for e in found if 'p_holm' in e and e['metric'] == sweep.threshold), None)
+    title = f'{sweep.grid}: training error at each activation\'s chosen rate'
+    if tested is not None:
+        est = tested['estimate']
+        title += (f'\n{tested["axis"]}: {report._ratio(est.value)} [{report._bound(est.lo)}, '
+                  f'{report._bound(est.hi)}] the epochs to {sweep.threshold:.0%}')
+    ax.axhline(sweep.threshold, color='grey', lw=0.8)
+    ax.set(xlabel='epochs', ylabel='training error (over the last epoch)', ylim=(0, 1),
+           title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 FLAGS = flags.FLAGS
 
 
@@ -284,10 +326,14 @@ def main(argv):
         sweep, rows = read(lrn)
         lrn_strength_figure(sweep, report.summarize(sweep, rows), DOCS / 'ablations_digits_lrn.png')
         print('Wrote docs/ablations_digits_lrn.png')
-    for path in sorted(RESULTS.glob(f'*/{SEARCH}')):
+    for path in sorted(RESULTS.glob(f'*/{SEARCH}')):  # Fig. 1's grids: the search, the curves.
+        sweep, rows = read(path.parent)
         figure = DOCS / f'ablations_digits_{path.parent.name}_lr_search.png'
-        lr_search_figure(read(path.parent)[0], *lr_search.from_record(lr_search.read(path)),
-                         figure)
+        lr_search_figure(sweep, *lr_search.from_record(lr_search.read(path)), figure)
+        print(f'Wrote {figure.relative_to(grid.REPO)}')
+        found = report.effects(sweep, report.summarize(sweep, rows))
+        figure = DOCS / f'ablations_digits_{path.parent.name}_curves.png'
+        training_error_figure(sweep, path.parent / 'curves.csv', found, figure)
         print(f'Wrote {figure.relative_to(grid.REPO)}')
 
 
