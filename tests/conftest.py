@@ -57,11 +57,3 @@ def tiny_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp('tiny_run') / 'run'
     results = train.train_and_evaluate(helpers.tiny_config(), str(workdir))
     return workdir, results
-
-
-def pytest_collection_modifyitems(items):
-    """The slow tests first (in their usual order): under `-n 2` a minutes-long test that starts
-    last leaves the other worker idle; started first, the quick tests fill in around them.
-    pyproject's --maxschedchunk=1 has xdist hand out one test at a time, so neither worker
-    gets all the slow ones in its first batch."""
-    items.sort(key=lambda item: item.get_closest_marker('slow') is None)
