@@ -42,8 +42,9 @@ def _wait_for_checkpoint(workdir, proc, timeout=300):
 
 @pytest.mark.slow  # kill -9 of a launch.py subprocess, then two runs.
 def test_kill9_and_resume_equals_uninterrupted(tmp_path):
-    steps = ['--config.train.num_steps=400', '--config.train.checkpoint_every_steps=20',
-             '--config.train.log_every_steps=20', '--config.train.eval_every_steps=100']
+    # Killed once step 20 is saved: 100 steps (~2 s) before the end, still mid-run.
+    steps = ['--config.train.num_steps=120', '--config.train.checkpoint_every_steps=20',
+             '--config.train.log_every_steps=20', '--config.train.eval_every_steps=60']
     workdir = tmp_path / 'killed'
     proc = launch(*TINY, *steps, f'--workdir={workdir}', wait=False)
     _wait_for_checkpoint(workdir, proc)
@@ -52,12 +53,12 @@ def test_kill9_and_resume_equals_uninterrupted(tmp_path):
     assert not (workdir / 'results.json').exists(), 'the run ended before the kill'
     rc, _, err = launch(*TINY, *steps, f'--workdir={workdir}')
     assert rc == 0, err[-3000:]
-    config = tiny_config(num_steps=400, checkpoint_every_steps=20, log_every_steps=20,
-                         eval_every_steps=100)
+    config = tiny_config(num_steps=120, checkpoint_every_steps=20, log_every_steps=20,
+                         eval_every_steps=60)
     train.train_and_evaluate(config, str(tmp_path / 'clean'))
     resumed, _ = saved_state(config, str(workdir))
     clean, _ = saved_state(config, str(tmp_path / 'clean'))
-    assert int(resumed.step) == int(clean.step) == 400
+    assert int(resumed.step) == int(clean.step) == 120
     assert_trees_close(resumed.params, clean.params, atol=1e-6)
 
 
