@@ -119,3 +119,21 @@ def test_a_searched_grid_publishes_every_rate_and_search_seed(tmp_path):
     sweep = publish.read(tmp_path / 'results' / 'searched')[0]
     publish.lr_search_figure(sweep, *lr_search.from_record(record), figure)
     assert figure.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_training_error_curves_average_over_the_last_epoch(tmp_path):
+    """The published Fig. 1 curves: at each logged step the error over the epoch ending there,
+    weighted by steps (here 4 steps an epoch, logged every 2), worked out by hand."""
+    curves = tmp_path / 'curves.csv'
+    lines = ['point,seed,step,epoch,wall_seconds,train_loss,train_error,val_error,lr']
+    for step, error in ((2, 0.9), (4, 0.7), (6, 0.5), (8, 0.1)):
+        lines.append(f'relu,0,{step},{step / 4},1.0,1.0,{error},,0.01')
+    lines.append('relu,0,9,2.25,,,,0.2,')  # A validation-only line: not a training point.
+    curves.write_text('\n'.join(lines) + '\n')
+    (curve,) = publish.training_error_curves(curves)['relu']
+    assert [e for e, _ in curve] == [0.5, 1.0, 1.5, 2.0]
+    assert [error for _, error in curve] == pytest.approx([0.9, 0.8, 0.6, 0.3])
+    figure = tmp_path / 'curves.png'
+    sweep = ablations.get_config('fig1')
+    publish.training_error_figure(sweep, curves, [], figure)
+    assert figure.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'

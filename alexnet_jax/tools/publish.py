@@ -266,13 +266,9 @@ def lr_search_figure(sweep, found: dict, choices: dict, path) -> None:
     plt.close(fig)
 
 
-def training_error_figure(sweep, curves_csv, found, path) -> None:
-    """The paper's Fig. 1 from curves.csv: training error (over the epoch ending there, as the
-    report measures it: grid.epoch_mean_curve) against epochs, every seed thin, the median over
-    seeds bold, ReLU solid, tanh dashed; the tested ratio and its interval in the title."""
-    import matplotlib  # pylint: disable=import-outside-toplevel
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+def training_error_curves(curves_csv) -> dict:
+    """{point: [each seed's (epoch, training error) curve]} from curves.csv, the error over the
+    epoch ending at each logged step, as the report measures it (grid.epoch_mean_curve)."""
     runs = {}
     with open(curves_csv, newline='') as f:
         for r in csv.DictReader(f):
@@ -280,17 +276,26 @@ def training_error_figure(sweep, curves_csv, found, path) -> None:
                 runs.setdefault(r['point'], {}).setdefault(r['seed'], []).append(
                     {'step': int(r['step']), 'epoch': float(r['epoch']),
                      'top1': 1 - float(r['train_error'])})
+    # Each record is already one logged window: windows of 1 step pool nothing further.
+    return {point: [[(c[1], c[2]) for c in grid.epoch_mean_curve(records, 1)]
+                    for records in seeds.values()] for point, seeds in runs.items()}
+
+
+def training_error_figure(sweep, curves_csv, found, path) -> None:
+    """The paper's Fig. 1 from curves.csv: training error against epochs (training_error_curves),
+    every seed thin, the median over seeds bold, ReLU solid, tanh dashed; the tested ratio and
+    its interval in the title."""
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
     fig, ax = plt.subplots(figsize=(6, 3.8))
-    for k, (point, seeds) in enumerate(runs.items()):
+    for k, (point, curves) in enumerate(training_error_curves(curves_csv).items()):
         style = '--' if 'tanh' in point.split('_') else '-'
-        # Each record is already one logged window: windows of 1 step pool nothing further.
-        curves = [grid.epoch_mean_curve(records, 1) for records in seeds.values()]
         for curve in curves:
-            ax.plot([c[1] for c in curve], [c[2] for c in curve], style, color=f'C{k}',
-                    alpha=0.25, lw=0.8)
+            ax.plot(*zip(*curve), style, color=f'C{k}', alpha=0.25, lw=0.8)
         common = min(len(c) for c in curves)
-        ax.plot([c[1] for c in curves[0][:common]],
-                [statistics.median(c[i][2] for c in curves) for i in range(common)], style,
+        ax.plot([e for e, _ in curves[0][:common]],
+                [statistics.median(c[i][1] for c in curves) for i in range(common)], style,
                 color=f'C{k}', lw=2, label=f'{point} (median of {len(curves)} seeds)')
     tested = next((e for e in found if 'p_holm' in e and e['metric'] == sweep.threshold), None)
     title = f'{sweep.grid}: training error at each activation\'s chosen rate'
