@@ -204,9 +204,8 @@ def points_table(sweep, summary, found) -> str:
 def lrn_strength_figure(sweep, summary, path) -> None:
     """Median epochs to the threshold (95% interval) against LRN1's divisor spread at init, per
     activation: LRN and its matched control at each strength, LRN off as a line."""
-    import matplotlib  # pylint: disable=import-outside-toplevel
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    from alexnet_jax import plots  # pylint: disable=import-outside-toplevel  (matplotlib)
+    plt = plots.plt
     t = sweep.threshold
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=False)
     for ax, act in zip(axes, ('relu', 'tanh')):
@@ -234,17 +233,15 @@ def lrn_strength_figure(sweep, summary, path) -> None:
                ylabel=f'median epochs to {t:.0%} training error', title=act)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plots.save(fig, path, dpi=110)
 
 
 def lr_search_figure(sweep, found: dict, choices: dict, path) -> None:
     """Epochs to the threshold against the learning rate, per point: each search seed (a run that
     never reached it at its length, marked x; a failed one is left out), their censored mean as
     the curve, the chosen rate circled."""
-    import matplotlib  # pylint: disable=import-outside-toplevel
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    from alexnet_jax import plots  # pylint: disable=import-outside-toplevel  (matplotlib)
+    plt = plots.plt
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for name, trial_list in found.items():
         line, = ax.plot([t.rate for t in trial_list],
@@ -262,8 +259,7 @@ def lr_search_figure(sweep, found: dict, choices: dict, path) -> None:
            title=f'{sweep.grid}: learning-rate search (x: never reached, at the run\'s length)')
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plots.save(fig, path, dpi=110)
 
 
 def training_error_curves(curves_csv) -> dict:
@@ -285,9 +281,8 @@ def training_error_figure(sweep, curves_csv, found, path) -> None:
     """The paper's Fig. 1 from curves.csv: training error against epochs (training_error_curves),
     every seed thin, the median over seeds bold, ReLU solid, tanh dashed; the tested ratio and
     its interval in the title."""
-    import matplotlib  # pylint: disable=import-outside-toplevel
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    from alexnet_jax import plots  # pylint: disable=import-outside-toplevel  (matplotlib)
+    plt = plots.plt
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for k, (point, curves) in enumerate(training_error_curves(curves_csv).items()):
         style = '--' if 'tanh' in point.split('_') else '-'
@@ -308,8 +303,7 @@ def training_error_figure(sweep, curves_csv, found, path) -> None:
            title=title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plots.save(fig, path, dpi=110)
 
 
 FLAGS = flags.FLAGS
