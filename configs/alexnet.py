@@ -276,15 +276,16 @@ def _fig1(c):
 def _digits_fig1(c):
     """Fig. 1's small net on the embedded digits (upsampled to 32x32): the offline Fig. 1.
 
-    Pixels in 0-255 minus the training split's mean (stddev 1), the input scale cuda-convnet's
-    initialisation was set for (it fed mean-subtracted 0-255 CIFAR-10 pixels).
+    Pixels in 0-255 minus the training split's per-pixel mean image (stddev 1), the input
+    cuda-convnet's initialisation was set for (it fed CIFAR-10 so).
     """
     _digits(c)
     _fig1_protocol(c)
     c.data.mean_rgb = (DIGITS_TRAIN_MEAN,) * 3
     c.optim.learning_rate = 0.01  # The sweep searches the rate per activation.
-    # 12 epochs of 19 updates: at width 1.0 a ReLU net at a good rate crosses 25% in ~3.5
-    # epochs and 10% in ~5; runs that never cross are counted as censored, not dropped.
+    # 12 epochs of 19 updates: at width 1.0 a ReLU net at its searched rate crosses 25% in
+    # 1.5-2.7 epochs and 10% in 2.4-3.9 (medians, docs/ablations.md); runs that never cross are
+    # counted as censored, not dropped.
     c.train.num_epochs = 12.0
     c.train.log_every_steps = 2   # 19 steps per epoch: a fine training-error curve.
     c.train.eval_every_steps = 0  # Only the final test matters here.
