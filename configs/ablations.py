@@ -85,8 +85,9 @@ FIG1_INITS = {'fig1': {'model.init_scheme': 'cuda_convnet'},
 # alpha rescaled to these pixels (LRN(s a; k, alpha) = s LRN(a; k, alpha s^2) for the same
 # weights); under He init the activations' scale comes from the init, so what tells how much LRN
 # normalises is its divisor's measured spread, not the pixel scale. At init on the first
-# evaluation batch the ReLU net's LRN1 spread p99 / p1 is ~7.5 / ~2.1 / ~1.16 at these three;
-# the paper's net at init on photos has ~1.1-1.2 (docs/ablations.md).
+# evaluation batch the ReLU net's LRN1 spread p99 / p1 is 6.3 / 1.9 / 1.12 at these three (mean
+# over the published grid's seeds); the paper's net at init on photos has ~1.1-1.2
+# (docs/ablations.md).
 LRN_ALPHA_UNIT_PIXELS = 1e-4 * 127.5 ** 2
 LRN_ALPHAS = {'hi': LRN_ALPHA_UNIT_PIXELS, 'mid': LRN_ALPHA_UNIT_PIXELS / 8,
               'lo': LRN_ALPHA_UNIT_PIXELS / 64}
