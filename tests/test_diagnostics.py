@@ -170,8 +170,8 @@ def test_fig1_input_is_centred_on_the_training_split(digits_dir):
     np.testing.assert_allclose(centred.mean(axis=0), 0.0, atol=1e-3)
     assert float(np.abs(data.mean - images.mean()).max()) > 10  # Not a constant.
     # The He grid divides the centred pixels by their standard deviation: unit variance.
-    he_config = grid_lib.point_config(ablations.get_config('fig1_he_init'),
-                                      grid_lib.expand(ablations.get_config('fig1_he_init'))[0])
+    he_grid = ablations.get_config('fig1_he_init')
+    he_config = grid_lib.point_config(he_grid, grid_lib.expand(he_grid)[0])
     he_config.data.data_dir = digits_dir
     he_data = input_pipeline.facts(he_config)
     he_input = np.asarray(preprocess.normalize_batch({'image': images}, he_data.mean, he_data.std))

@@ -705,7 +705,7 @@ def test_collect_reports_the_runs_of_the_printed_commands(tmp_path):
     lines = [grid_lib.command(config, p, tmp_path) for p in points]
     for line in lines:  # What --print_commands prints, one line per point and seed.
         args = shlex.split(line)[1:]
-        # The session's two devices: the points' programs are those the in-process sweeps
+        # The test run's two devices: the points' programs are those the in-process sweeps
         # compiled (the persistent cache), not a one-device set compiled for this test alone.
         run = subprocess.run([sys.executable, *args], cwd=grid_lib.REPO, capture_output=True,
                              text=True, timeout=600, env=subprocess_env())
