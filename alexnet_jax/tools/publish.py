@@ -82,14 +82,22 @@ def read(dest) -> tuple:
     return sweep, rows
 
 
-def render(results=RESULTS, summary_page=SUMMARY) -> dict:
-    """{path: text} of every generated page and of the summary page with its blocks filled."""
+def published(results=RESULTS) -> dict:
+    """{name: (sweep, summary, effects)} of every grid in `results`, all their verdicts decided
+    as one Holm family (report.decide: the docs show them together)."""
     grids = {}
     for dest in sorted(p.parent for p in pathlib.Path(results).glob('*/sweep.json')):
         sweep, rows = read(dest)
         summary = report.summarize(sweep, rows)
         grids[dest.name] = (sweep, summary, report.estimates(sweep, summary))
     report.decide([e for _, _, found in grids.values() for e in found])
+    return grids
+
+
+def render(results=RESULTS, summary_page=SUMMARY, grids=None) -> dict:
+    """{path: text} of every generated page and of the summary page with its blocks filled;
+    `grids`: `published(results)` where the caller has it already."""
+    grids = published(results) if grids is None else grids
     errors = baselines.digits_test_errors()
     pages = {summary_page.parent / f'ablations_digits_{name}.md': '\n'.join(report.markdown(
         sweep, summary, found, baselines=errors if report.on_digits(sweep) else None))
@@ -317,20 +325,19 @@ def main(argv):
         if not FLAGS.workdir or not FLAGS.dest:
             raise app.UsageError('--config needs --workdir (the grid\'s runs) and --dest.')
         copy(FLAGS.config, FLAGS.workdir, FLAGS.dest)
-    for path, text in render().items():
+    grids = published()
+    for path, text in render(grids=grids).items():
         path.write_text(text)
         print(f'Wrote {path.relative_to(grid.REPO)}')
-    lrn = RESULTS / 'lrn'
-    if (lrn / 'sweep.json').exists():
-        sweep, rows = read(lrn)
-        lrn_strength_figure(sweep, report.summarize(sweep, rows), DOCS / 'ablations_digits_lrn.png')
+    if 'lrn' in grids:
+        sweep, summary, _ = grids['lrn']
+        lrn_strength_figure(sweep, summary, DOCS / 'ablations_digits_lrn.png')
         print('Wrote docs/ablations_digits_lrn.png')
     for path in sorted(RESULTS.glob(f'*/{SEARCH}')):  # Fig. 1's grids: the search, the curves.
-        sweep, rows = read(path.parent)
+        sweep, _, found = grids[path.parent.name]
         figure = DOCS / f'ablations_digits_{path.parent.name}_lr_search.png'
         lr_search_figure(sweep, *lr_search.from_record(lr_search.read(path)), figure)
         print(f'Wrote {figure.relative_to(grid.REPO)}')
-        found = report.effects(sweep, report.summarize(sweep, rows))
         figure = DOCS / f'ablations_digits_{path.parent.name}_curves.png'
         training_error_figure(sweep, path.parent / 'curves.csv', found, figure)
         print(f'Wrote {figure.relative_to(grid.REPO)}')
